@@ -1,0 +1,5 @@
+import sys
+
+from carbonhook.cli import main
+
+sys.exit(main())

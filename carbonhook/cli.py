@@ -1,0 +1,182 @@
+"""The `carbonhook` command: parses arguments and calls into receiver/ and workers/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from receiver.errors import CarbonhookError
+from receiver.settings import Settings, SettingsError, load_settings
+from workers.rules import RulesError
+
+SANDBOX_SECRET = "sandbox-secret"
+SANDBOX_RULES = Path(__file__).with_name("sandbox_rules.toml")
+DEFAULT_URL = "http://127.0.0.1:8000/webhooks/carbonpass"
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (SettingsError, RulesError, CarbonhookError, UsageError) as exc:
+        print(f"carbonhook: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from carbonhook import commands
+
+    parser = argparse.ArgumentParser(prog="carbonhook", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int | None], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    def host_port(p: argparse.ArgumentParser, port: int) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=port)
+
+    p = add("run", commands.run, "receiver and in-process workers in one process")
+    host_port(p, 8000)
+    p.add_argument(
+        "--sandbox", action="store_true", help="also start the API emulator and use demo settings"
+    )
+
+    p = add("serve", commands.serve, "the receiver alone (uvicorn)")
+    host_port(p, 8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--ssl-certfile")
+    p.add_argument("--ssl-keyfile")
+    p.add_argument("--forwarded-allow-ips", help="proxies whose X-Forwarded-* headers are trusted")
+
+    p = add("worker", commands.worker, "Dramatiq worker processes")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+
+    add("migrate", commands.migrate, "apply database migrations")
+
+    p = add("emulate", commands.emulate, "a local emulator of the CarbonPass and 1ClickImpact APIs")
+    host_port(p, 8900)
+
+    p = add("send-test-event", commands.send_test_event, "send a correctly signed sample delivery")
+    p.add_argument("type", choices=["crp.generated", "bill.confirmed"])
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument(
+        "--secret", help="webhook secret (default: the first configured, else the sandbox's)"
+    )
+    p.add_argument("--id", dest="subject_id", help="data.id (default: a new random id)")
+    p.add_argument("--site", default="site_3rZ1", help="data.siteId for bill.confirmed")
+
+    rules = add("rules", _needs_subcommand(parser), "check or explain the rules file")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    p = rules_sub.add_parser("check", help="validate the rules file and print it as a table")
+    p.set_defaults(handler=commands.rules_check)
+    p.add_argument("file", nargs="?", type=Path)
+    p = rules_sub.add_parser("explain", help="which rules match an event and what they would send")
+    p.set_defaults(handler=commands.rules_explain)
+    p.add_argument("event", type=Path, help="a delivery body (JSON file)")
+    for name in ("crp", "company", "emissions"):
+        p.add_argument(f"--{name}", type=Path, help=f"the {name} as JSON (default: the sandbox's)")
+    p.add_argument("--rules", type=Path, help="rules file (default: CARBONHOOK_RULES_FILE)")
+
+    events = add("events", _needs_subcommand(parser), "list, show and replay events")
+    ev_sub = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    p = ev_sub.add_parser("list", help="list events, newest first")
+    p.set_defaults(handler=commands.events_list)
+    p.add_argument("--status")
+    p.add_argument("--type")
+    p.add_argument("--since", type=_iso)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p = ev_sub.add_parser("show", help="one event with attempts, replays and captures")
+    p.set_defaults(handler=commands.events_show)
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p = ev_sub.add_parser("replay", help="replay events by id, or all with a status")
+    p.set_defaults(handler=commands.events_replay)
+    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--status")
+    p.add_argument("--type")
+    p.add_argument("--since", type=_iso)
+    p.add_argument("--reason")
+
+    captures = add("captures", _needs_subcommand(parser), "the capture ledger")
+    cap_sub = captures.add_subparsers(dest="captures_command", required=True, metavar="ACTION")
+    p = cap_sub.add_parser("list", help="list ledger rows, newest first")
+    p.set_defaults(handler=commands.captures_list)
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    for name, text in (
+        ("approve", "send a held capture once, past the limits"),
+        ("reject", "never send a held capture"),
+    ):
+        p = cap_sub.add_parser(name, help=text)
+        p.set_defaults(handler=commands.captures_decide, decision=name)
+        p.add_argument("id", type=int)
+    p = cap_sub.add_parser("resolve", help="settle an unknown capture after checking 1ClickImpact")
+    p.set_defaults(handler=commands.captures_decide, decision="resolve")
+    p.add_argument("id", type=int)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--captured", dest="captured", action="store_true")
+    group.add_argument("--not-captured", dest="captured", action="store_false")
+    return parser
+
+
+def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return handler
+
+
+def _iso(value: str) -> datetime:
+    from receiver.events import parse_timestamp
+
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
+
+
+def settings_for(sandbox: bool = False, **overrides: Any) -> Settings:
+    """The settings from the environment, with the sandbox's demo values where asked."""
+    if sandbox:
+        base = load_settings()
+        overrides.setdefault("webhook_secrets", base.webhook_secrets or (SANDBOX_SECRET,))
+        overrides.setdefault("rules_file", SANDBOX_RULES)
+    return load_settings(**overrides)
+
+
+def wait_for_signal(on_reload: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM or SIGINT; SIGHUP calls `on_reload`."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if on_reload is not None:
+        signal.signal(signal.SIGHUP, lambda *_: on_reload())
+    while not stop.wait(1):
+        pass
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, indent=2))

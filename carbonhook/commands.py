@@ -1,0 +1,557 @@
+"""What each `carbonhook` command does: wire the parts from settings and run them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from carbonhook.cli import SANDBOX_SECRET, UsageError, print_json, settings_for, wait_for_signal
+from carbonhook.tables import print_table
+from receiver.app import create_app
+from receiver.database import create_sync_engine
+from receiver.logs import configure_logging
+from receiver.migrate import upgrade
+from receiver.queue import enqueue_event, is_shared, make_broker
+from receiver.settings import Settings
+from receiver.signature import HEADER, sign
+from receiver.store import STATUSES, EventFilter, EventStore
+from workers.admin import Admin
+from workers.ledger import CAPTURE_STATUSES, Ledger
+from workers.planning import Resources, explain, needed_sources
+from workers.rules import RulesError, RulesHolder, load_rules
+from workers.runtime import build_worker
+
+log = logging.getLogger("carbonhook")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Receiver plus in-process workers; with --sandbox, the emulator and demo settings too."""
+    overrides: dict[str, Any] = {}
+    emulator = None
+    if args.sandbox:
+        from carbonhook.emulator import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, create_emulator_app
+
+        emulator = start_server(create_emulator_app(), "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{emulator.port}"
+        overrides = {
+            "carbonpass_api_url": f"{base}/api/v1",
+            "carbonpass_api_key": DEMO_CARBONPASS_KEY,
+            "impact_api_url": base,
+            "impact_api_key": DEMO_IMPACT_KEY,
+        }
+    settings = settings_for(args.sandbox, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    settings.require("webhook_secrets")
+    upgrade(settings.database_url)
+    runtime = build_worker(settings)
+    runtime.start()
+    requeue_pending(runtime.processor.store, runtime.broker)
+    app = create_app(settings, broker=runtime.broker, admin=admin_for(settings, runtime.broker))
+    if args.sandbox:
+        assert emulator is not None
+        url = f"http://{args.host}:{args.port}/webhooks/carbonpass"
+        print(
+            f"carbonhook sandbox: receiver on http://{args.host}:{args.port}, "
+            f"API emulator on http://127.0.0.1:{emulator.port}\n"
+            f"  send a test event:  .venv/bin/carbonhook send-test-event crp.generated --url {url}\n"
+            f"  webhook secret:     {SANDBOX_SECRET}   rules: {settings.rules_file}\n"
+            f"  then look:          .venv/bin/carbonhook events list; .venv/bin/carbonhook captures list",
+            flush=True,
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    )
+    install_reload(runtime.rules)
+    try:
+        server.run()
+    finally:
+        runtime.stop()
+        if emulator is not None:
+            emulator.stop()
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The receiver alone."""
+    settings = settings_for()
+    configure_logging(settings.log_level, settings.log_format)
+    settings.require("webhook_secrets")
+    if args.workers > 1:
+        app: Any = "carbonhook.commands:receiver_app"
+        factory = True
+    else:
+        broker = make_broker(settings.broker_url)
+        app = create_app(settings, broker=broker, admin=admin_for(settings, broker))
+        factory = False
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "factory": factory,
+        "log_level": "warning",
+        "ssl_certfile": args.ssl_certfile,
+        "ssl_keyfile": args.ssl_keyfile,
+        "proxy_headers": True,
+        "server_header": False,
+    }
+    if args.forwarded_allow_ips:
+        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    uvicorn.run(app, **options)
+    return 0
+
+
+def receiver_app() -> Any:
+    """App factory for `serve --workers N` (each uvicorn process builds its own)."""
+    settings = settings_for()
+    configure_logging(settings.log_level, settings.log_format)
+    broker = make_broker(settings.broker_url)
+    return create_app(settings, broker=broker, admin=admin_for(settings, broker))
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Dramatiq workers: one process here, or N child processes."""
+    settings = settings_for()
+    configure_logging(settings.log_level, settings.log_format)
+    broker = make_broker(settings.broker_url)
+    if not is_shared(broker):
+        raise UsageError(
+            "carbonhook worker needs a shared broker: set CARBONHOOK_BROKER_URL to redis://… or amqp://… "
+            "(memory:// only works inside `carbonhook run`)"
+        )
+    if args.processes > 1:
+        return supervise(args.processes, args.threads)
+    runtime = build_worker(settings, broker=broker, threads=args.threads)
+    runtime.start()
+    log.info("worker started (%d threads)", runtime.threads)
+    wait_for_signal(on_reload=lambda: reload_rules(runtime.rules))
+    log.info("worker stopping")
+    runtime.stop(timeout_s=max(10.0, settings.http_timeout_s * 3))
+    return 0
+
+
+def supervise(processes: int, threads: int | None) -> int:
+    """Run `processes` single-process workers; forward SIGTERM/SIGINT; exit when all exit."""
+    command = [sys.executable, "-m", "carbonhook", "worker", "--processes", "1"]
+    if threads:
+        command += ["--threads", str(threads)]
+    children = [subprocess.Popen(command) for _ in range(processes)]
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    codes = [child.wait() for child in children]
+    return 0 if stopping.is_set() else max(codes)
+
+
+def migrate(args: argparse.Namespace) -> int:
+    settings = settings_for()
+    upgrade(settings.database_url)
+    print("database is up to date")
+    return 0
+
+
+def emulate(args: argparse.Namespace) -> int:
+    from carbonhook.emulator import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, serve_emulator
+
+    print(
+        f"emulator on http://{args.host}:{args.port}: CarbonPass at /api/v1 (Bearer {DEMO_CARBONPASS_KEY}), "
+        f"1ClickImpact at /v1 (x-api-key {DEMO_IMPACT_KEY}), faults at /_emulator",
+        flush=True,
+    )
+    serve_emulator(args.host, args.port)
+    return 0
+
+
+def send_test_event(args: argparse.Namespace) -> int:
+    """Sign a sample delivery like CarbonPass does and print the answer."""
+    settings = settings_for()
+    secret = args.secret or (
+        settings.webhook_secrets[0].get_secret_value()
+        if settings.webhook_secrets
+        else SANDBOX_SECRET
+    )
+    body = json.dumps(sample_delivery(args.type, args.subject_id, args.site)).encode()
+    try:
+        response = httpx.post(
+            args.url,
+            content=body,
+            headers={
+                HEADER: sign(body, secret=secret.encode()),
+                "Content-Type": "application/json",
+            },
+            timeout=settings.http_timeout_s,
+        )
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach {args.url}: {exc}") from None
+    print(
+        f"sent {args.type} {json.loads(body)['data']['id']} → HTTP {response.status_code} {response.text}"
+    )
+    return 0 if response.is_success else 1
+
+
+def sample_delivery(event_type: str, subject_id: str | None, site_id: str) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    token = uuid.uuid4().hex[:10]
+    if event_type == "crp.generated":
+        return {
+            "event": event_type,
+            "timestamp": now,
+            "data": {"id": subject_id or f"crp_{token}", "status": "published"},
+        }
+    data = {
+        "id": subject_id or f"bill_{token}",
+        "status": "confirmed",
+        "siteId": site_id,
+        "sessionId": "sess_aB12",
+        "type": "electricity",
+    }
+    return {"event": event_type, "timestamp": now, "data": data}
+
+
+# -- rules ----------------------------------------------------------------------------------
+
+
+def rules_check(args: argparse.Namespace) -> int:
+    path = args.file or settings_for().rules_file
+    ruleset = load_rules(path)
+    rows = []
+    for rule in ruleset.rules:
+        amount = (
+            f"{rule.capture_lbs} lbs"
+            if rule.capture_lbs is not None
+            else f"{rule.offset.fraction} × {rule.offset.of}"
+            if rule.offset is not None
+            else f"Δ {rule.offset_delta.fraction} × {rule.offset_delta.of}"
+            if rule.offset_delta is not None
+            else ""
+        )
+        rows.append(
+            [
+                rule.name,
+                rule.on,
+                json.dumps(rule.when) if rule.when else "always",
+                rule.action,
+                amount,
+                rule.customer_email or "",
+                "yes" if rule.dry_run or ruleset.file.dry_run else "",
+            ]
+        )
+    print_table(
+        f"{path} — {len(ruleset.rules)} rules, sha256 {ruleset.sha256[:12]}",
+        ["name", "on", "when", "action", "amount", "customer", "dry run"],
+        rows,
+    )
+    limits = ruleset.file.limits
+    print(
+        f"limits: {limits.max_lbs_per_day or 'none'} lbs/day, {limits.max_lbs_per_month or 'none'} lbs/month"
+    )
+    return 0
+
+
+def rules_explain(args: argparse.Namespace) -> int:
+    """Which rules match and what they would send, without calling anything."""
+    from carbonhook.emulator import EmulatorState
+
+    ruleset = load_rules(args.rules or settings_for().rules_file)
+    delivery = _read_json(args.event)
+    event_type, data = delivery.get("event"), delivery.get("data") or {}
+    if not isinstance(event_type, str) or not isinstance(data, dict):
+        raise UsageError(f"{args.event}: not a delivery (needs 'event' and 'data')")
+    sandbox = EmulatorState()
+    needed = needed_sources(ruleset, event_type)
+    site = data.get("siteId") if isinstance(data.get("siteId"), str) else None
+
+    def resource(name: str, default: Any) -> Any:
+        given = getattr(args, name)
+        if given is not None:
+            found = _read_json(given)
+            return found.get("data", found) if isinstance(found, dict) else found
+        return default() if name in needed or name == "company" else None
+
+    resources = Resources(
+        event=data,
+        crp=resource("crp", lambda: sandbox.crp_data(str(data.get("id")))),
+        company=resource("company", sandbox.company_data),
+        emissions=resource("emissions", lambda: sandbox.emissions_data(site)),
+    )
+    for outcome in explain(ruleset, event_type, resources):
+        print(f"{'MATCH' if outcome.matched else 'no match':9} {outcome.rule}")
+        for reason in outcome.reasons:
+            print(f"          - {reason}")
+        for c in outcome.captures:
+            what = "skipped (< 1 lb)" if c.skipped else "dry run" if c.dry_run else "would send"
+            print(
+                f"          {what}: {c.action} amount={c.amount} part={c.part} customer={c.customer_email or '-'}"
+            )
+        if outcome.delta is not None:
+            d = outcome.delta
+            print(
+                f"          offset_delta: site {d.site_id}, period {d.period}, current {d.current_tco2e} tCO2e minus what this rule offset before"
+            )
+    return 0
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+# -- admins ---------------------------------------------------------------------------------
+
+
+def admin_for(settings: Settings, broker: Any) -> Admin:
+    engine = create_sync_engine(settings.database_url, pool_size=2)
+    store = EventStore(engine)
+
+    def enqueue(ids: Sequence[int]) -> None:
+        for event_id in ids:
+            enqueue_event(broker, event_id)
+        store.mark_queued(ids)
+
+    return Admin(store, Ledger(engine), enqueue)
+
+
+def _cli_admin() -> tuple[Admin, bool]:
+    settings = settings_for()
+    broker = make_broker(settings.broker_url)
+    shared = is_shared(broker)
+    admin = admin_for(settings, broker)
+    if not shared:
+        # No queue this process can reach: replayed events stay `pending`, and the sweeper of
+        # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.
+        admin.enqueue = lambda ids: None
+    return admin, shared
+
+
+def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
+    if value is not None and value not in choices:
+        raise UsageError(f"unknown {what} {value!r}; one of: {', '.join(choices)}")
+
+
+def events_list(args: argparse.Namespace) -> int:
+    _check_choice(args.status, STATUSES, "status")
+    store = EventStore(create_sync_engine(settings_for().database_url, pool_size=1))
+    rows = store.list_events(
+        EventFilter(status=args.status, type=args.type, since=args.since), limit=args.limit
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        f"{len(rows)} events",
+        ["id", "type", "subject", "status", "attempts", "received", "last error / note"],
+        [
+            [
+                r["id"],
+                r["type"],
+                r["subject_id"],
+                r["status"],
+                r["attempts"],
+                r["received_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                (r["last_error"] or r["note"] or "")[:60],
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def events_show(args: argparse.Namespace) -> int:
+    store = EventStore(create_sync_engine(settings_for().database_url, pool_size=1))
+    detail = store.get_event(args.id)
+    if args.json:
+        print_json(detail)
+        return 0
+    for key in (
+        "id",
+        "type",
+        "subject_id",
+        "event_ts",
+        "received_at",
+        "status",
+        "attempts",
+        "last_error",
+        "note",
+    ):
+        print(f"{key:12} {detail[key]}")
+    print(f"{'body':12} {detail['body']}")
+    for title, key, fields in (
+        ("attempts", "attempt_history", ["started_at", "outcome", "http_status", "error"]),
+        ("replays", "replays", ["at", "via", "previous_status", "reason"]),
+        (
+            "captures",
+            "captures",
+            ["id", "rule", "part", "action", "amount", "status", "user_id", "time_utc", "error"],
+        ),
+    ):
+        print_table(title, fields, [[row[f] for f in fields] for row in detail[key]])
+    return 0
+
+
+def events_replay(args: argparse.Namespace) -> int:
+    _check_choice(args.status, STATUSES, "status")
+    if not args.ids and not args.status:
+        raise UsageError("name event ids, or --status (e.g. --status failed)")
+    admin, shared = _cli_admin()
+    if args.ids:
+        for event_id in args.ids:
+            previous = admin.replay(event_id, via="cli", reason=args.reason)
+            print(f"replayed event {event_id} (was {previous})")
+    else:
+        from carbonhook.tables import progress
+
+        filt = EventFilter(status=args.status, type=args.type, since=args.since)
+        total = len(admin.store.matching_ids(filt))
+        done = 0
+        with progress(total, "replaying") as advance:
+            for _ in admin.replay_matching(filt, via="cli", reason=args.reason):
+                done += 1
+                advance()
+        print(f"replayed {done} of {total} events")
+    if not shared:
+        print(
+            "(memory:// broker: the running `carbonhook run` picks them up within its sweep interval)"
+        )
+    return 0
+
+
+def captures_list(args: argparse.Namespace) -> int:
+    _check_choice(args.status, CAPTURE_STATUSES, "status")
+    ledger = Ledger(create_sync_engine(settings_for().database_url, pool_size=1))
+    rows = ledger.list(status=args.status, limit=args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        f"{len(rows)} captures",
+        [
+            "id",
+            "event",
+            "rule",
+            "subject",
+            "part",
+            "action",
+            "amount",
+            "status",
+            "user_id",
+            "time_utc",
+            "error / note",
+        ],
+        [
+            [
+                r["id"],
+                r["event_id"],
+                r["rule"],
+                r["subject_id"],
+                r["part"],
+                r["action"],
+                r["amount"],
+                r["status"],
+                r["user_id"] or "",
+                r["time_utc"] or "",
+                (r["error"] or r["note"] or "")[:50],
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def captures_decide(args: argparse.Namespace) -> int:
+    admin, _ = _cli_admin()
+    if args.decision == "approve":
+        row = admin.approve(args.id, via="cli")
+    elif args.decision == "reject":
+        row = admin.reject(args.id, via="cli")
+    else:
+        row = admin.resolve(args.id, captured=args.captured, via="cli")
+    print(f"capture {row.id} is now {row.status}; event {row.event_id} queued to finish")
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+class ThreadServer:
+    """A uvicorn server on a background thread (the sandbox's emulator)."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        )
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(
+            target=self.server.run, name="carbonhook-emulator", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("emulator did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+def start_server(app: Any, host: str, port: int) -> ThreadServer:
+    return ThreadServer(app, host, port).start()
+
+
+def requeue_pending(store: EventStore, broker: Any) -> None:
+    """At start-up, hand the queue every event stored but never handed over."""
+    ids = store.pending_ids()
+    for event_id in ids:
+        enqueue_event(broker, event_id)
+    store.mark_queued(ids)
+    if ids:
+        log.info("re-enqueued %d pending events", len(ids))
+
+
+def install_reload(rules: RulesHolder) -> None:
+    import signal
+
+    signal.signal(signal.SIGHUP, lambda *_: reload_rules(rules))
+
+
+def reload_rules(rules: RulesHolder) -> None:
+    try:
+        ruleset = rules.reload()
+    except RulesError as exc:
+        log.error("rules not reloaded, the old ones stay: %s", exc)
+        return
+    log.info("rules reloaded from %s (sha256 %s)", ruleset.path, ruleset.sha256[:12])

@@ -1,0 +1,1 @@
+"""The edge where HTTP comes in: signature, intake, event store, admin."""

@@ -1,0 +1,167 @@
+"""The event store's tables. Alembic migrations are the only source of the real schema;
+these models must match them (a test compares the two)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database (same on SQLite and PostgreSQL)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Event(Base):
+    """One delivery, stored once; the row is also the outbox for the queue."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("type", "subject_id", "event_ts", name="uq_events_identity"),
+        Index("ix_events_status_received", "status", "received_at"),
+        Index("ix_events_received", "received_at"),
+        Index("ix_events_status_available", "status", "available_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(100))
+    subject_id: Mapped[str] = mapped_column(String(255))
+    event_ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EventAttempt(Base):
+    """One try at processing an event: when, how it ended, why."""
+
+    __tablename__ = "event_attempts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+
+
+class Replay(Base):
+    """An admin's replay of an event: when, through which interface, why."""
+
+    __tablename__ = "replays"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    via: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    previous_status: Mapped[str] = mapped_column(String(16))
+
+
+class Capture(Base):
+    """The ledger: one planned impact, written before the API is called."""
+
+    __tablename__ = "captures"
+    __table_args__ = (
+        UniqueConstraint("rule", "subject_id", "part", name="uq_captures_rule_subject_part"),
+        Index("ix_captures_status", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    rule: Mapped[str] = mapped_column(String(100))
+    subject_id: Mapped[str] = mapped_column(String(255))
+    part: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    customer_email: Mapped[str | None] = mapped_column(String(320))
+    customer_name: Mapped[str | None] = mapped_column(String(200))
+    notify: Mapped[bool] = mapped_column(Boolean, default=True)
+    approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    user_id: Mapped[str | None] = mapped_column(String(100))
+    time_utc: Mapped[str | None] = mapped_column(String(40))
+    customer_id: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    rules_hash: Mapped[str | None] = mapped_column(String(64))
+    site_id: Mapped[str | None] = mapped_column(String(255))
+    period: Mapped[str | None] = mapped_column(String(32))
+    basis_tco2e: Mapped[float | None] = mapped_column(Float)
+    spend_day: Mapped[str | None] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Spend(Base):
+    """Pounds reserved per limit window (`day:2026-11-25`, `month:2026-11`); updated atomically."""
+
+    __tablename__ = "spend"
+
+    window: Mapped[str] = mapped_column(String(20), primary_key=True)
+    lbs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeltaMark(Base):
+    """How much of a site's emissions a delta rule has offset in a period."""
+
+    __tablename__ = "delta_marks"
+
+    rule: Mapped[str] = mapped_column(String(100), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    period: Mapped[str] = mapped_column(String(32), primary_key=True)
+    offset_tco2e: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,302 @@
+"""The event state machine in the database: claim, finish, retry, sweep, replay, list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+
+from receiver.errors import Conflict, NotFound
+from receiver.schema import Capture, Event, EventAttempt, Replay, utcnow
+
+PENDING, QUEUED, PROCESSING = "pending", "queued", "processing"
+SUCCEEDED, FAILED, HELD, IGNORED = "succeeded", "failed", "held", "ignored"
+STATUSES = (PENDING, QUEUED, PROCESSING, SUCCEEDED, FAILED, HELD, IGNORED)
+REPLAYABLE = (FAILED, SUCCEEDED, HELD)
+FINAL = (SUCCEEDED, FAILED, HELD)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    """An event a worker holds under a lease."""
+
+    id: int
+    type: str
+    subject_id: str
+    data: dict[str, Any]
+    attempts: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """What an admin asks for: the same filter for listing and bulk replay."""
+
+    status: str | None = None
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def clauses(self) -> list[Any]:
+        found: list[Any] = []
+        if self.status:
+            found.append(Event.status == self.status)
+        if self.type:
+            found.append(Event.type == self.type)
+        if self.since:
+            found.append(Event.received_at >= self.since)
+        if self.until:
+            found.append(Event.received_at < self.until)
+        return found
+
+
+class EventStore:
+    """Synchronous access for workers, the sweeper, the CLI and the admin API."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- the queue hand-off ------------------------------------------------------------
+
+    def mark_queued(self, ids: Sequence[int]) -> None:
+        """Record that these pending events were handed to the broker."""
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Event)
+                .where(Event.id.in_(ids), Event.status == PENDING)
+                .values(status=QUEUED, updated_at=utcnow())
+            )
+
+    def due_for_enqueue(
+        self, *, pending_after_s: float, queued_after_s: float, limit: int = 1000
+    ) -> list[int]:
+        """Ids the queue may have lost; each is stamped so the next sweep waits again.
+
+        On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several sweepers split the rows.
+        """
+        now = utcnow()
+        lost = or_(
+            and_(Event.status == PENDING, Event.available_at <= now - _s(pending_after_s)),
+            and_(Event.status == QUEUED, Event.available_at <= now - _s(queued_after_s)),
+            and_(
+                Event.status == PROCESSING,
+                Event.lease_until < now,
+                Event.available_at <= now - _s(pending_after_s),
+            ),
+        )
+        candidates = select(Event.id).where(lost).order_by(Event.id).limit(limit)
+        if self.engine.dialect.name == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            ids = [row[0] for row in conn.execute(candidates)]
+            if ids:
+                conn.execute(update(Event).where(Event.id.in_(ids)).values(available_at=now))
+        return ids
+
+    # -- the worker's side -------------------------------------------------------------
+
+    def claim(self, event_id: int, *, lease_s: float) -> ClaimedEvent | None:
+        """Take the event under a lease, or return None if it is finished or held elsewhere."""
+        now = utcnow()
+        claimable = or_(
+            Event.status.in_((PENDING, QUEUED)),
+            and_(Event.status == PROCESSING, Event.lease_until < now),
+        )
+        stmt = (
+            update(Event)
+            .where(Event.id == event_id, claimable)
+            .values(
+                status=PROCESSING,
+                lease_until=now + _s(lease_s),
+                available_at=now,
+                attempts=Event.attempts + 1,
+                updated_at=now,
+            )
+            .returning(Event.id, Event.type, Event.subject_id, Event.body, Event.attempts)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return ClaimedEvent(
+            id=row.id,
+            type=row.type,
+            subject_id=row.subject_id,
+            data=json.loads(row.body).get("data", {}),
+            attempts=row.attempts,
+            started_at=now,
+        )
+
+    def finish(
+        self,
+        event: ClaimedEvent,
+        status: str,
+        *,
+        error: str | None = None,
+        note: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        """End an attempt with a final status (succeeded, failed, held)."""
+        self._end_attempt(event, status, error, http_status, {"note": note, "lease_until": None})
+
+    def retry_later(
+        self,
+        event: ClaimedEvent,
+        *,
+        delay_s: float,
+        error: str,
+        http_status: int | None,
+    ) -> None:
+        """End an attempt that will be tried again after `delay_s`."""
+        extra = {"lease_until": None, "available_at": utcnow() + _s(delay_s)}
+        self._end_attempt(event, QUEUED, error, http_status, extra, outcome="retry")
+
+    def release(self, event: ClaimedEvent) -> None:
+        """Give an event back unfinished (the worker is stopping)."""
+        extra = {"lease_until": None, "available_at": utcnow()}
+        self._end_attempt(event, QUEUED, "worker stopped", None, extra, outcome="released")
+
+    def _end_attempt(
+        self,
+        event: ClaimedEvent,
+        status: str,
+        error: str | None,
+        http_status: int | None,
+        extra: dict[str, Any],
+        outcome: str | None = None,
+    ) -> None:
+        now = utcnow()
+        values = {"status": status, "last_error": error, "updated_at": now, **extra}
+        with self.engine.begin() as conn:
+            # Only the lease holder may end the attempt: a worker whose lease expired and was
+            # taken over must not overwrite the newer attempt's state.
+            result = conn.execute(
+                update(Event)
+                .where(Event.id == event.id, Event.status == PROCESSING)
+                .where(Event.attempts == event.attempts)
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                return
+            conn.execute(
+                EventAttempt.__table__.insert().values(
+                    event_id=event.id,
+                    started_at=event.started_at,
+                    finished_at=now,
+                    outcome=outcome or status,
+                    error=error,
+                    http_status=http_status,
+                )
+            )
+
+    def pending_ids(self, limit: int = 100_000) -> list[int]:
+        """Events stored but not handed to a queue (start-up re-enqueue)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Event.id).where(Event.status == PENDING).order_by(Event.id).limit(limit)
+            )
+            return [row[0] for row in rows]
+
+    # -- admins ------------------------------------------------------------------------
+
+    def list_events(
+        self, filt: EventFilter, *, limit: int = 50, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; `before_id` is the cursor of the next page."""
+        stmt = select(*_SUMMARY).where(*filt.clauses())
+        if before_id is not None:
+            stmt = stmt.where(Event.id < before_id)
+        stmt = stmt.order_by(Event.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Event.status, func.count()).group_by(Event.status))
+            return {status: count for status, count in rows}
+
+    def get_event(self, event_id: int) -> dict[str, Any]:
+        """One event with its payload, attempts, replays and captures."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Event).where(Event.id == event_id)).first()
+            if row is None:
+                raise NotFound(f"event {event_id} not found")
+            detail = {c: getattr(row, c) for c in _SUMMARY_NAMES}
+            detail["body"] = row.body.decode("utf-8", "replace")
+            for key, table in (("attempt_history", EventAttempt), ("replays", Replay)):
+                stmt = select(table).where(table.event_id == event_id).order_by(table.id)
+                detail[key] = _rows(conn, stmt)
+            by_subject = select(Capture).where(Capture.subject_id == row.subject_id)
+            detail["captures"] = _rows(conn, by_subject.order_by(Capture.id))
+        return detail
+
+    def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
+        """Reset a replayable event to `pending` (the caller hands it to the queue, or the
+        sweeper will) and record why; returns its previous status."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(Event.status).where(Event.id == event_id)).first()
+            if row is None:
+                raise NotFound(f"event {event_id} not found")
+            if row.status not in REPLAYABLE:
+                allowed = "/".join(REPLAYABLE)
+                raise Conflict(f"event {event_id} is {row.status}; only {allowed} can be replayed")
+            reset = (
+                update(Event)
+                .where(Event.id == event_id, Event.status == row.status)
+                .values(
+                    status=PENDING,
+                    available_at=now,
+                    updated_at=now,
+                    attempts=0,
+                    lease_until=None,
+                )
+            )
+            if conn.execute(reset).rowcount == 0:
+                raise Conflict(f"event {event_id} changed while being replayed; try again")
+            conn.execute(
+                Replay.__table__.insert().values(
+                    event_id=event_id,
+                    at=now,
+                    via=via,
+                    reason=reason,
+                    previous_status=row.status,
+                )
+            )
+        return str(row.status)
+
+    def matching_ids(self, filt: EventFilter, *, limit: int | None = None) -> list[int]:
+        stmt = select(Event.id).where(*filt.clauses()).order_by(Event.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(stmt)]
+
+
+_SUMMARY = (
+    Event.id,
+    Event.type,
+    Event.subject_id,
+    Event.event_ts,
+    Event.received_at,
+    Event.status,
+    Event.attempts,
+    Event.last_error,
+    Event.note,
+    Event.updated_at,
+)
+_SUMMARY_NAMES = [c.key for c in _SUMMARY]
+
+
+def _rows(conn: Any, stmt: Any) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def _s(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)

@@ -1,0 +1,721 @@
+"""The recipes in deploy/: they parse, name only real settings, and pass the checkers at hand."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from receiver.settings import ENV_PREFIX, Settings
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+SYSTEMD = DEPLOY / "systemd"
+K8S = DEPLOY / "k8s"
+
+SETTING_NAMES = frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+REQUIRED_SETTINGS = frozenset(
+    {
+        "CARBONHOOK_DATABASE_URL",
+        "CARBONHOOK_BROKER_URL",
+        "CARBONHOOK_WEBHOOK_SECRETS",
+        "CARBONHOOK_CARBONPASS_API_KEY",
+        "CARBONHOOK_IMPACT_API_KEY",
+    }
+)
+APP_SERVICES = ("migrate", "receiver", "worker")
+INSTALLED_CARBONHOOK = "/opt/carbonhook/.venv/bin/carbonhook"
+UNITS = ("carbonhook-migrate.service", "carbonhook-receiver.service", "carbonhook-worker@.service")
+# A compose file's values used for ${...} interpolation when a compose client checks it.
+COMPOSE_VARIABLES = {"CARBONHOOK_DOMAIN": "hooks.example.com", "POSTGRES_PASSWORD": "test-only"}
+
+
+def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+
+
+# --- compose.yaml and the Caddyfile -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def _services(compose: dict[str, Any]) -> dict[str, Any]:
+    services = compose["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def _env_files(service: dict[str, Any]) -> list[str]:
+    entries = service.get("env_file", [])
+    entries = [entries] if isinstance(entries, str) else entries
+    return [entry if isinstance(entry, str) else entry["path"] for entry in entries]
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        return dict(item.partition("=")[::2] for item in environment)
+    return {key: str(value) for key, value in environment.items()}
+
+
+def _published_ports(service: dict[str, Any]) -> set[tuple[int, str]]:
+    ports: set[tuple[int, str]] = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.add((int(port["published"]), port.get("protocol", "tcp")))
+            continue
+        mapping, _, protocol = str(port).partition("/")
+        ports.add((int(mapping.split(":")[-2]), protocol or "tcp"))
+    return ports
+
+
+def test_compose_runs_every_part_of_the_service(compose: dict[str, Any]) -> None:
+    assert set(_services(compose)) >= {"postgres", "redis", *APP_SERVICES, "caddy"}
+
+
+def test_compose_uses_postgresql_16_and_redis_7_with_healthchecks(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    assert re.fullmatch(r"postgres:16([.-].*)?", services["postgres"]["image"])
+    assert re.fullmatch(r"redis:7([.-].*)?", services["redis"]["image"])
+    for name in ("postgres", "redis"):
+        healthcheck = services[name]["healthcheck"]
+        assert healthcheck["test"] and not healthcheck.get("disable", False), name
+
+
+def test_compose_migrate_runs_once_after_postgres_is_healthy(compose: dict[str, Any]) -> None:
+    migrate = _services(compose)["migrate"]
+    assert _command(migrate) == ["carbonhook", "migrate"]
+    assert migrate.get("restart", "no") == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_compose_receiver_and_workers_wait_for_a_successful_migration(
+    compose: dict[str, Any],
+) -> None:
+    services = _services(compose)
+    for name in ("receiver", "worker"):
+        depends_on = services[name]["depends_on"]
+        assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends_on["redis"]["condition"] == "service_healthy", name
+
+
+def test_compose_app_services_read_the_operators_env_file(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        env_files = _env_files(_services(compose)[name])
+        assert env_files == ["carbonhook.env"], name
+    assert (DEPLOY / "carbonhook.env.example").is_file()
+
+
+def test_compose_app_services_set_only_real_settings(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        environment = _environment(_services(compose)[name])
+        assert set(environment) <= SETTING_NAMES, name
+        assert environment["CARBONHOOK_DATABASE_URL"].startswith("postgresql://"), name
+        assert environment["CARBONHOOK_BROKER_URL"].startswith("redis://redis:6379"), name
+
+
+def test_compose_runs_the_receiver_and_two_workers(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    assert _command(services["receiver"])[:2] == ["carbonhook", "serve"]
+    assert _command(services["worker"])[:2] == ["carbonhook", "worker"]
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert "ports" not in services["receiver"], "only Caddy should reach the receiver"
+
+
+def test_compose_receiver_trusts_forwarded_headers_from_the_compose_network(
+    compose: dict[str, Any],
+) -> None:
+    command = _command(_services(compose)["receiver"])
+    trusted = command[command.index("--forwarded-allow-ips") + 1]
+    trusted_networks = [ipaddress.ip_network(item.strip()) for item in trusted.split(",")]
+    subnets = [
+        ipaddress.ip_network(entry["subnet"])
+        for entry in compose["networks"]["default"]["ipam"]["config"]
+    ]
+    assert subnets
+    for subnet in subnets:
+        assert any(
+            subnet.version == network.version and subnet.subnet_of(network)  # type: ignore[arg-type]
+            for network in trusted_networks
+        ), f"{subnet} is not covered by --forwarded-allow-ips {trusted}"
+
+
+def test_compose_caddy_serves_http_and_https_with_the_caddyfile(compose: dict[str, Any]) -> None:
+    caddy = _services(compose)["caddy"]
+    assert {(80, "tcp"), (443, "tcp")} <= _published_ports(caddy)
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
+    assert any(str(volume).endswith(":/data") for volume in caddy["volumes"]), "certificates"
+    assert "CARBONHOOK_DOMAIN" in _environment(caddy)
+
+
+def test_caddyfile_serves_the_domain_from_the_environment_and_proxies_to_the_receiver() -> None:
+    caddyfile = (DEPLOY / "Caddyfile").read_text()
+    assert re.search(r"^\{\$CARBONHOOK_DOMAIN\}\s*\{", caddyfile, re.MULTILINE)
+    assert re.search(r"^\s*reverse_proxy\s+receiver:8000\s*$", caddyfile, re.MULTILINE)
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema (a dev dependency) is absent")
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DEPLOY / "compose.yaml"),
+        ]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _compose_client() -> tuple[list[str] | None, str]:
+    """The compose command, or None and why there is none."""
+    docker = shutil.which("docker")
+    if docker is None:
+        why = "no docker client is installed"
+    else:
+        probe = _run([docker, "compose", "version"])
+        if probe.returncode == 0:
+            return [docker, "compose"], ""
+        output = probe.stdout + probe.stderr
+        if "unknown command" not in output and "is not a docker command" not in output:
+            pytest.fail(f"`docker compose version` failed:\n{output}")
+        why = "the docker compose plugin is not installed"
+    standalone = shutil.which("docker-compose")
+    if standalone is not None and _run([standalone, "version", "--short"]).stdout.startswith("2"):
+        return [standalone], ""
+    return None, why
+
+
+def test_docker_compose_accepts_the_compose_file(tmp_path: Path) -> None:
+    client, why_not = _compose_client()
+    if client is None:
+        pytest.skip(f"`docker compose config` cannot run: {why_not}")
+    # A copy, with the files an operator creates next to it, so the check needs nothing of theirs.
+    deploy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, deploy)
+    shutil.copy(deploy / "carbonhook.env.example", deploy / "carbonhook.env")
+    (deploy / "rules.toml").write_text("")
+    (deploy / ".env").unlink(missing_ok=True)
+    result = _run(
+        [*client, "-f", str(deploy / "compose.yaml"), "config"],
+        env={**os.environ, **COMPOSE_VARIABLES},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_caddy_accepts_the_caddyfile() -> None:
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.skip("caddy is not installed")
+    result = _run(
+        [caddy, "adapt", "--adapter", "caddyfile", "--config", str(DEPLOY / "Caddyfile")],
+        env={**os.environ, "CARBONHOOK_DOMAIN": "hooks.example.com"},
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.dumps(json.loads(result.stdout))
+    assert '"host": ["hooks.example.com"]' in config
+    assert '"dial": "receiver:8000"' in config
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def _dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, arguments.strip()))
+    return stages
+
+
+def test_dockerfile_builds_the_wheel_in_a_separate_slim_stage() -> None:
+    stages = _dockerfile_stages()
+    assert len(stages) >= 2
+    bases = [stage[0][1] for stage in stages]
+    assert all(
+        re.fullmatch(r"python:3\.11-slim(@\S+)?(\s+AS\s+\S+)?", base, re.IGNORECASE)
+        for base in bases
+    )
+    builder = re.fullmatch(r"\S+\s+AS\s+(\S+)", bases[0], re.IGNORECASE)
+    assert builder, "the first stage is named (FROM ... AS name)"
+    assert any(
+        "pip wheel" in arguments for instruction, arguments in stages[0] if instruction == "RUN"
+    )
+    final = stages[-1]
+    assert any(
+        instruction == "COPY" and f"--from={builder.group(1)}" in arguments
+        for instruction, arguments in final
+    )
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [
+        arguments for instruction, arguments in _dockerfile_stages()[-1] if instruction == "USER"
+    ]
+    assert users, "the final stage sets USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+
+
+def test_dockerfile_checks_healthz_with_python() -> None:
+    healthchecks = [
+        arguments
+        for instruction, arguments in _dockerfile_stages()[-1]
+        if instruction == "HEALTHCHECK"
+    ]
+    assert len(healthchecks) == 1
+    assert "/healthz" in healthchecks[0]
+    assert "python" in healthchecks[0] and "curl" not in healthchecks[0]
+
+
+def test_dockerfile_serves_by_default() -> None:
+    commands = [
+        arguments for instruction, arguments in _dockerfile_stages()[-1] if instruction == "CMD"
+    ]
+    assert json.loads(commands[-1]) == [
+        "carbonhook",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ]
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether the build context leaves `path` out (enough of .dockerignore for these patterns)."""
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    patterns = [line.strip().strip("/") for line in lines if line.strip() and line[0] != "#"]
+    assert not any(pattern.startswith("!") for pattern in patterns), "extend this helper for !"
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: end + 1]) for end in range(len(parts))]
+    for pattern in patterns:
+        for prefix in prefixes:
+            if fnmatch.fnmatchcase(prefix, pattern):
+                return True
+            if pattern.startswith("**/") and fnmatch.fnmatchcase(
+                prefix.split("/")[-1], pattern[3:]
+            ):
+                return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pyproject.toml",
+        "README.md",
+        "receiver/settings.py",
+        "workers/x.py",
+        "migrations/env.py",
+        "carbonhook/__init__.py",
+    ],
+)
+def test_build_context_keeps_what_the_wheel_needs(path: str) -> None:
+    assert not _dockerignored(path)
+
+
+@pytest.mark.parametrize(
+    "path", [".git/HEAD", ".venv/bin/python", ".env", "deploy/carbonhook.env", "rules.toml"]
+)
+def test_build_context_leaves_out_environments_and_operator_secrets(path: str) -> None:
+    assert _dockerignored(path)
+
+
+# --- systemd units ------------------------------------------------------------------------------
+
+
+def _unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file as section -> directive -> values (a directive may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    section: dict[str, list[str]] = {}
+    for raw in (SYSTEMD / name).read_text().splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def _seconds(timespan: str) -> float:
+    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    match = re.fullmatch(r"(\d+)\s*(s|sec|m|min|h)?", timespan)
+    assert match, f"unexpected timespan {timespan!r}"
+    return int(match.group(1)) * units[match.group(2) or ""]
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_units_run_the_installed_cli_as_carbonhook_with_the_env_file(name: str) -> None:
+    service = _unit(name)["Service"]
+    assert service["User"] == ["carbonhook"]
+    assert service["EnvironmentFile"] == ["/etc/carbonhook/carbonhook.env"]
+    assert len(service["ExecStart"]) == 1
+    assert service["ExecStart"][0].startswith(INSTALLED_CARBONHOOK + " ")
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_units_are_hardened(name: str) -> None:
+    service = _unit(name)["Service"]
+    assert service["NoNewPrivileges"] == ["yes"]
+    assert service["ProtectSystem"] == ["strict"]
+    assert service["PrivateTmp"] == ["yes"]
+    assert service["ReadWritePaths"]
+
+
+def test_migrate_unit_runs_once() -> None:
+    service = _unit("carbonhook-migrate.service")["Service"]
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"] == [f"{INSTALLED_CARBONHOOK} migrate"]
+
+
+@pytest.mark.parametrize(
+    ("name", "command", "min_stop_s"),
+    [("carbonhook-receiver.service", "serve", 10), ("carbonhook-worker@.service", "worker", 60)],
+)
+def test_receiver_and_worker_units_need_migrate_restart_and_stop_gracefully(
+    name: str, command: str, min_stop_s: int
+) -> None:
+    unit = _unit(name)
+    after = " ".join(unit["Unit"]["After"]).split()
+    requires = " ".join(unit["Unit"]["Requires"]).split()
+    assert "carbonhook-migrate.service" in after and "carbonhook-migrate.service" in requires
+    service = unit["Service"]
+    assert service["ExecStart"][0].split()[1] == command
+    assert service["Restart"] == ["on-failure"]
+    assert service["KillSignal"] == ["SIGTERM"]
+    assert _seconds(service["TimeoutStopSec"][0]) >= min_stop_s
+
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze is not installed")
+    return path
+
+
+@pytest.fixture
+def verifiable_units(tmp_path: Path) -> Path:
+    """Copies of the units whose ExecStart names an executable that exists on this machine.
+
+    `systemd-analyze verify` refuses a unit whose binary is missing, and the venv under
+    /opt/carbonhook exists only on a real host; everything else in the units is left as it is.
+    """
+    stub = tmp_path / "carbonhook"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    for name in UNITS:
+        text = (SYSTEMD / name).read_text()
+        assert INSTALLED_CARBONHOOK in text, name
+        (tmp_path / name).write_text(text.replace(INSTALLED_CARBONHOOK, str(stub)))
+    return tmp_path
+
+
+def _verify(systemd_analyze: str, units: Path) -> str:
+    """What `systemd-analyze verify` says about the units (and two worker instances)."""
+    names = [
+        "carbonhook-migrate.service",
+        "carbonhook-receiver.service",
+        "carbonhook-worker@1.service",
+        "carbonhook-worker@2.service",
+    ]
+    result = _run([systemd_analyze, "verify", *(str(units / name) for name in names)])
+    # verify exits 0 on some problems (an unknown directive is reported, then ignored): any
+    # output at all is a finding.
+    output = (result.stdout + result.stderr).strip()
+    return output or ("" if result.returncode == 0 else f"exit status {result.returncode}")
+
+
+def test_systemd_accepts_the_units(systemd_analyze: str, verifiable_units: Path) -> None:
+    assert _verify(systemd_analyze, verifiable_units) == ""
+
+
+def test_systemd_verification_catches_a_misspelt_directive(
+    systemd_analyze: str, verifiable_units: Path
+) -> None:
+    receiver = verifiable_units / "carbonhook-receiver.service"
+    receiver.write_text(receiver.read_text().replace("NoNewPrivileges=", "NoNewPrivilegs="))
+    assert "NoNewPrivilegs" in _verify(systemd_analyze, verifiable_units)
+
+
+# --- Kubernetes manifests -----------------------------------------------------------------------
+
+
+def _manifests() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is not None:
+                yield path.name, document
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every manifest by (kind, metadata.name)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for filename, manifest in _manifests():
+        assert manifest.get("apiVersion"), filename
+        assert manifest.get("kind"), filename
+        assert manifest.get("metadata", {}).get("name"), filename
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        assert key not in found, f"{key} defined twice"
+        found[key] = manifest
+    return found
+
+
+def _pod(manifest: dict[str, Any]) -> dict[str, Any]:
+    pod = manifest["spec"]["template"]["spec"]
+    assert isinstance(pod, dict)
+    return pod
+
+
+def _container(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers = _pod(manifest)["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def _one(manifests: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, Any]:
+    matches = [manifest for (k, _), manifest in manifests.items() if k == kind]
+    assert len(matches) == 1, kind
+    return matches[0]
+
+
+def _deployment(manifests: dict[tuple[str, str], dict[str, Any]], command: str) -> dict[str, Any]:
+    matches = [
+        manifest
+        for (kind, _), manifest in manifests.items()
+        if kind == "Deployment" and _container(manifest)["command"][:2] == ["carbonhook", command]
+    ]
+    assert len(matches) == 1, f"one Deployment runs carbonhook {command}"
+    return matches[0]
+
+
+def test_k8s_has_every_kind(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    kinds = sorted(kind for kind, _ in manifests)
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Ingress", "Job", "Secret", "Service"]
+
+
+def test_k8s_workloads_run_the_image_as_non_root_with_the_settings(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    config = _one(manifests, "ConfigMap")["metadata"]["name"]
+    secret = _one(manifests, "Secret")["metadata"]["name"]
+    workloads = [m for (kind, _), m in manifests.items() if kind in {"Deployment", "Job"}]
+    assert len(workloads) == 3
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        pod, container = _pod(workload), _container(workload)
+        assert container["image"] == "carbonhook:latest", name
+        run_as_non_root = container.get("securityContext", {}).get(
+            "runAsNonRoot", pod.get("securityContext", {}).get("runAsNonRoot")
+        )
+        assert run_as_non_root is True, name
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+        assert container["resources"]["requests"] and container["resources"]["limits"], name
+        sources = {
+            (kind, ref["name"]) for entry in container["envFrom"] for kind, ref in entry.items()
+        }
+        assert sources == {("configMapRef", config), ("secretRef", secret)}, name
+
+
+def test_k8s_receiver_probes_readyz_and_healthz(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    container = _container(_deployment(manifests, "serve"))
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    port_names = {port.get("name") for port in container["ports"]}
+    port_numbers = {port["containerPort"] for port in container["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] in port_names | port_numbers
+    assert "--forwarded-allow-ips" in container["command"]
+
+
+def test_k8s_service_selects_the_receiver_pods(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    receiver = _deployment(manifests, "serve")
+    service = _one(manifests, "Service")
+    labels = receiver["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    ports = _container(receiver)["ports"]
+    targets = {port.get("name") for port in ports} | {port["containerPort"] for port in ports}
+    assert all(port["targetPort"] in targets for port in service["spec"]["ports"])
+
+
+def test_k8s_ingress_serves_the_webhook_over_tls(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    ingress = _one(manifests, "Ingress")
+    service = _one(manifests, "Service")
+    annotations = ingress["metadata"]["annotations"]
+    assert any(key.startswith("cert-manager.io/") for key in annotations)
+    tls_hosts = {host for entry in ingress["spec"]["tls"] for host in entry["hosts"]}
+    assert all(entry["secretName"] for entry in ingress["spec"]["tls"])
+    service_ports = {port["name"] for port in service["spec"]["ports"]} | {
+        port["port"] for port in service["spec"]["ports"]
+    }
+    routed: list[str] = []
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in tls_hosts
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert set(backend["port"].values()) <= service_ports
+            routed.append(path["path"])
+    assert any("/webhooks/carbonpass".startswith(path) for path in routed)
+
+
+def test_k8s_workers_get_time_to_finish_captures(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    worker = _deployment(manifests, "worker")
+    assert _pod(worker)["terminationGracePeriodSeconds"] >= 60
+
+
+def test_k8s_job_runs_migrate(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    job = _one(manifests, "Job")
+    container = _container(job)
+    assert [*container.get("command", []), *container.get("args", [])] == ["carbonhook", "migrate"]
+    assert _pod(job)["restartPolicy"] in {"Never", "OnFailure"}
+
+
+def test_k8s_rules_file_is_mounted(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    rules_dir = str(Path(_one(manifests, "ConfigMap")["data"]["CARBONHOOK_RULES_FILE"]).parent)
+    for command in ("serve", "worker"):
+        deployment = _deployment(manifests, command)
+        volumes = {volume["name"]: volume for volume in _pod(deployment)["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in _container(deployment)["volumeMounts"]}
+        assert "configMap" in volumes[mounts[rules_dir]], command
+
+
+def test_k8s_settings_are_real_and_secrets_are_placeholders(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    config = _one(manifests, "ConfigMap")["data"]
+    secret = _one(manifests, "Secret")
+    assert "data" not in secret, "placeholders go in stringData"
+    secrets = secret["stringData"]
+    assert set(config) <= SETTING_NAMES and set(secrets) <= SETTING_NAMES
+    assert not set(config) & set(secrets)
+    assert set(secrets) >= REQUIRED_SETTINGS
+    for name, value in secrets.items():
+        assert "change-me" in value or ".example." in value, f"{name} is not a placeholder"
+
+
+def test_k8s_manifests_match_the_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (a dev dependency) is absent"
+    )
+    version = kubernetes_validate.latest_version()
+    for filename, manifest in _manifests():
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{filename} {manifest['kind']}: {error.message}")
+
+
+# --- carbonhook.env.example ---------------------------------------------------------------------
+
+ENV_LINE = re.compile(r"^(?P<comment>#\s*)?(?P<name>CARBONHOOK_[A-Z0-9_]+)=(?P<value>.*)$")
+
+
+def _env_example() -> tuple[dict[str, str], dict[str, str]]:
+    """(set, commented out) NAME=value lines of the example."""
+    active: dict[str, str] = {}
+    commented: dict[str, str] = {}
+    for line in (DEPLOY / "carbonhook.env.example").read_text().splitlines():
+        match = ENV_LINE.match(line.strip())
+        if match is None:
+            assert line.strip() == "" or line.startswith("#"), f"unexpected line: {line!r}"
+            continue
+        target = commented if match["comment"] else active
+        assert match["name"] not in target, f"{match['name']} appears twice"
+        target[match["name"]] = match["value"]
+    return active, commented
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_env_example_names_only_real_settings() -> None:
+    active, commented = _env_example()
+    assert set(active) | set(commented) <= SETTING_NAMES
+
+
+def test_env_example_sets_every_required_setting() -> None:
+    active, _ = _env_example()
+    assert set(active) >= REQUIRED_SETTINGS
+
+
+def test_env_example_values_suit_both_compose_and_systemd() -> None:
+    active, _ = _env_example()
+    for name, value in active.items():
+        assert value and value == value.strip(), name
+        assert value[0] not in "\"'" and " #" not in value, f"{name}: no quotes or inline comments"
+
+
+def test_env_example_loads_as_settings(tmp_path: Path, clean_environment: None) -> None:
+    active, commented = _env_example()
+    env_file = tmp_path / "carbonhook.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**commented, **active}.items()))
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert settings.database_url.startswith("postgresql://")
+    assert settings.broker_url.startswith(("redis://", "amqp://"))
+    assert settings.webhook_secrets
+
+
+def test_env_example_shows_the_real_defaults_of_the_commented_settings(
+    tmp_path: Path, clean_environment: None
+) -> None:
+    _, commented = _env_example()
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    for name, value in commented.items():
+        field = name.removeprefix(ENV_PREFIX).lower()
+        if Settings.model_fields[field].default is None:
+            continue  # an example value for a setting that is off by default
+        env_file = tmp_path / "one.env"
+        env_file.write_text(f"{name}={value}\n")
+        shown = Settings(_env_file=env_file)  # type: ignore[call-arg]
+        assert getattr(shown, field) == getattr(defaults, field), (
+            f"{name}={value} in deploy/carbonhook.env.example is not the default"
+        )

@@ -1,0 +1,79 @@
+import pytest
+
+from workers.rules import RulesError, RulesHolder, load_rules, parse_rules
+
+CORE_EXAMPLE = '''
+[[rule]]
+name = "offset-published-crps"    # unique and stable: part of the ledger key
+on = "crp.generated"
+when = { status = "published" }
+capture_lbs = 500
+customer_email = "sustainability@example.com"
+customer_name = "Example Ltd"
+
+[[rule]]
+name = "five-percent"
+on = "crp.generated"
+offset = { fraction = 0.05, of = "total" }
+'''
+
+
+def test_the_core_issue_example_is_valid():
+    ruleset = parse_rules(CORE_EXAMPLE)
+    assert [r.name for r in ruleset.rules] == ["offset-published-crps", "five-percent"]
+    assert ruleset.rules[0].capture_lbs == 500
+    assert ruleset.rules[1].offset is not None and ruleset.rules[1].offset.of == "total"
+    assert len(ruleset.sha256) == 64
+
+
+def test_the_repository_example_file_is_valid():
+    from pathlib import Path
+
+    ruleset = load_rules(Path(__file__).parent.parent / "rules.example.toml")
+    assert ruleset.rules
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[[rule]]\nname = "a"\non = "crp.generated"\n', "rule 'a', field '(rule)': give exactly one of"),
+        ('[[rule]]\nname = "a"\non = "crp.deleted"\ncapture_lbs = 1\n', "rule 'a', field 'on'"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = -1\n', "rule 'a', field 'capture_lbs'"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\ncolour = "red"\n', "field 'colour'"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\noffset = { fraction = 0.1, of = "scope9" }\n', "field 'offset.of'"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\ncustomer_name = "X"\n', "customer_name needs customer_email"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\ncustomer_email = "nope"\n', "not an email"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\nwhen = { "crp.status" = { like = "x" } }\n', "unknown operator"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\n[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 2\n', "used twice"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\noffset_delta = { fraction = 0.1 }\n', "offset_delta is for"),
+        ("[[rule]\n", "not valid TOML"),
+        ('[limits]\nmax_lbs_per_day = 0\n', "field 'limits.max_lbs_per_day'"),
+    ],
+)
+def test_invalid_files_name_the_rule_and_the_field(text, says):
+    with pytest.raises(RulesError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        parse_rules(text, path="rules.toml")
+
+
+def test_errors_give_the_line_of_the_field():
+    text = '[[rule]]\nname = "ok"\non = "crp.generated"\ncapture_lbs = 1\n\n[[rule]]\nname = "bad"\non = "crp.generated"\ncapture_lbs = "lots"\n'
+    with pytest.raises(RulesError, match=r"rules.toml \(line 9\): rule 'bad', field 'capture_lbs'"):
+        parse_rules(text, path="rules.toml")
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RulesError, match="cannot read rules file"):
+        load_rules(tmp_path / "absent.toml")
+
+
+def test_reload_keeps_the_old_rules_when_the_new_file_is_invalid(tmp_path):
+    path = tmp_path / "rules.toml"
+    path.write_text(CORE_EXAMPLE)
+    holder = RulesHolder(path)
+    before = holder()
+    path.write_text("[[rule]]\nname = 1\n")
+    with pytest.raises(RulesError):
+        holder.reload()
+    assert holder() is before
+    path.write_text(CORE_EXAMPLE.replace("500", "600"))
+    assert holder.reload().rules[0].capture_lbs == 600

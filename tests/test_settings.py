@@ -1,0 +1,46 @@
+import pytest
+
+from receiver.settings import SettingsError, load_settings
+
+
+def test_defaults_are_the_embedded_ones(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///carbonhook.db"
+    assert settings.broker_url == "memory://"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.http_timeout_s == 10
+    assert (settings.max_retries, settings.retry_min_backoff_s, settings.retry_max_backoff_s) == (10, 15, 3600)
+
+
+def test_secrets_are_comma_separated_and_hidden(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_WEBHOOK_SECRETS", " old-secret , new-secret ,")
+    settings = load_settings()
+    assert settings.secret_bytes == (b"old-secret", b"new-secret")
+    assert "old-secret" not in repr(settings)
+
+
+def test_fractions_of_a_second_are_accepted(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_RETRY_MIN_BACKOFF_S", "0.25")
+    assert load_settings().retry_min_backoff_s == 0.25
+
+
+def test_a_malformed_value_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_HTTP_TIMEOUT_S", "soon")
+    with pytest.raises(SettingsError, match="CARBONHOOK_HTTP_TIMEOUT_S"):
+        load_settings()
+
+
+def test_a_missing_required_value_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match="CARBONHOOK_IMPACT_API_KEY is required"):
+        load_settings(carbonpass_api_key="k").require("carbonpass_api_key", "impact_api_key")
+
+
+def test_dotenv_is_read(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CARBONHOOK_MAX_RETRIES=3\n")
+    assert load_settings().max_retries == 3

@@ -1,0 +1,73 @@
+"""What admins do, for every interface (CLI, admin API, dashboard): replay, approve, reject,
+resolve. Each change is recorded on the event and handed to the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from receiver.errors import Conflict
+from receiver.store import EventFilter, EventStore
+from workers.ledger import CaptureRow, Ledger
+
+log = logging.getLogger(__name__)
+
+
+class Admin:
+    def __init__(
+        self, store: EventStore, ledger: Ledger, enqueue: Callable[[Sequence[int]], None]
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.enqueue = enqueue
+
+    def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
+        """Replay one event; returns the status it had."""
+        previous = self.store.replay(event_id, via=via, reason=reason)
+        self.enqueue([event_id])
+        return previous
+
+    def replay_matching(
+        self, filt: EventFilter, *, via: str, reason: str | None, batch: int = 500
+    ) -> Iterator[int]:
+        """Replay every event matching `filt`, yielding each id as it is done."""
+        ids = self.store.matching_ids(filt)
+        for start in range(0, len(ids), batch):
+            done: list[int] = []
+            for event_id in ids[start : start + batch]:
+                try:
+                    self.store.replay(event_id, via=via, reason=reason)
+                except Conflict:
+                    continue  # changed state since it was listed: nothing to replay
+                done.append(event_id)
+            self.enqueue(done)
+            yield from done
+
+    def list_captures(
+        self, *, status: str | None, limit: int, before_id: int | None
+    ) -> list[dict[str, Any]]:
+        return self.ledger.list(status=status, limit=limit, before_id=before_id)
+
+    def approve(self, capture_id: int, *, via: str) -> CaptureRow:
+        row = self.ledger.approve(capture_id)
+        self._requeue(row, via, f"capture {capture_id} approved")
+        return row
+
+    def reject(self, capture_id: int, *, via: str) -> CaptureRow:
+        row = self.ledger.reject(capture_id)
+        self._requeue(row, via, f"capture {capture_id} rejected")
+        return row
+
+    def resolve(self, capture_id: int, *, captured: bool, via: str) -> CaptureRow:
+        row = self.ledger.resolve(capture_id, captured=captured)
+        word = "captured" if captured else "not captured"
+        self._requeue(row, via, f"capture {capture_id} resolved as {word}")
+        return row
+
+    def _requeue(self, row: CaptureRow, via: str, reason: str) -> None:
+        """Let the event finish now that a capture was decided (if it is not already running)."""
+        try:
+            self.replay(row.event_id, via=via, reason=reason)
+        except Conflict as exc:
+            log.info("event %s not requeued: %s", row.event_id, exc)

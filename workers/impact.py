@@ -1,0 +1,133 @@
+"""The 1ClickImpact API client: create impacts, read records. The service talks HTTP itself
+(the official SDK has no timeouts and hides status codes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import httpx
+
+from receiver.errors import AmbiguousError
+from workers.http import make_client, send
+
+# action → (path, the key of the amount in answers and records)
+ACTIONS: dict[str, tuple[str, str]] = {
+    "capture_carbon": ("/v1/capture_carbon", "carbon_captured"),
+    "plant_tree": ("/v1/plant_tree", "tree_planted"),
+    "clean_ocean": ("/v1/clean_ocean", "waste_removed"),
+}
+MAX_AMOUNT = 10_000_000
+RECORDS_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Impact:
+    """What 1ClickImpact says it did: `(user_id, time_utc)` identifies it."""
+
+    user_id: str
+    time_utc: str
+    amount: int
+    customer_id: str | None = None
+    customer_email: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ImpactClient:
+    """`POST /v1/<action>`, `GET /v1/records`, `GET /v1/customer_records`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = make_client(
+            base_url,
+            headers={"x-api-key": api_key},
+            timeout_s=timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def create(
+        self,
+        action: str,
+        amount: int,
+        *,
+        customer_email: str | None = None,
+        customer_name: str | None = None,
+        notify: bool = True,
+        metadata: dict[str, str] | None = None,
+    ) -> Impact:
+        """Create one impact. Raises `AmbiguousError` when it may or may not have happened."""
+        path, key = ACTIONS[action]
+        body: dict[str, Any] = {"amount": amount}
+        if customer_email:
+            body["customer_email"] = customer_email
+            if customer_name:
+                body["customer_name"] = customer_name
+        if not notify:
+            body["notify"] = False
+        if metadata:
+            body["metadata"] = metadata
+        request = self.http.build_request("POST", path, json=body)
+        response = send(self.http, request, what=f"POST {path}", side_effect=True)
+        try:
+            answer = response.json()
+            return _impact(answer, key)
+        except (ValueError, KeyError, TypeError):
+            # A 2xx we cannot read: it most likely happened; reconciliation decides.
+            raise AmbiguousError(
+                f"POST {path}: unreadable answer", status=response.status_code
+            ) from None
+
+    def records(
+        self,
+        action: str,
+        *,
+        customers: bool,
+        since: date,
+        customer_email: str | None = None,
+    ) -> Iterator[Impact]:
+        """Every record of `action` since `since`, following the cursor."""
+        _, key = ACTIONS[action]
+        path = "/v1/customer_records" if customers else "/v1/records"
+        params: dict[str, Any] = {
+            "filter_by": key,
+            "start_date": since.isoformat(),
+            "limit": RECORDS_PAGE,
+        }
+        if customers and customer_email:
+            params["customer_email"] = customer_email
+        while True:
+            request = self.http.build_request("GET", path, params=params)
+            response = send(self.http, request, what=f"GET {path}", side_effect=False)
+            page = response.json()
+            items = page.get("customer_records" if customers else "user_records") or []
+            for item in items:
+                if isinstance(item, dict) and key in item:
+                    yield _impact(item, key)
+            cursor = page.get("cursor")
+            if not cursor or not items:
+                return
+            params["cursor"] = cursor
+
+
+def _impact(answer: dict[str, Any], key: str) -> Impact:
+    customer = answer.get("customer") or {}
+    metadata = answer.get("metadata")
+    return Impact(
+        user_id=str(answer["user_id"]),
+        time_utc=str(answer["time_utc"]),
+        amount=int(answer[key]),
+        customer_id=customer.get("customer_id"),
+        customer_email=customer.get("customer_email"),
+        metadata=metadata if isinstance(metadata, dict) else None,
+    )

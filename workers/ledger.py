@@ -1,0 +1,398 @@
+"""The capture ledger: a row before every call, spend reserved atomically, never two calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from receiver.errors import Conflict, NotFound
+from receiver.schema import Capture, DeltaMark, Spend, utcnow
+from workers.impact import Impact
+from workers.planning import DeltaPlan, PlannedCapture, delta_captures
+from workers.rules import Limits
+
+# Capture states (DESIGN.md): pending → captured | failed | unknown; held → approved → pending
+# or rejected; skipped (< 1 lb); dry_run.
+PENDING, CAPTURED, FAILED, UNKNOWN = "pending", "captured", "failed", "unknown"
+HELD, REJECTED, SKIPPED, DRY_RUN = "held", "rejected", "skipped", "dry_run"
+CAPTURE_STATUSES = (
+    PENDING,
+    CAPTURED,
+    FAILED,
+    UNKNOWN,
+    HELD,
+    REJECTED,
+    SKIPPED,
+    DRY_RUN,
+)
+SETTLED = (CAPTURED, SKIPPED, DRY_RUN, REJECTED)
+LIMITED_ACTION = "capture_carbon"  # limits count pounds of carbon
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureRow:
+    id: int
+    event_id: int
+    rule: str
+    subject_id: str
+    part: int
+    action: str
+    amount: int
+    customer_email: str | None
+    customer_name: str | None
+    notify: bool
+    approved: bool
+    status: str
+    attempts: int
+    attempted_at: datetime | None
+    spend_day: str | None
+    user_id: str | None
+    time_utc: str | None
+
+
+_ROW_COLUMNS = [getattr(Capture, name) for name in CaptureRow.__slots__]  # type: ignore[attr-defined]
+
+
+class OverLimit(Exception):
+    pass
+
+
+class Ledger:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- planning -----------------------------------------------------------------------
+
+    def ensure(
+        self, event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
+    ) -> CaptureRow:
+        """The ledger row for `planned`, written now if it is new; an existing row wins."""
+        with self.engine.begin() as conn:
+            self._insert_planned(conn, event_id, subject_id, planned, rules_hash, {})
+            return self._get(conn, planned.rule, subject_id, planned.part)
+
+    def ensure_delta(
+        self, event_id: int, subject_id: str, plan: DeltaPlan, rules_hash: str
+    ) -> list[CaptureRow]:
+        """Rows for an `offset_delta` rule, serialised per rule + site + period."""
+        now = utcnow()
+        key = and_(
+            DeltaMark.rule == plan.rule.name,
+            DeltaMark.site_id == plan.site_id,
+            DeltaMark.period == plan.period,
+        )
+        with self.engine.begin() as conn:
+            _insert_ignore(
+                conn,
+                DeltaMark,
+                {
+                    "rule": plan.rule.name,
+                    "site_id": plan.site_id,
+                    "period": plan.period,
+                    "offset_tco2e": 0.0,
+                    "updated_at": now,
+                },
+            )
+            # This UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite): a second
+            # bill of the same site waits here and then sees the new mark.
+            conn.execute(update(DeltaMark).where(key).values(updated_at=now))
+            existing = self._rows(
+                conn,
+                and_(Capture.rule == plan.rule.name, Capture.subject_id == subject_id),
+            )
+            if existing:
+                return existing
+            before = conn.execute(select(DeltaMark.offset_tco2e).where(key)).scalar_one()
+            planned, mark = delta_captures(plan, before)
+            extra = {
+                "site_id": plan.site_id,
+                "period": plan.period,
+                "basis_tco2e": plan.current_tco2e,
+            }
+            for capture in planned:
+                self._insert_planned(conn, event_id, subject_id, capture, rules_hash, extra)
+            conn.execute(update(DeltaMark).where(key).values(offset_tco2e=mark))
+            return self._rows(
+                conn,
+                and_(Capture.rule == plan.rule.name, Capture.subject_id == subject_id),
+            )
+
+    def _insert_planned(
+        self,
+        conn: Connection,
+        event_id: int,
+        subject_id: str,
+        planned: PlannedCapture,
+        rules_hash: str,
+        extra: dict[str, Any],
+    ) -> None:
+        now = utcnow()
+        status = SKIPPED if planned.skipped else DRY_RUN if planned.dry_run else PENDING
+        _insert_ignore(
+            conn,
+            Capture,
+            {
+                "event_id": event_id,
+                "rule": planned.rule,
+                "subject_id": subject_id,
+                "part": planned.part,
+                "action": planned.action,
+                "amount": planned.amount,
+                "customer_email": planned.customer_email,
+                "customer_name": planned.customer_name,
+                "notify": planned.notify,
+                "approved": False,
+                "status": status,
+                "attempts": 0,
+                "rules_hash": rules_hash,
+                "note": "dry run: not sent"
+                if status == DRY_RUN
+                else "under 1 lb: not sent"
+                if status == SKIPPED
+                else None,
+                "created_at": now,
+                "updated_at": now,
+                **extra,
+            },
+        )
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    def begin_attempt(self, row: CaptureRow, limits: Limits) -> str:
+        """Claim the right to call for `row`: "go", "held" (over a limit) or "busy"."""
+        now = utcnow()
+        unchanged = and_(
+            Capture.id == row.id,
+            Capture.status == row.status,
+            Capture.attempted_at.is_(None)
+            if row.attempted_at is None
+            else Capture.attempted_at == row.attempted_at,
+        )
+        reserve = row.spend_day is None and row.action == LIMITED_ACTION
+        day = now.date().isoformat()
+        try:
+            with self.engine.begin() as conn:
+                values: dict[str, Any] = {
+                    "status": PENDING,
+                    "attempted_at": now,
+                    "attempts": Capture.attempts + 1,
+                    "error": None,
+                    "updated_at": now,
+                }
+                if reserve:
+                    values["spend_day"] = day
+                if conn.execute(update(Capture).where(unchanged).values(**values)).rowcount == 0:
+                    return "busy"
+                if reserve:
+                    _reserve(conn, row.amount, day, None if row.approved else limits)
+        except OverLimit:
+            with self.engine.begin() as conn:
+                held = conn.execute(
+                    update(Capture)
+                    .where(unchanged)
+                    .values(
+                        status=HELD,
+                        note="over a spend limit: approve or reject",
+                        updated_at=now,
+                    )
+                )
+                return "held" if held.rowcount else "busy"
+        return "go"
+
+    def captured(self, capture_id: int, impact: Impact, *, note: str | None = None) -> None:
+        values = {
+            "status": CAPTURED,
+            "user_id": impact.user_id,
+            "time_utc": impact.time_utc,
+            "customer_id": impact.customer_id,
+            "error": None,
+            "http_status": None,
+            "updated_at": utcnow(),
+        }
+        if note:
+            values["note"] = note
+        with self.engine.begin() as conn:
+            conn.execute(update(Capture).where(Capture.id == capture_id).values(**values))
+
+    def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
+        """A definite refusal: nothing happened, so the reserved spend is released."""
+        with self.engine.begin() as conn:
+            self._release(conn, capture_id)
+            conn.execute(
+                update(Capture)
+                .where(Capture.id == capture_id)
+                .values(
+                    status=FAILED,
+                    error=error,
+                    http_status=http_status,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def unknown(self, capture_id: int, error: str, http_status: int | None) -> None:
+        """The call may have happened: keep the spend, reconcile before any retry."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Capture)
+                .where(Capture.id == capture_id)
+                .values(
+                    status=UNKNOWN,
+                    error=error,
+                    http_status=http_status,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def is_attributed(self, user_id: str, time_utc: str) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(Capture.id)
+                .where(Capture.user_id == user_id, Capture.time_utc == time_utc)
+                .limit(1)
+            ).first()
+        return found is not None
+
+    # -- admins ---------------------------------------------------------------------------
+
+    def approve(self, capture_id: int) -> CaptureRow:
+        """A held capture may be sent once, past the limits."""
+        return self._decide(
+            capture_id,
+            HELD,
+            {
+                "status": PENDING,
+                "approved": True,
+                "attempted_at": None,
+                "note": "approved past the limits",
+            },
+        )
+
+    def reject(self, capture_id: int) -> CaptureRow:
+        return self._decide(capture_id, HELD, {"status": REJECTED, "note": "rejected by an admin"})
+
+    def resolve(self, capture_id: int, *, captured: bool) -> CaptureRow:
+        """An admin's answer for an `unknown` capture after checking 1ClickImpact."""
+        if captured:
+            return self._decide(
+                capture_id,
+                (UNKNOWN, PENDING),
+                {"status": CAPTURED, "note": "resolved by an admin: captured"},
+            )
+        with self.engine.begin() as conn:
+            self._release(conn, capture_id)
+        return self._decide(
+            capture_id,
+            (UNKNOWN, PENDING),
+            {
+                "status": FAILED,
+                "attempted_at": None,
+                "note": "resolved by an admin: not captured",
+            },
+        )
+
+    def _decide(
+        self,
+        capture_id: int,
+        from_status: str | tuple[str, ...],
+        values: dict[str, Any],
+    ) -> CaptureRow:
+        allowed = (from_status,) if isinstance(from_status, str) else from_status
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Capture)
+                .where(Capture.id == capture_id, Capture.status.in_(allowed))
+                .values(updated_at=utcnow(), **values)
+            ).rowcount
+            rows = self._rows(conn, Capture.id == capture_id)
+        if not rows:
+            raise NotFound(f"capture {capture_id} not found")
+        if not changed:
+            raise Conflict(f"capture {capture_id} is {rows[0].status}, not {' or '.join(allowed)}")
+        return rows[0]
+
+    def get(self, capture_id: int) -> CaptureRow:
+        with self.engine.connect() as conn:
+            rows = self._rows(conn, Capture.id == capture_id)
+        if not rows:
+            raise NotFound(f"capture {capture_id} not found")
+        return rows[0]
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        stmt = select(Capture)
+        if status:
+            stmt = stmt.where(Capture.status == status)
+        if before_id is not None:
+            stmt = stmt.where(Capture.id < before_id)
+        with self.engine.connect() as conn:
+            return [
+                dict(row._mapping)
+                for row in conn.execute(stmt.order_by(Capture.id.desc()).limit(limit))
+            ]
+
+    def spent(self, window: str) -> int:
+        """Pounds reserved in `day:YYYY-MM-DD` or `month:YYYY-MM`."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(Spend.lbs).where(Spend.window == window)).scalar() or 0)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _get(self, conn: Connection, rule: str, subject_id: str, part: int) -> CaptureRow:
+        return self._rows(
+            conn,
+            and_(
+                Capture.rule == rule,
+                Capture.subject_id == subject_id,
+                Capture.part == part,
+            ),
+        )[0]
+
+    def _rows(self, conn: Connection, where: Any) -> list[CaptureRow]:
+        return [
+            CaptureRow(*row)
+            for row in conn.execute(
+                select(*_ROW_COLUMNS).where(where).order_by(Capture.part, Capture.id)
+            )
+        ]
+
+    def _release(self, conn: Connection, capture_id: int) -> None:
+        row = conn.execute(
+            select(Capture.amount, Capture.spend_day).where(Capture.id == capture_id)
+        ).first()
+        if row is None or row.spend_day is None:
+            return
+        for window in (f"day:{row.spend_day}", f"month:{row.spend_day[:7]}"):
+            conn.execute(
+                update(Spend).where(Spend.window == window).values(lbs=Spend.lbs - row.amount)
+            )
+        conn.execute(update(Capture).where(Capture.id == capture_id).values(spend_day=None))
+
+
+def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> None:
+    """Add `amount` to today's and this month's spend, or raise `OverLimit` (caller rolls back)."""
+    windows = (
+        (f"day:{day}", limits.max_lbs_per_day if limits else None),
+        (f"month:{day[:7]}", limits.max_lbs_per_month if limits else None),
+    )
+    for window, limit in windows:
+        _insert_ignore(conn, Spend, {"window": window, "lbs": 0})
+        stmt = update(Spend).where(Spend.window == window).values(lbs=Spend.lbs + amount)
+        if limit is not None:
+            # Checked and added in one statement: concurrent workers cannot overshoot.
+            stmt = stmt.where(Spend.lbs + amount <= limit)
+        if conn.execute(stmt).rowcount == 0:
+            raise OverLimit(window)
+
+
+def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())

@@ -1,0 +1,265 @@
+"""Processing one event: claim, fetch, plan, settle every capture through the ledger, finish."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from receiver.errors import AmbiguousError, PermanentError, RetryableError
+from receiver.events import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
+from receiver.schema import utcnow
+from receiver.settings import Settings
+from receiver.store import FAILED, HELD, SUCCEEDED, ClaimedEvent, EventStore
+from workers.carbonpass import CarbonPassClient
+from workers.impact import Impact, ImpactClient
+from workers.ledger import CAPTURED, DRY_RUN, PENDING, SETTLED, CaptureRow, Ledger
+from workers.ledger import HELD as CAPTURE_HELD
+from workers.planning import PlanError, Resources, explain, needed_sources
+from workers.rules import RuleSet
+
+log = logging.getLogger(__name__)
+
+PREFIX = {CRP_GENERATED: "crp_", BILL_CONFIRMED: "bill_"}
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def backoff_s(attempt: int, settings: Settings) -> float:
+    """Exponential backoff for the `attempt`-th try (1-based), within the configured bounds."""
+    delay = settings.retry_min_backoff_s * (2 ** max(0, attempt - 1))
+    return min(settings.retry_max_backoff_s, delay)
+
+
+@dataclass
+class Processor:
+    """Safe to run twice for one event: the claim and the ledger decide what happens."""
+
+    settings: Settings
+    store: EventStore
+    ledger: Ledger
+    carbonpass: CarbonPassClient
+    impact: ImpactClient
+    rules: Callable[[], RuleSet]
+    enqueue: Callable[[int, float], None]
+    _in_flight: dict[int, ClaimedEvent] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def process(self, event_id: int) -> str | None:
+        """Work on event `event_id` if it can be claimed; return its new status."""
+        event = self.store.claim(event_id, lease_s=self.settings.lease_s)
+        if event is None:
+            return None
+        with self._lock:
+            self._in_flight[event.id] = event
+        try:
+            return self._attempt(event)
+        finally:
+            with self._lock:
+                self._in_flight.pop(event.id, None)
+
+    def release_all(self) -> None:
+        """Give back every event still held (the worker is stopping)."""
+        with self._lock:
+            held = list(self._in_flight.values())
+        for event in held:
+            self.store.release(event)
+
+    def _attempt(self, event: ClaimedEvent) -> str:
+        try:
+            status, note = self._work(event)
+        except PermanentError as exc:
+            return self._fail(event, str(exc), exc.status)
+        except PlanError as exc:
+            return self._fail(event, f"rules: {exc}", None)
+        except RetryableError as exc:
+            return self._retry(event, exc)
+        except Exception as exc:  # a bug or an outage we did not foresee: keep the event, retry
+            log.exception("event %s: unexpected error", event.id)
+            return self._retry(event, RetryableError(f"unexpected {type(exc).__name__}: {exc}"))
+        self.store.finish(event, status, note=note)
+        log.info(
+            "event %s %s",
+            event.id,
+            status,
+            extra={"event_id": event.id, "outcome": status},
+        )
+        return status
+
+    def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
+        self.store.finish(event, FAILED, error=error, http_status=http_status)
+        log.warning(
+            "event %s failed: %s",
+            event.id,
+            error,
+            extra={"event_id": event.id, "outcome": FAILED},
+        )
+        return FAILED
+
+    def _retry(self, event: ClaimedEvent, exc: RetryableError) -> str:
+        if event.attempts > self.settings.max_retries:
+            return self._fail(event, f"gave up after {event.attempts} attempts: {exc}", exc.status)
+        delay = (
+            exc.retry_after
+            if exc.retry_after is not None
+            else backoff_s(event.attempts, self.settings)
+        )
+        self.store.retry_later(event, delay_s=delay, error=str(exc), http_status=exc.status)
+        self.enqueue(event.id, delay)
+        log.info(
+            "event %s retry in %.1fs: %s",
+            event.id,
+            delay,
+            exc,
+            extra={"event_id": event.id, "outcome": "retry"},
+        )
+        return "retry"
+
+    def _work(self, event: ClaimedEvent) -> tuple[str, str | None]:
+        prefix = PREFIX.get(event.type)
+        if prefix is None:
+            raise PermanentError(f"event type {event.type!r} is not processed")
+        if not (SUBJECT_ID.fullmatch(event.subject_id) and event.subject_id.startswith(prefix)):
+            raise PermanentError(
+                f"data.id {event.subject_id[:80]!r} is not {prefix} followed by 1-64 of [A-Za-z0-9_-]"
+            )
+        ruleset = self.rules()
+        resources = self._fetch(event, ruleset)
+        rows: list[CaptureRow] = []
+        for outcome in explain(ruleset, event.type, resources):
+            if not outcome.matched:
+                continue
+            if outcome.delta is not None:
+                rows += self.ledger.ensure_delta(
+                    event.id, event.subject_id, outcome.delta, ruleset.sha256
+                )
+            for planned in outcome.captures:
+                rows.append(self.ledger.ensure(event.id, event.subject_id, planned, ruleset.sha256))
+        statuses = [self._settle(row, event, ruleset) for row in rows]
+        if CAPTURE_HELD in statuses:
+            return (
+                HELD,
+                f"{statuses.count(CAPTURE_HELD)} capture(s) held over a spend limit",
+            )
+        if not rows:
+            return SUCCEEDED, "no rule matched"
+        if DRY_RUN in statuses:
+            return (
+                SUCCEEDED,
+                f"dry run: {statuses.count(DRY_RUN)} capture(s) recorded, not sent",
+            )
+        return SUCCEEDED, None
+
+    def _fetch(self, event: ClaimedEvent, ruleset: RuleSet) -> Resources:
+        needed = needed_sources(ruleset, event.type)
+        site_id = event.data.get("siteId") if event.type == BILL_CONFIRMED else None
+        site_id = site_id if isinstance(site_id, str) and site_id else None
+        crp = self.carbonpass.crp(event.subject_id) if "crp" in needed else None
+        wants_company = "company" in needed or (
+            "emissions" in needed and site_id is None and event.type == BILL_CONFIRMED
+        )
+        company = self.carbonpass.company() if wants_company else None
+        emissions = self.carbonpass.emissions(site_id) if "emissions" in needed else None
+        return Resources(event=event.data, crp=crp, company=company, emissions=emissions)
+
+    def _settle(self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet) -> str:
+        """Bring one ledger row to a settled state, or raise to try the event again later."""
+        if row.status in SETTLED or row.status == CAPTURE_HELD:
+            return row.status
+        if row.status == PENDING and row.attempted_at is None or row.status == FAILED:
+            return self._call(row, event, ruleset)
+        # unknown, or pending with an attempt under way or cut short: ask 1ClickImpact first.
+        assert row.attempted_at is not None
+        found = self._reconcile(row)
+        if found is not None:
+            self.ledger.captured(row.id, found, note="found by reconciliation")
+            return CAPTURED
+        age = (utcnow() - row.attempted_at).total_seconds()
+        if age < self.settings.reconcile_after_s:
+            wait = self.settings.reconcile_after_s - age
+            raise RetryableError(
+                f"capture {row.id}: outcome not known yet; checking again in {wait:.0f}s",
+                retry_after=wait,
+            )
+        return self._call(row, event, ruleset)
+
+    def _call(self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet) -> str:
+        decision = self.ledger.begin_attempt(row, ruleset.file.limits)
+        if decision == "held":
+            return CAPTURE_HELD
+        if decision == "busy":
+            raise RetryableError(
+                f"capture {row.id} changed under us; looking again", retry_after=1.0
+            )
+        metadata = {
+            "carbonhook_capture": str(row.id),
+            "event": str(event.id),
+            "rule": row.rule[:500],
+        }
+        try:
+            impact = self.impact.create(
+                row.action,
+                row.amount,
+                customer_email=row.customer_email,
+                customer_name=row.customer_name,
+                notify=row.notify,
+                metadata=metadata,
+            )
+        except AmbiguousError as exc:
+            self.ledger.unknown(row.id, str(exc), exc.status)
+            raise RetryableError(
+                f"capture {row.id}: {exc}; reconciling",
+                status=exc.status,
+                retry_after=self.settings.reconcile_after_s,
+            ) from None
+        except (RetryableError, PermanentError) as exc:
+            self.ledger.failed(row.id, str(exc), exc.status)
+            raise
+        self.ledger.captured(row.id, impact)
+        log.info(
+            "capture %s: %s %s",
+            row.id,
+            row.action,
+            row.amount,
+            extra={
+                "event_id": event.id,
+                "capture_id": row.id,
+                "rule": row.rule,
+                "outcome": CAPTURED,
+            },
+        )
+        return CAPTURED
+
+    def _reconcile(self, row: CaptureRow) -> Impact | None:
+        """The 1ClickImpact record of this capture, if there is one (metadata, else amount/customer/time)."""
+        assert row.attempted_at is not None
+        since = (row.attempted_at - timedelta(days=1)).date()
+        records = self.impact.records(
+            row.action,
+            customers=row.customer_email is not None,
+            since=since,
+            customer_email=row.customer_email,
+        )
+        earliest = row.attempted_at - CLOCK_SKEW
+        candidates: list[Impact] = []
+        for record in records:
+            tag = (record.metadata or {}).get("carbonhook_capture")
+            if tag is not None:
+                if tag == str(row.id):
+                    return record
+                continue
+            if record.amount != row.amount or record.customer_email != row.customer_email:
+                continue
+            if _parse_time(record.time_utc) >= earliest and not self.ledger.is_attributed(
+                record.user_id, record.time_utc
+            ):
+                candidates.append(record)
+        return min(candidates, key=lambda r: r.time_utc, default=None)
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=utcnow().tzinfo)

@@ -1,0 +1,61 @@
+"""The sweeper: finds events the queue may have lost and hands them to it again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from receiver.store import EventStore
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    """Every `interval_s`: re-enqueue `pending` events (never handed over), `queued` ones
+    older than a lease (message lost), and `processing` ones whose lease expired (worker died)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        enqueue: Callable[[int], None],
+        *,
+        interval_s: float,
+        lease_s: float,
+        on_sweep: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.enqueue = enqueue
+        self.interval_s = interval_s
+        self.lease_s = lease_s
+        self.on_sweep = on_sweep
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="carbonhook-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def sweep_once(self) -> int:
+        """One pass; returns how many events were handed to the queue again."""
+        ids = self.store.due_for_enqueue(
+            pending_after_s=self.interval_s,
+            queued_after_s=max(self.interval_s, self.lease_s),
+        )
+        for event_id in ids:
+            self.enqueue(event_id)
+        if ids:
+            log.info("sweeper re-enqueued %d events", len(ids))
+        if self.on_sweep is not None:
+            self.on_sweep(len(ids))
+        return len(ids)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep_once()
+            except Exception as exc:  # database or broker down: try again next period
+                log.warning("sweep failed: %s", exc)

@@ -501,13 +501,12 @@ def captures_decide(args: argparse.Namespace) -> int:
 class ThreadServer:
     """A uvicorn server on a background thread (the sandbox's emulator)."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-        )
+    def __init__(self, app: Any, host: str, port: int, *, lifespan: str = "off") -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan)
+        self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(
-            target=self.server.run, name="carbonhook-emulator", daemon=True
+            target=self.server.run, name="carbonhook-server", daemon=True
         )
 
     @property
@@ -528,8 +527,9 @@ class ThreadServer:
         self.thread.join(timeout=5)
 
 
-def start_server(app: Any, host: str, port: int) -> ThreadServer:
-    return ThreadServer(app, host, port).start()
+def start_server(app: Any, host: str, port: int, *, lifespan: str = "off") -> ThreadServer:
+    """Serve `app` on a background thread; port 0 picks a free one (see `.port`)."""
+    return ThreadServer(app, host, port, lifespan=lifespan).start()
 
 
 def requeue_pending(store: EventStore, broker: Any) -> None:

@@ -238,3 +238,40 @@ from hypothesis import settings as hypothesis_settings  # noqa: E402
 
 hypothesis_settings.register_profile("carbonhook", deadline=None, max_examples=100)
 hypothesis_settings.load_profile("carbonhook")
+
+
+def make_body(event: str = "crp.generated", subject: str = "crp_5tN8xBmQ", ts: str = "2026-04-06T14:35:48Z", **data: Any) -> bytes:
+    import json
+
+    return json.dumps({"event": event, "timestamp": ts, "data": {"id": subject, **data}}).encode()
+
+
+def store_delivery(db: str, body: bytes) -> int:
+    """Store a delivery the way the intake does; returns the event id."""
+    import asyncio
+
+    from receiver.database import create_intake_engine
+    from receiver.events import parse_delivery
+    from receiver.intake import Intake
+
+    async def record() -> int:
+        engine = create_intake_engine(db)
+        try:
+            return (await Intake(engine).record(parse_delivery(body))).id
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(record())
+
+
+def query(db: str, sql: str) -> list[tuple[Any, ...]]:
+    from sqlalchemy import create_engine, text
+
+    from receiver.database import sync_url
+
+    engine = create_engine(sync_url(db))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()

@@ -44,8 +44,13 @@ class WorkerRuntime:
         if self.worker is not None:
             self.worker.stop(timeout=int(timeout_s * 1000))
         self.processor.release_all()
+        self.close()
+
+    def close(self) -> None:
+        """Close the clients and the database pool."""
         self.processor.carbonpass.close()
         self.processor.impact.close()
+        self.processor.store.engine.dispose()
 
 
 def build_worker(

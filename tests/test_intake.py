@@ -1,0 +1,191 @@
+"""The intake over real HTTP on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from receiver.database import sync_url
+from receiver.signature import sign
+from tests.conftest import SECRET, settings_for_test
+
+
+def delivery(event="crp.generated", subject="crp_5tN8xBmQ", ts="2026-04-06T14:35:48Z", **data: Any) -> bytes:
+    return json.dumps({"event": event, "timestamp": ts, "data": {"id": subject, **data}}).encode()
+
+
+def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"X-CarbonPass-Signature": sign(body, secret=secret.encode()), "Content-Type": "application/json"}
+
+
+class Receiver:
+    def __init__(self, base: str, db: str, broker: Any) -> None:
+        self.base = base
+        self.url = f"{base}/webhooks/carbonpass"
+        self.db = db
+        self.broker = broker
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.post(self.url, content=body, headers=signed(body) if headers is None else headers, timeout=10)
+
+    def rows(self, sql: str = "SELECT id, type, subject_id, status FROM events ORDER BY id") -> list[tuple[Any, ...]]:
+        engine = create_engine(sync_url(self.db))
+        with engine.connect() as conn:
+            found = [tuple(r) for r in conn.execute(text(sql))]
+        engine.dispose()
+        return found
+
+
+def start_receiver(db: str, **overrides: Any) -> tuple[Any, Receiver]:
+    from carbonhook.commands import start_server
+    from receiver.app import create_app
+    from receiver.queue import make_broker
+
+    broker = make_broker("memory://")
+    settings = settings_for_test(db, **overrides)
+    server = start_server(create_app(settings, broker=broker), "127.0.0.1", 0, lifespan="on")
+    return server, Receiver(f"http://127.0.0.1:{server.port}", db, broker)
+
+
+@pytest.fixture
+def receiver(db_url: str) -> Iterator[Receiver]:
+    server, rec = start_receiver(db_url)
+    yield rec
+    server.stop()
+
+
+def queued_ids(rec: Receiver) -> list[int]:
+    from receiver.queue import EVENTS_QUEUE
+
+    queue = rec.broker.queues[EVENTS_QUEUE]
+    return sorted(json.loads(m)["args"][0] for m in list(queue.queue))
+
+
+def test_a_new_delivery_is_accepted_stored_and_enqueued_by_id(receiver: Receiver):
+    from tests.conftest import wait_until
+
+    response = receiver.post(delivery())
+    assert response.status_code == 202
+    event_id = response.json()["id"]
+    assert response.json() == {"id": event_id, "status": "accepted"}
+    assert receiver.rows() == [(event_id, "crp.generated", "crp_5tN8xBmQ", wait_until(lambda: receiver.rows()[0][3] == "queued" and "queued"))]
+    assert queued_ids(receiver) == [event_id]
+    stored = receiver.rows("SELECT body FROM events")[0][0]
+    assert bytes(stored) == delivery()
+
+
+def test_the_same_delivery_again_is_a_duplicate_and_not_enqueued_again(receiver: Receiver):
+    from tests.conftest import wait_until
+
+    first = receiver.post(delivery()).json()["id"]
+    wait_until(lambda: queued_ids(receiver), what="first enqueue")
+    again = receiver.post(delivery())
+    assert again.status_code == 200
+    assert again.json() == {"id": first, "status": "duplicate"}
+    assert len(receiver.rows()) == 1
+    assert queued_ids(receiver) == [first]
+
+
+def test_identity_is_event_subject_and_timestamp(receiver: Receiver):
+    ids = {
+        receiver.post(delivery()).json()["id"],
+        receiver.post(delivery(ts="2026-04-06T14:35:49Z")).json()["id"],
+        receiver.post(delivery(subject="crp_other")).json()["id"],
+        receiver.post(delivery(event="bill.confirmed", subject="crp_5tN8xBmQ")).json()["id"],
+    }
+    assert len(ids) == 4
+    # the same instant written another way is the same delivery
+    assert receiver.post(delivery(ts="2026-04-06T16:35:48+02:00")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-CarbonPass-Signature": "0" * 64}, {"X-CarbonPass-Signature": sign(b"other", secret=SECRET.encode())}, signed(b"x", "wrong")],
+)
+def test_a_wrong_or_missing_signature_is_401_and_stores_nothing(receiver: Receiver, headers: dict[str, str]):
+    response = receiver.post(delivery(), headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_signature"
+    assert receiver.rows() == []
+
+
+def test_signed_but_invalid_is_400_naming_the_problem_and_stores_nothing(receiver: Receiver):
+    body = json.dumps({"event": "crp.generated", "timestamp": "2026-04-06T14:35:48Z", "data": {}}).encode()
+    response = receiver.post(body)
+    assert response.status_code == 400
+    assert "data.id" in response.json()["message"]
+    assert receiver.post(b"{not json").status_code == 400
+    assert receiver.rows() == []
+
+
+def test_an_unknown_event_type_is_stored_ignored_and_not_enqueued(receiver: Receiver):
+    response = receiver.post(delivery(event="company.updated", subject="comp_8xK2mNpQ"))
+    assert response.status_code == 202
+    assert receiver.rows()[0][3] == "ignored"
+    assert queued_ids(receiver) == []
+
+
+def test_an_oversized_body_is_413_without_reading_it_all(sqlite_url: str):
+    server, rec = start_receiver(sqlite_url, max_body_bytes=1000)
+    try:
+        big = delivery(padding="x" * 2000)
+        assert rec.post(big).status_code == 413
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+            for _ in range(100):
+                yield b"x" * 100
+
+        response = httpx.post(rec.url, content=chunks(), headers={"X-CarbonPass-Signature": "0" * 64}, timeout=10)
+        assert response.status_code == 413
+        assert rec.rows() == []
+    finally:
+        server.stop()
+
+
+def test_health_and_readiness(receiver: Receiver):
+    assert httpx.get(f"{receiver.base}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{receiver.base}/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+
+
+def test_an_unreachable_database_is_503_never_2xx(tmp_path):
+    from tests.conftest import free_port
+
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    server, rec = start_receiver(down)
+    try:
+        assert rec.post(delivery()).status_code == 503
+        assert httpx.get(f"{rec.base}/readyz").status_code == 503
+    finally:
+        server.stop()
+
+
+def test_the_admin_api_is_absent_without_a_token(receiver: Receiver):
+    assert httpx.get(f"{receiver.base}/admin/api/events").status_code == 404
+
+
+def test_concurrent_copies_of_one_delivery_make_one_event(receiver: Receiver):
+    body = delivery(subject="crp_race")
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        response = receiver.post(body)
+        with lock:
+            answers.append(response)
+
+    threads = [threading.Thread(target=send) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 19 + [202]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert len(receiver.rows()) == 1

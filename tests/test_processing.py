@@ -1,0 +1,183 @@
+"""The worker's processing on real databases against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningEmulator, make_body, query, settings_for_test, store_delivery
+from workers.rules import RulesHolder, parse_rules
+
+RULES = """
+[[rule]]
+name = "published"
+on = "crp.generated"
+when = { status = "published" }
+capture_lbs = 500
+customer_email = "esg@example.com"
+customer_name = "Example Ltd"
+
+[[rule]]
+name = "bill-site"
+on = "bill.confirmed"
+offset = { fraction = 0.01, of = "total" }
+"""
+
+
+class Harness:
+    def __init__(self, db: str, emulator: RunningEmulator, rules: str, **overrides: Any) -> None:
+        from dramatiq.brokers.stub import StubBroker
+
+        from workers.runtime import build_worker
+
+        self.db = db
+        self.emulator = emulator
+        self.broker = StubBroker()
+        self.enqueued: list[tuple[int, float]] = []
+        settings = settings_for_test(db, emulator, **overrides)
+        self.runtime = build_worker(settings, broker=self.broker, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
+        self.processor = self.runtime.processor
+        self.processor.enqueue = lambda event_id, delay: self.enqueued.append((event_id, delay))
+
+    def deliver(self, body: bytes) -> int:
+        return store_delivery(self.db, body)
+
+    def status(self, event_id: int) -> tuple[str, str | None]:
+        return query(self.db, f"SELECT status, last_error FROM events WHERE id = {event_id}")[0]
+
+    def captures(self) -> list[tuple[Any, ...]]:
+        return query(self.db, "SELECT rule, subject_id, part, amount, status, user_id, customer_email FROM captures ORDER BY id")
+
+
+@pytest.fixture
+def harness(db_url: str, emulator: RunningEmulator) -> Iterator[Harness]:
+    h = Harness(db_url, emulator, RULES)
+    yield h
+    h.runtime.close()
+
+
+def test_a_published_crp_is_captured_once_with_the_rule_amount_and_customer(harness: Harness):
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "succeeded"
+    assert harness.status(event_id) == ("succeeded", None)
+    [impact] = harness.emulator.impacts
+    assert (impact["kind"], impact["amount"], impact["customer_email"], impact["customer_name"]) == ("capture_carbon", 500, "esg@example.com", "Example Ltd")
+    assert impact["metadata"]["event"] == str(event_id) and impact["metadata"]["rule"] == "published"
+    [capture] = harness.captures()
+    assert capture[:5] == ("published", "crp_5tN8xBmQ", 0, 500, "captured")
+    assert capture[5] == impact["user_id"]
+
+
+def test_processing_again_or_a_new_delivery_of_the_same_crp_captures_nothing_more(harness: Harness):
+    first = harness.deliver(make_body())
+    harness.processor.process(first)
+    assert harness.processor.process(first) is None  # finished: the claim refuses it
+    second = harness.deliver(make_body(ts="2026-04-07T00:00:00Z"))
+    assert harness.processor.process(second) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+
+
+def test_a_draft_crp_matches_no_rule_and_succeeds_without_capturing(harness: Harness):
+    harness.emulator.state.set_crp("crp_draft1", status="draft")
+    event_id = harness.deliver(make_body(subject="crp_draft1"))
+    assert harness.processor.process(event_id) == "succeeded"
+    assert harness.emulator.impacts == []
+
+
+def test_a_bill_offsets_its_site_emissions(harness: Harness):
+    event_id = harness.deliver(make_body(event="bill.confirmed", subject="bill_9vW4kLpR", siteId="site_3rZ1"))
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [i["amount"] for i in harness.emulator.impacts] == [round(172.0 * 0.01 * 2204.62262)]
+
+
+@pytest.mark.parametrize("subject", ["crp_bad/../id", "crp_" + "x" * 65, "bill_wrong_type"])
+def test_a_malformed_id_fails_permanently_without_any_call(harness: Harness, subject: str):
+    event_id = harness.deliver(make_body(subject=subject))
+    assert harness.processor.process(event_id) == "failed"
+    status, error = harness.status(event_id)
+    assert status == "failed" and "data.id" in (error or "")
+    assert harness.emulator.state.calls == []
+
+
+def test_a_crp_that_does_not_exist_fails_with_a_readable_error(harness: Harness):
+    harness.emulator.state.remove_crp("crp_gone")
+    event_id = harness.deliver(make_body(subject="crp_gone"))
+    assert harness.processor.process(event_id) == "failed"
+    assert "404" in (harness.status(event_id)[1] or "")
+    assert harness.enqueued == []
+
+
+def test_a_429_is_retried_after_its_retry_after(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "crp", "status": 429, "retry_after": 7, "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.enqueued == [(event_id, 7.0)]
+    status, error = harness.status(event_id)
+    assert status == "queued" and "429" in (error or "")
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+
+
+def test_a_5xx_on_a_read_backs_off_exponentially_then_gives_up(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, max_retries=2, retry_min_backoff_s=0.5, retry_max_backoff_s=1.5)
+    request.addfinalizer(h.runtime.close)
+    emulator.control("faults", {"endpoint": "crp", "status": 503, "times": 10})
+    event_id = h.deliver(make_body())
+    assert [h.processor.process(event_id) for _ in range(3)] == ["retry", "retry", "failed"]
+    assert [delay for _, delay in h.enqueued] == [0.5, 1.0]
+    status, error = h.status(event_id)
+    assert status == "failed" and "gave up after 3 attempts" in (error or "")
+    history = query(db_url, f"SELECT outcome, http_status FROM event_attempts WHERE event_id = {event_id} ORDER BY id")
+    assert history == [("retry", 503), ("retry", 503), ("failed", 503)]
+
+
+def test_a_refused_capture_fails_the_event_and_a_replay_tries_it_again(harness: Harness):
+    from workers.admin import Admin
+
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 400, "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "failed"
+    assert harness.captures()[0][4] == "failed"
+    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None)
+    assert admin.replay(event_id, via="cli", reason="fixed") == "failed"
+    assert harness.processor.process(event_id) == "succeeded"
+    assert admin.replay(event_id, via="cli", reason="again") == "succeeded"
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+    replays = query(harness.db, f"SELECT via, reason, previous_status FROM replays WHERE event_id = {event_id} ORDER BY id")
+    assert replays == [("cli", "fixed", "failed"), ("cli", "again", "succeeded")]
+
+
+def test_a_dropped_connection_after_capturing_is_reconciled_not_repeated(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.captures()[0][4] == "unknown"
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+    assert harness.captures()[0][4] == "captured"
+
+
+def test_reconciliation_matches_by_amount_and_customer_when_records_lack_metadata(harness: Harness):
+    harness.emulator.state.records_include_metadata = False
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+    [impact] = harness.emulator.impacts
+    assert harness.captures()[0][5] == impact["user_id"]
+
+
+def test_an_unknown_capture_that_never_happened_is_sent_after_the_settle_delay(harness: Harness):
+    import time
+
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 502, "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.captures()[0][4] == "unknown"
+    time.sleep(1.1)  # reconcile_after_s = 1 in tests
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
     )
     install_reload(runtime.rules)
+    exit_quietly_after_shutdown()
     try:
         server.run()
     finally:
@@ -112,6 +113,7 @@ def serve(args: argparse.Namespace) -> int:
     }
     if args.forwarded_allow_ips:
         options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    exit_quietly_after_shutdown()
     uvicorn.run(app, **options)
     return 0
 
@@ -540,6 +542,15 @@ def requeue_pending(store: EventStore, broker: Any) -> None:
     store.mark_queued(ids)
     if ids:
         log.info("re-enqueued %d pending events", len(ids))
+
+
+def exit_quietly_after_shutdown() -> None:
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the
+    previous handler; a no-op handler lets our own clean-up run and the process exit 0."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
 
 
 def install_reload(rules: RulesHolder) -> None:

@@ -40,5 +40,5 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "dramatiq", "pika"):
+    for noisy in ("httpx", "httpcore", "dramatiq", "pika", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,88 @@
+"""A real Dramatiq Worker on a real broker (Redis, RabbitMQ, in-process) processing stored events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from receiver.queue import enqueue_event, make_broker
+from tests.conftest import AMQP_URL, RunningEmulator, make_body, query, service_missing, settings_for_test, store_delivery, wait_until
+from workers.rules import RulesHolder, parse_rules
+
+RULES = '[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 42\n'
+
+
+def run_worker(db: str, emulator: RunningEmulator, broker_url: str) -> Iterator[Any]:
+    from workers.runtime import build_worker
+
+    settings = settings_for_test(db, emulator, broker_url=broker_url, worker_threads=2)
+    runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(RULES)))
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        runtime.stop(timeout_s=10)
+        runtime.broker.close()
+
+
+def processes_events(db: str, emulator: RunningEmulator, runtime: Any) -> None:
+    ids = [store_delivery(db, make_body(subject=f"crp_w{n}")) for n in range(5)]
+    for event_id in ids:
+        enqueue_event(runtime.broker, event_id)
+    enqueue_event(runtime.broker, ids[0])  # a duplicate message is harmless
+    wait_until(lambda: query(db, "SELECT count(*) FROM events WHERE status = 'succeeded'")[0][0] == 5, timeout=30, what="5 events succeeded")
+    assert sorted(i["amount"] for i in emulator.impacts) == [42] * 5
+
+
+def test_a_redis_broker_and_a_real_worker_process_stored_events(pg_url: str, redis_url: str, emulator: RunningEmulator):
+    for runtime in run_worker(pg_url, emulator, redis_url):
+        processes_events(pg_url, emulator, runtime)
+
+
+def test_delayed_retries_come_back_through_redis(pg_url: str, redis_url: str, emulator: RunningEmulator):
+    emulator.control("faults", {"endpoint": "crp", "status": 429, "retry_after": 1, "times": 1})
+    for runtime in run_worker(pg_url, emulator, redis_url):
+        event_id = store_delivery(pg_url, make_body(subject="crp_delayed"))
+        enqueue_event(runtime.broker, event_id)
+        wait_until(lambda: query(pg_url, f"SELECT status FROM events WHERE id = {event_id}")[0][0] == "succeeded", timeout=30, what="retried event")
+    assert len(emulator.impacts) == 1
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=3")).close()
+    except Exception as exc:  # pika raises several unrelated types for "not there"
+        service_missing("RabbitMQ", exc)
+    return AMQP_URL
+
+
+def test_a_rabbitmq_broker_works_the_same(sqlite_url: str, amqp_url: str, emulator: RunningEmulator):
+    broker = make_broker(amqp_url)
+    broker.flush_all()
+    broker.close()
+    for runtime in run_worker(sqlite_url, emulator, amqp_url):
+        processes_events(sqlite_url, emulator, runtime)
+
+
+def test_the_in_process_broker_serves_carbonhook_run(sqlite_url: str, emulator: RunningEmulator):
+    for runtime in run_worker(sqlite_url, emulator, "memory://"):
+        processes_events(sqlite_url, emulator, runtime)
+
+
+def test_the_sweeper_finds_pending_events_the_queue_never_saw(sqlite_url: str, emulator: RunningEmulator):
+    from workers.runtime import build_worker
+
+    settings = settings_for_test(sqlite_url, emulator, sweep_interval_s=0.2, worker_threads=1)
+    runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(RULES)))
+    event_id = store_delivery(sqlite_url, make_body(subject="crp_lost"))  # stored, never enqueued
+    runtime.start()
+    try:
+        wait_until(lambda: query(sqlite_url, f"SELECT status FROM events WHERE id = {event_id}")[0][0] == "succeeded", timeout=20, what="swept event")
+    finally:
+        runtime.stop(timeout_s=5)
+    assert len(emulator.impacts) == 1

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("worker", commands.worker, "Dramatiq worker processes")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
     add("migrate", commands.migrate, "apply database migrations")
 

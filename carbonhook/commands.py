@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import tempfile
 import subprocess
 import sys
 import threading
@@ -137,9 +139,11 @@ def worker(args: argparse.Namespace) -> int:
             "(memory:// only works inside `carbonhook run`)"
         )
     if args.processes > 1:
-        return supervise(args.processes, args.threads)
+        return supervise(args.processes, args.threads, args.metrics_port)
     runtime = build_worker(settings, broker=broker, threads=args.threads)
     runtime.start()
+    if args.metrics_port:
+        serve_metrics(args.metrics_port)
     log.info("worker started (%d threads)", runtime.threads)
     wait_for_signal(on_reload=lambda: reload_rules(runtime.rules))
     log.info("worker stopping")
@@ -147,12 +151,31 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def supervise(processes: int, threads: int | None) -> int:
+def serve_metrics(port: int) -> None:
+    """Serve this process's metrics (or every process's, in multi-process mode) on `port`."""
+    import prometheus_client
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = prometheus_client.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        MultiProcessCollector(registry)
+    prometheus_client.start_http_server(port, registry=registry)
+
+
+def supervise(processes: int, threads: int | None, metrics_port: int | None) -> int:
     """Run `processes` single-process workers; forward SIGTERM/SIGINT; exit when all exit."""
     command = [sys.executable, "-m", "carbonhook", "worker", "--processes", "1"]
     if threads:
         command += ["--threads", str(threads)]
-    children = [subprocess.Popen(command) for _ in range(processes)]
+    env = dict(os.environ)
+    if metrics_port and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The children share counters through files here; this process serves their sum.
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="carbonhook-metrics-")
+    children = [subprocess.Popen(command, env=env) for _ in range(processes)]
+    if metrics_port:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = env["PROMETHEUS_MULTIPROC_DIR"]
+        serve_metrics(metrics_port)
     stopping = threading.Event()
 
     def forward(signum: int, _frame: Any) -> None:

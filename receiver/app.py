@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -20,12 +21,24 @@ from receiver.database import create_intake_engine, create_sync_engine
 from receiver.errors import InvalidDelivery, SignatureError, StoreUnavailable
 from receiver.events import parse_delivery
 from receiver.intake import Intake
+from receiver.metrics import Limits, StoreCollector, exposition, metrics
 from receiver.queue import Enqueuer, make_broker, ping_broker
 from receiver.settings import Settings
 from receiver.signature import HEADER, verify_signature
 from receiver.store import EventStore
 
 log = logging.getLogger(__name__)
+
+
+DELIVERY_OUTCOMES = (
+    "accepted",
+    "ignored",
+    "duplicate",
+    "bad_signature",
+    "invalid",
+    "too_large",
+    "unavailable",
+)
 
 
 class BodyTooLarge(Exception):
@@ -41,7 +54,12 @@ class Services:
     store: EventStore
     broker: dramatiq.Broker
     enqueuer: Enqueuer
-    extra_routes: list[BaseRoute] = field(default_factory=list)
+    limits: Limits = lambda: (None, None)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        deliveries = metrics().deliveries
+        self.outcomes = {name: deliveries.labels(name) for name in DELIVERY_OUTCOMES}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -67,26 +85,43 @@ async def receive_webhook(request: Request) -> Response:
     """POST /webhooks/carbonpass: verify, parse, store once, hand to the queue."""
     services: Services = request.app.state.services
     settings = services.settings
+    outcomes = services.outcomes
     try:
         body = await read_body(request, settings.max_body_bytes)
     except BodyTooLarge:
+        outcomes["too_large"].inc()
         return _error(413, "too_large", f"body exceeds {settings.max_body_bytes} bytes")
     try:
         verify_signature(body, request.headers.get(HEADER), secrets=settings.secret_bytes)
         delivery = parse_delivery(body)
         recorded = await services.intake.record(delivery)
     except SignatureError as exc:
+        outcomes["bad_signature"].inc()
         return _error(401, "invalid_signature", str(exc))
     except InvalidDelivery as exc:
+        outcomes["invalid"].inc()
         return _error(400, "invalid_delivery", str(exc))
     except StoreUnavailable:
+        outcomes["unavailable"].inc()
         log.warning("event store unavailable; answered 503")
         return _error(503, "unavailable", "event store unavailable, retry later")
     if not recorded.created:
+        outcomes["duplicate"].inc()
         return JSONResponse({"id": recorded.id, "status": "duplicate"}, status_code=200)
     if delivery.is_processed:
         services.enqueuer.submit(recorded.id)
+        outcomes["accepted"].inc()
+    else:
+        outcomes["ignored"].inc()
     return JSONResponse({"id": recorded.id, "status": "accepted"}, status_code=202)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics: Prometheus text format."""
+    services: Services = request.app.state.services
+    collector = StoreCollector(services.store.engine, services.limits)
+    text = await run_in_threadpool(exposition, collector.collect)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz(request: Request) -> Response:
@@ -156,6 +191,7 @@ def create_app(
         Route("/webhooks/carbonpass", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         *(routes or []),
     ]
     if settings.admin_token is not None and admin is not None:

@@ -30,6 +30,7 @@ class ClaimedEvent:
     data: dict[str, Any]
     attempts: int
     started_at: datetime
+    received_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,14 @@ class EventStore:
                 attempts=Event.attempts + 1,
                 updated_at=now,
             )
-            .returning(Event.id, Event.type, Event.subject_id, Event.body, Event.attempts)
+            .returning(
+                Event.id,
+                Event.type,
+                Event.subject_id,
+                Event.body,
+                Event.attempts,
+                Event.received_at,
+            )
         )
         with self.engine.begin() as conn:
             row = conn.execute(stmt).first()
@@ -131,6 +139,7 @@ class EventStore:
             data=json.loads(row.body).get("data", {}),
             attempts=row.attempts,
             started_at=now,
+            received_at=row.received_at,
         )
 
     def finish(

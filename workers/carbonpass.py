@@ -37,10 +37,10 @@ class CarbonPassClient:
     def crp(self, crp_id: str) -> dict[str, Any]:
         if not SUBJECT_ID.fullmatch(crp_id) or not crp_id.startswith("crp_"):
             raise PermanentError(f"refusing to fetch a CRP with a malformed id: {crp_id!r}")
-        return self._get(f"/crp/{crp_id}", what=f"GET /crp/{crp_id}")
+        return self._get(f"/crp/{crp_id}", what=f"GET /crp/{crp_id}", endpoint="crp")
 
     def company(self) -> dict[str, Any]:
-        return self._get("/company", what="GET /company")
+        return self._get("/company", what="GET /company", endpoint="company")
 
     def emissions(self, site_id: str | None = None) -> dict[str, Any]:
         params: dict[str, str] = {}
@@ -48,11 +48,15 @@ class CarbonPassClient:
             if not site_id or len(site_id) > 64 or set(site_id) - set(SITE_ID_CHARS):
                 raise PermanentError(f"refusing to query a malformed siteId: {site_id!r}")
             params["siteId"] = site_id
-        return self._get("/emissions", what="GET /emissions", params=params)
+        return self._get("/emissions", what="GET /emissions", endpoint="emissions", params=params)
 
-    def _get(self, path: str, *, what: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+    def _get(
+        self, path: str, *, what: str, endpoint: str, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         request = self.http.build_request("GET", path, params=params)
-        response = send(self.http, request, what=what, side_effect=False)
+        response = send(
+            self.http, request, what=what, side_effect=False, api="carbonpass", endpoint=endpoint
+        )
         try:
             body = response.json()
         except ValueError:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from receiver.errors import AmbiguousError, PermanentError, RetryableError
+from receiver.metrics import metrics
 
 
 def make_client(
@@ -57,21 +58,34 @@ def error_message(response: httpx.Response) -> str:
 
 
 def send(
-    client: httpx.Client, request: httpx.Request, *, what: str, side_effect: bool
+    client: httpx.Client,
+    request: httpx.Request,
+    *,
+    what: str,
+    side_effect: bool,
+    api: str,
+    endpoint: str,
 ) -> httpx.Response:
     """Send `request`; return a 2xx response or raise an error saying what a retry may do.
 
     With `side_effect`, anything after the request may have left the machine (a read timeout,
     a dropped connection, a 5xx) is `AmbiguousError`: the caller must check before retrying.
     """
+    observed = metrics()
+    started = time.perf_counter()
     try:
         response = client.send(request)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        observed.api_requests.labels(api, endpoint, "connect_error").inc()
         raise RetryableError(f"{what}: cannot connect ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
+        observed.api_requests.labels(api, endpoint, type(exc).__name__).inc()
         cls = AmbiguousError if side_effect else RetryableError
         raise cls(f"{what}: {type(exc).__name__} after sending") from None
+    finally:
+        observed.api_seconds.labels(api, endpoint).observe(time.perf_counter() - started)
     status = response.status_code
+    observed.api_requests.labels(api, endpoint, str(status)).inc()
     if status < 300:
         return response
     message = f"{what}: HTTP {status} {error_message(response)}"

@@ -78,7 +78,9 @@ class ImpactClient:
         if metadata:
             body["metadata"] = metadata
         request = self.http.build_request("POST", path, json=body)
-        response = send(self.http, request, what=f"POST {path}", side_effect=True)
+        response = send(
+            self.http, request, what=f"POST {path}", side_effect=True, api="impact", endpoint=action
+        )
         try:
             answer = response.json()
             return _impact(answer, key)
@@ -108,7 +110,14 @@ class ImpactClient:
             params["customer_email"] = customer_email
         while True:
             request = self.http.build_request("GET", path, params=params)
-            response = send(self.http, request, what=f"GET {path}", side_effect=False)
+            response = send(
+                self.http,
+                request,
+                what=f"GET {path}",
+                side_effect=False,
+                api="impact",
+                endpoint=path.rsplit("/", 1)[1],
+            )
             page = response.json()
             items = page.get("customer_records" if customers else "user_records") or []
             for item in items:

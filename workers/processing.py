@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from receiver.errors import AmbiguousError, PermanentError, RetryableError
+from receiver.metrics import metrics
 from receiver.events import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
 from receiver.schema import utcnow
 from receiver.settings import Settings
@@ -79,6 +80,7 @@ class Processor:
             log.exception("event %s: unexpected error", event.id)
             return self._retry(event, RetryableError(f"unexpected {type(exc).__name__}: {exc}"))
         self.store.finish(event, status, note=note)
+        self._observe(event, status)
         log.info(
             "event %s %s",
             event.id,
@@ -87,8 +89,13 @@ class Processor:
         )
         return status
 
+    def _observe(self, event: ClaimedEvent, status: str) -> None:
+        elapsed = (utcnow() - event.received_at).total_seconds()
+        metrics().processing_seconds.labels(event.type, status).observe(max(0.0, elapsed))
+
     def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
         self.store.finish(event, FAILED, error=error, http_status=http_status)
+        self._observe(event, FAILED)
         log.warning(
             "event %s failed: %s",
             event.id,
@@ -174,6 +181,8 @@ class Processor:
         found = self._reconcile(row)
         if found is not None:
             self.ledger.captured(row.id, found, note="found by reconciliation")
+            metrics().captures.labels(row.rule, "reconciled").inc()
+            metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
             return CAPTURED
         age = (utcnow() - row.attempted_at).total_seconds()
         if age < self.settings.reconcile_after_s:
@@ -186,7 +195,9 @@ class Processor:
 
     def _call(self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet) -> str:
         decision = self.ledger.begin_attempt(row, ruleset.file.limits)
+        counted = metrics().captures
         if decision == "held":
+            counted.labels(row.rule, CAPTURE_HELD).inc()
             return CAPTURE_HELD
         if decision == "busy":
             raise RetryableError(
@@ -208,6 +219,7 @@ class Processor:
             )
         except AmbiguousError as exc:
             self.ledger.unknown(row.id, str(exc), exc.status)
+            counted.labels(row.rule, "unknown").inc()
             raise RetryableError(
                 f"capture {row.id}: {exc}; reconciling",
                 status=exc.status,
@@ -215,8 +227,11 @@ class Processor:
             ) from None
         except (RetryableError, PermanentError) as exc:
             self.ledger.failed(row.id, str(exc), exc.status)
+            counted.labels(row.rule, "failed").inc()
             raise
         self.ledger.captured(row.id, impact)
+        counted.labels(row.rule, CAPTURED).inc()
+        metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
         log.info(
             "capture %s: %s %s",
             row.id,

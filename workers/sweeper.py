@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from receiver.metrics import metrics
 from receiver.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,11 @@ class Sweeper:
         *,
         interval_s: float,
         lease_s: float,
-        on_sweep: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.enqueue = enqueue
         self.interval_s = interval_s
         self.lease_s = lease_s
-        self.on_sweep = on_sweep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="carbonhook-sweeper", daemon=True)
 
@@ -47,10 +46,9 @@ class Sweeper:
         )
         for event_id in ids:
             self.enqueue(event_id)
+        metrics().sweeper_reenqueued.inc(len(ids))
         if ids:
             log.info("sweeper re-enqueued %d events", len(ids))
-        if self.on_sweep is not None:
-            self.on_sweep(len(ids))
         return len(ids)
 
     def _run(self) -> None:

@@ -1,0 +1,481 @@
+"""The admin dashboard under /admin: server-rendered pages over the admin operations.
+
+Signing in with CARBONHOOK_ADMIN_TOKEN sets a signed session cookie (receiver/sessions.py);
+every POST must carry the session's CSRF token. Pages only read and call `AdminOperations`;
+the overview's figures come from receiver/reports.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from receiver import reports
+from receiver.admin import AdminOperations, BadRequest, token_matches
+from receiver.errors import Conflict, NotFound
+from receiver.events import BILL_CONFIRMED, CRP_GENERATED
+from receiver.schema import utcnow
+from receiver.sessions import COOKIE, Session, Sessions
+from receiver.store import REPLAYABLE, STATUSES, EventFilter
+
+# The ledger's states (workers.ledger.CAPTURE_STATUSES; the receiver does not import workers,
+# a test keeps the two equal).
+CAPTURE_STATUSES = (
+    "pending",
+    "captured",
+    "failed",
+    "unknown",
+    "held",
+    "rejected",
+    "skipped",
+    "dry_run",
+)
+VIA = "dashboard"
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class RulesInfo:
+    """The rules file as the dashboard shows it."""
+
+    path: str
+    sha256: str
+    text: str
+    max_lbs_per_day: int | None
+    max_lbs_per_month: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    day: date
+    lbs: int
+
+
+View = Callable[[Request, Session], Awaitable[Response]]
+Action = Callable[[Request, Session, dict[str, str]], Awaitable[Response]]
+
+
+def chart_bars(days: Sequence[reports.DayTotal], *, height: float = 100) -> list[Bar]:
+    """One bar per day in a viewBox `len(days) * 10` wide and `height` high."""
+    top = max((d.lbs for d in days), default=0) or 1
+    bars = []
+    for n, d in enumerate(days):
+        h = d.lbs / top * (height - 4)
+        bars.append(Bar(x=n * 10 + 1.5, y=height - h, width=7, height=h, day=d.day, lbs=d.lbs))
+    return bars
+
+
+def share(used: int, limit: int | None) -> int | None:
+    """`used` as a whole percentage of `limit` (None when there is no limit)."""
+    return None if not limit else round(used * 100 / limit)
+
+
+def safe_next(value: str | None, default: str = "/admin") -> str:
+    """A redirect target that stays on this site's dashboard (no open redirect)."""
+    if (
+        value
+        and value.startswith("/admin")
+        and not value.startswith("//")
+        and "\\" not in value
+        and value.isprintable()
+    ):
+        return value
+    return default
+
+
+def event_filter(params: Mapping[str, str]) -> EventFilter:
+    """Filters from the events page's query: status, type, received from/to (UTC days)."""
+    status = params.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"unknown status {status!r}")
+    return EventFilter(
+        status=status,
+        type=(params.get("type") or "").strip() or None,
+        since=_day_start(params.get("from"), "from"),
+        until=_day_start(params.get("to"), "to", next_day=True),
+    )
+
+
+def _day_start(value: str | None, name: str, *, next_day: bool = False) -> datetime | None:
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name!r} is not a date (YYYY-MM-DD): {value!r}") from None
+    return datetime.combine(day + timedelta(days=next_day), time(), tzinfo=UTC)
+
+
+def _query(params: Mapping[str, Any]) -> str:
+    given = {k: v for k, v in params.items() if v not in (None, "")}
+    return f"?{urlencode(given)}" if given else ""
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _pretty_json(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("receiver", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = _when
+    env.filters["lbs"] = lambda n: f"{int(n or 0):,}"
+    return env
+
+
+class Dashboard:
+    """The pages; each handler reads or calls one thing and renders or redirects."""
+
+    def __init__(
+        self,
+        admin: AdminOperations,
+        sessions: Sessions,
+        token: str,
+        rules_info: Callable[[], RulesInfo | None],
+        page_size: int,
+    ) -> None:
+        self.admin = admin
+        self.sessions = sessions
+        self.token = token
+        self.rules_info = rules_info
+        self.page_size = page_size
+        self.templates = _environment()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def render(
+        self, request: Request, session: Session | None, name: str, status: int = 200, **ctx: Any
+    ) -> Response:
+        flash = session.flash if session else None
+        html = self.templates.get_template(name).render(
+            csrf=session.csrf if session else "",
+            signed_in=bool(session and session.signed_in),
+            flash=flash,
+            path=request.url.path,
+            here=_here(request),
+            **ctx,
+        )
+        response = HTMLResponse(html, status_code=status, headers=HEADERS)
+        if session is not None and flash is not None:
+            self.sessions.write(response, session.without_flash(), secure=_https(request))
+        return response
+
+    def redirect(
+        self, request: Request, session: Session, target: str, kind: str, message: str
+    ) -> Response:
+        response = RedirectResponse(target, status_code=303, headers=HEADERS)
+        self.sessions.write(response, session.with_flash(kind, message), secure=_https(request))
+        return response
+
+    def refuse(self, request: Request, status: int, message: str) -> Response:
+        return self.render(request, None, "error.html", status, title="Refused", message=message)
+
+    def view(self, handler: View) -> Callable[[Request], Awaitable[Response]]:
+        """A page for signed-in admins; anyone else is sent to sign in."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.sessions.read(request.cookies.get(COOKIE))
+            if session is None or not session.signed_in:
+                target = "/admin/login" + _query({"next": _here(request)})
+                return RedirectResponse(target, status_code=303, headers=HEADERS)
+            try:
+                return await handler(request, session)
+            except NotFound as exc:
+                return self.render(
+                    request, session, "error.html", 404, title="Not found", message=str(exc)
+                )
+            except BadRequest as exc:
+                return self.render(
+                    request, session, "error.html", 400, title="Bad request", message=str(exc)
+                )
+
+        return endpoint
+
+    def action(self, handler: Action) -> Callable[[Request], Awaitable[Response]]:
+        """A POST from a signed-in admin's form, with the session's CSRF token."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.sessions.read(request.cookies.get(COOKIE))
+            if session is None or not session.signed_in:
+                return self.refuse(request, 403, "Sign in first.")
+            async with request.form() as form:
+                fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            if not session.csrf_matches(fields.get("csrf")):
+                return self.refuse(request, 403, "The form's CSRF token is missing or wrong.")
+            back = safe_next(fields.get("next"))
+            try:
+                return await handler(request, session, fields)
+            except (Conflict, BadRequest) as exc:
+                return self.redirect(request, session, back, "error", str(exc))
+            except NotFound as exc:
+                return self.render(
+                    request, session, "error.html", 404, title="Not found", message=str(exc)
+                )
+
+        return endpoint
+
+    # -- signing in --------------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        session = self.sessions.read(request.cookies.get(COOKIE))
+        target = safe_next(request.query_params.get("next"))
+        if session is not None and session.signed_in:
+            return RedirectResponse(target, status_code=303, headers=HEADERS)
+        if session is not None:  # keep its CSRF token: another tab may hold the form
+            return self.render(request, session, "login.html", next=target, error=None)
+        fresh = self.sessions.new(signed_in=False)
+        response = self.render(request, fresh, "login.html", next=target, error=None)
+        self.sessions.write(response, fresh, secure=_https(request))
+        return response
+
+    async def login(self, request: Request) -> Response:
+        session = self.sessions.read(request.cookies.get(COOKIE))
+        async with request.form() as form:
+            given, csrf, target = form.get("token"), form.get("csrf"), form.get("next")
+        if session is None or not session.csrf_matches(csrf):
+            return self.refuse(request, 403, "The sign-in form expired; reload it and try again.")
+        target = safe_next(target if isinstance(target, str) else None)
+        if not token_matches(given if isinstance(given, str) else None, self.token):
+            error = "That is not the admin token."
+            return self.render(request, session, "login.html", 403, next=target, error=error)
+        response = RedirectResponse(target, status_code=303, headers=HEADERS)
+        self.sessions.write(response, self.sessions.new(signed_in=True), secure=_https(request))
+        return response
+
+    async def logout(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        signed_out = self.sessions.new(signed_in=False)
+        return self.redirect(request, signed_out, "/admin/login", "ok", "Signed out.")
+
+    # -- pages -------------------------------------------------------------------------
+
+    async def overview(self, request: Request, session: Session) -> Response:
+        today = utcnow().date()
+
+        def read() -> tuple[dict[str, int], reports.Overview, RulesInfo | None]:
+            counts = self.admin.store.count_by_status()
+            return counts, reports.overview(self.admin.store.engine, today=today), self.rules_info()
+
+        counts, figures, rules = await run_in_threadpool(read)
+        day_limit = rules.max_lbs_per_day if rules else None
+        month_limit = rules.max_lbs_per_month if rules else None
+        return self.render(
+            request,
+            session,
+            "overview.html",
+            statuses=STATUSES,
+            counts=counts,
+            figures=figures,
+            today=today,
+            limits=[
+                ("Today", figures.spent_today, day_limit, share(figures.spent_today, day_limit)),
+                (
+                    today.strftime("%B %Y"),
+                    figures.spent_month,
+                    month_limit,
+                    share(figures.spent_month, month_limit),
+                ),
+            ],
+            bars=chart_bars(figures.lbs_per_day),
+            chart_total=sum(d.lbs for d in figures.lbs_per_day),
+            chart_max=max((d.lbs for d in figures.lbs_per_day), default=0),
+        )
+
+    async def events(self, request: Request, session: Session) -> Response:
+        params = request.query_params
+        filt = event_filter(params)
+        cursor = _cursor(params.get("before"))
+        rows = await run_in_threadpool(
+            lambda: self.admin.store.list_events(filt, limit=self.page_size + 1, before_id=cursor)
+        )
+        kept = {k: params.get(k) for k in ("status", "type", "from", "to")}
+        older = None
+        if len(rows) > self.page_size:
+            rows = rows[: self.page_size]
+            older = "/admin/events" + _query({**kept, "before": rows[-1]["id"]})
+        return self.render(
+            request,
+            session,
+            "events.html",
+            rows=rows,
+            statuses=STATUSES,
+            types=(CRP_GENERATED, BILL_CONFIRMED),
+            params=kept,
+            paged=cursor is not None,
+            newest="/admin/events" + _query(kept),
+            older=older,
+            replay_failed="/admin/events/replay-failed" + _query({**kept, "status": None}),
+        )
+
+    async def event(self, request: Request, session: Session) -> Response:
+        event_id = request.path_params["id"]
+        detail = await run_in_threadpool(self.admin.store.get_event, event_id)
+        return self.render(
+            request,
+            session,
+            "event.html",
+            event=detail,
+            payload=_pretty_json(detail["body"]),
+            replayable=detail["status"] in REPLAYABLE,
+            can_replay=REPLAYABLE,
+        )
+
+    async def replay(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        event_id = request.path_params["id"]
+        reason = form.get("reason", "").strip() or None
+        previous = await run_in_threadpool(
+            lambda: self.admin.replay(event_id, via=VIA, reason=reason)
+        )
+        message = f"Event {event_id} queued for replay (it was {previous})."
+        return self.redirect(request, session, f"/admin/events/{event_id}", "ok", message)
+
+    async def confirm_replay_failed(self, request: Request, session: Session) -> Response:
+        filt = event_filter({**request.query_params, "status": "failed"})
+        ids = await run_in_threadpool(self.admin.store.matching_ids, filt)
+        params = {k: request.query_params.get(k) or "" for k in ("type", "from", "to")}
+        return self.render(
+            request, session, "replay_failed.html", count=len(ids), ids=ids[:20], params=params
+        )
+
+    async def replay_failed(
+        self, request: Request, session: Session, form: dict[str, str]
+    ) -> Response:
+        filt = event_filter({**form, "status": "failed"})
+        reason = form.get("reason", "").strip() or None
+        ids = await run_in_threadpool(
+            lambda: list(self.admin.replay_matching(filt, via=VIA, reason=reason))
+        )
+        noun = "event" if len(ids) == 1 else "events"
+        message = f"{len(ids)} failed {noun} queued for replay."
+        return self.redirect(request, session, "/admin/events", "ok", message)
+
+    async def captures(self, request: Request, session: Session) -> Response:
+        status = request.query_params.get("status") or None
+        if status is not None and status not in CAPTURE_STATUSES:
+            raise BadRequest(f"unknown capture status {status!r}")
+        cursor = _cursor(request.query_params.get("before"))
+        rows = await run_in_threadpool(
+            lambda: self.admin.list_captures(
+                status=status, limit=self.page_size + 1, before_id=cursor
+            )
+        )
+        older = None
+        if len(rows) > self.page_size:
+            rows = rows[: self.page_size]
+            older = "/admin/captures" + _query({"status": status, "before": rows[-1]["id"]})
+        return self.render(
+            request,
+            session,
+            "captures.html",
+            rows=rows,
+            statuses=CAPTURE_STATUSES,
+            status=status or "",
+            paged=cursor is not None,
+            newest="/admin/captures" + _query({"status": status}),
+            older=older,
+        )
+
+    async def decide(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        capture_id = request.path_params["id"]
+        decision = request.path_params["decision"]
+        back = safe_next(form.get("next"), "/admin/captures")
+        if decision == "approve":
+            row = await run_in_threadpool(lambda: self.admin.approve(capture_id, via=VIA))
+            done = "approved"
+        elif decision == "reject":
+            row = await run_in_threadpool(lambda: self.admin.reject(capture_id, via=VIA))
+            done = "rejected"
+        elif decision == "resolve" and form.get("captured") in ("yes", "no"):
+            captured = form["captured"] == "yes"
+            row = await run_in_threadpool(
+                lambda: self.admin.resolve(capture_id, captured=captured, via=VIA)
+            )
+            done = "resolved as " + ("captured" if captured else "not captured")
+        else:
+            raise BadRequest("choose approve, reject, or resolve with captured yes or no")
+        message = f"Capture {capture_id} {done}; event {row.event_id} queued to finish."
+        return self.redirect(request, session, back, "ok", message)
+
+    async def rules(self, request: Request, session: Session) -> Response:
+        info = await run_in_threadpool(self.rules_info)
+        stale = False
+        if info is not None:
+            stale = hashlib.sha256(info.text.encode()).hexdigest() != info.sha256
+        return self.render(request, session, "rules.html", info=info, stale=stale)
+
+
+def _cursor(value: str | None) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit():
+        raise BadRequest("'before' must be an event or capture id")
+    return int(value)
+
+
+def _here(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def dashboard_routes(
+    admin: AdminOperations,
+    *,
+    token: str,
+    rules_info: Callable[[], RulesInfo | None],
+    page_size: int = 25,
+) -> list[BaseRoute]:
+    """The /admin pages (next to, never over, the /admin/api routes)."""
+    d = Dashboard(admin, Sessions(token), token, rules_info, page_size)
+    return [
+        Route("/admin", d.view(d.overview), methods=["GET"]),
+        Route("/admin/login", d.login_form, methods=["GET"]),
+        Route("/admin/login", d.login, methods=["POST"]),
+        Route("/admin/logout", d.action(d.logout), methods=["POST"]),
+        Route("/admin/events", d.view(d.events), methods=["GET"]),
+        Route("/admin/events/replay-failed", d.view(d.confirm_replay_failed), methods=["GET"]),
+        Route("/admin/events/replay-failed", d.action(d.replay_failed), methods=["POST"]),
+        Route("/admin/events/{id:int}", d.view(d.event), methods=["GET"]),
+        Route("/admin/events/{id:int}/replay", d.action(d.replay), methods=["POST"]),
+        Route("/admin/captures", d.view(d.captures), methods=["GET"]),
+        Route(
+            "/admin/captures/{id:int}/{decision:str}", d.action(d.decide), methods=["POST"]
+        ),
+        Route("/admin/rules", d.view(d.rules), methods=["GET"]),
+        Mount("/admin/static", StaticFiles(packages=[("receiver", "static")]), name="admin-static"),
+    ]

@@ -1,0 +1,139 @@
+"""Prometheus metrics. Counters live in each process (or, with PROMETHEUS_MULTIPROC_DIR set,
+in files every process on the host shares); states and spend are read from the database at
+scrape time, so every receiver reports the same truth."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import Engine, func, select
+
+from receiver.schema import Capture, Event, Spend
+
+Limits = Callable[[], tuple[int | None, int | None]]
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+PROCESSING_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    deliveries: Counter
+    processing_seconds: Histogram
+    captures: Counter
+    captured_amount: Counter
+    api_requests: Counter
+    api_seconds: Histogram
+    sweeper_reenqueued: Counter
+
+
+@functools.cache
+def metrics() -> Metrics:
+    """The process's metrics, created on first use (never at import)."""
+    return Metrics(
+        deliveries=Counter("carbonhook_deliveries", "Webhook deliveries by outcome", ["outcome"]),
+        processing_seconds=Histogram(
+            "carbonhook_event_processing_seconds",
+            "Time from receipt to a final status",
+            ["type", "status"],
+            buckets=PROCESSING_BUCKETS,
+        ),
+        captures=Counter(
+            "carbonhook_captures",
+            "Capture attempts settled, by rule and status",
+            ["rule", "status"],
+        ),
+        captured_amount=Counter(
+            "carbonhook_captured_amount",
+            "Amount captured (lbs, trees or lbs of plastic) by rule and action",
+            ["rule", "action"],
+        ),
+        api_requests=Counter(
+            "carbonhook_api_requests", "Outbound API calls by status", ["api", "endpoint", "status"]
+        ),
+        api_seconds=Histogram(
+            "carbonhook_api_request_seconds",
+            "Outbound API call latency",
+            ["api", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        sweeper_reenqueued=Counter(
+            "carbonhook_sweeper_reenqueued", "Events the sweeper handed to the queue again"
+        ),
+    )
+
+
+class StoreCollector:
+    """Gauges read from the database when scraped: events and captures by status, spend."""
+
+    def __init__(self, engine: Engine, limits: Limits) -> None:
+        self.engine = engine
+        self.limits = limits
+
+    def collect(self) -> Iterator[Metric]:
+        events = GaugeMetricFamily("carbonhook_events", "Events by status", labels=["status"])
+        captures = GaugeMetricFamily(
+            "carbonhook_ledger_captures", "Ledger rows by status", labels=["status"]
+        )
+        spend = GaugeMetricFamily(
+            "carbonhook_spend_lbs",
+            "Pounds of carbon reserved in the current window",
+            labels=["window"],
+        )
+        limit = GaugeMetricFamily(
+            "carbonhook_spend_limit_lbs", "The configured limit for the window", labels=["window"]
+        )
+        today = datetime.now(UTC).date().isoformat()
+        with self.engine.connect() as conn:
+            for status, count in conn.execute(
+                select(Event.status, func.count()).group_by(Event.status)
+            ):
+                events.add_metric([status], count)
+            for status, count in conn.execute(
+                select(Capture.status, func.count()).group_by(Capture.status)
+            ):
+                captures.add_metric([status], count)
+            windows = {"day": f"day:{today}", "month": f"month:{today[:7]}"}
+            found = dict(
+                conn.execute(
+                    select(Spend.window, Spend.lbs).where(Spend.window.in_(windows.values()))
+                ).all()
+            )
+        for name, key in windows.items():
+            spend.add_metric([name], found.get(key, 0))
+        for name, value in zip(("day", "month"), self.limits(), strict=True):
+            if value is not None:
+                limit.add_metric([name], value)
+        yield from (events, captures, spend, limit)
+
+
+def exposition(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:
+    """The text to answer a scrape with: this process's (or all processes') counters, plus `extra`."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    if extra is not None:
+        store_registry = CollectorRegistry()
+        store_registry.register(_Once(extra))
+        text += generate_latest(store_registry)
+    return text
+
+
+class _Once:
+    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        self.collect = collect

@@ -1,0 +1,112 @@
+"""The admin HTTP API over real HTTP: token, listing with cursors, replay, decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunningEmulator, make_body, query, settings_for_test, store_delivery
+
+TOKEN = "admin-secret-token"
+
+
+class Api:
+    def __init__(self, base: str, db: str, processor: Any) -> None:
+        self.base = base
+        self.db = db
+        self.processor = processor
+
+    def call(self, method: str, path: str, token: str | None = TOKEN, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.request(method, f"{self.base}/admin/api{path}", headers=headers, timeout=10, **kw)
+
+
+@pytest.fixture
+def api(db_url: str, emulator: RunningEmulator) -> Iterator[Api]:
+    from dramatiq.brokers.stub import StubBroker
+
+    from carbonhook.commands import admin_for, start_server
+    from receiver.app import create_app
+    from workers.rules import RulesHolder, parse_rules
+    from workers.runtime import build_worker
+
+    broker = StubBroker()
+    settings = settings_for_test(db_url, emulator, admin_token=TOKEN)
+    rules = '[limits]\nmax_lbs_per_day = 500\n[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 400\n'
+    runtime = build_worker(settings, broker=broker, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
+    runtime.processor.enqueue = lambda event_id, delay: None
+    admin = admin_for(settings, broker)
+    server = start_server(create_app(settings, broker=broker, admin=admin), "127.0.0.1", 0, lifespan="on")
+    yield Api(f"http://127.0.0.1:{server.port}", db_url, runtime.processor)
+    server.stop()
+    runtime.close()
+    admin.store.engine.dispose()
+
+
+def test_every_route_needs_the_bearer_token(api: Api):
+    for token in (None, "wrong", TOKEN + "x"):
+        assert api.call("GET", "/events", token=token).status_code == 401
+        assert api.call("POST", "/events/1/replay", token=token).status_code == 401
+    assert api.call("GET", "/events").status_code == 200
+
+
+def test_listing_filters_and_pages_with_a_cursor(api: Api):
+    for n in range(5):
+        store_delivery(api.db, make_body(subject=f"crp_p{n}"))
+    store_delivery(api.db, make_body(event="bill.confirmed", subject="bill_p"))
+    first = api.call("GET", "/events", params={"limit": 2, "type": "crp.generated"}).json()
+    assert [e["subject_id"] for e in first["events"]] == ["crp_p4", "crp_p3"]
+    second = api.call("GET", "/events", params={"limit": 2, "type": "crp.generated", "cursor": first["next_cursor"]}).json()
+    assert [e["subject_id"] for e in second["events"]] == ["crp_p2", "crp_p1"]
+    assert api.call("GET", "/events", params={"status": "pending"}).json()["events"][0]["status"] == "pending"
+    assert api.call("GET", "/events", params={"status": "nope"}).status_code == 400
+    assert api.call("GET", "/events", params={"since": "not-a-date"}).status_code == 400
+    assert api.call("GET", "/events", params={"since": "2999-01-01T00:00:00Z"}).json()["events"] == []
+
+
+def test_show_replay_and_the_audit_trail(api: Api):
+    api_fault = httpx.post(api.processor.impact.http.base_url.join("/_emulator/faults"), json={"endpoint": "capture_carbon", "status": 400})
+    assert api_fault.status_code in (200, 201)
+    event_id = store_delivery(api.db, make_body(subject="crp_show"))
+    assert api.processor.process(event_id) == "failed"
+    detail = api.call("GET", f"/events/{event_id}").json()
+    assert detail["status"] == "failed" and detail["attempt_history"][0]["http_status"] == 400
+    assert detail["captures"][0]["status"] == "failed"
+    assert "crp_show" in detail["body"]
+    replayed = api.call("POST", f"/events/{event_id}/replay", json={"reason": "1ClickImpact fixed"})
+    assert replayed.json() == {"id": event_id, "previous_status": "failed", "status": "queued"}
+    assert query(api.db, f"SELECT status FROM events WHERE id = {event_id}") == [("queued",)]
+    assert api.call("POST", f"/events/{event_id}/replay").status_code == 409
+    assert api.processor.process(event_id) == "succeeded"
+    replays = api.call("GET", f"/events/{event_id}").json()["replays"]
+    assert [(r["via"], r["reason"], r["previous_status"]) for r in replays] == [("api", "1ClickImpact fixed", "failed")]
+    assert api.call("GET", "/events/999999").status_code == 404
+
+
+def test_bulk_replay_by_filter(api: Api):
+    httpx.post(api.processor.impact.http.base_url.join("/_emulator/faults"), json={"endpoint": "capture_carbon", "status": 400, "times": 3})
+    ids = [store_delivery(api.db, make_body(subject=f"crp_b{n}")) for n in range(3)]
+    assert [api.processor.process(i) for i in ids] == ["failed"] * 3
+    assert api.call("POST", "/events/replay", json={}).status_code == 400
+    assert api.call("POST", "/events/replay", json={"status": "bogus"}).status_code == 400
+    result = api.call("POST", "/events/replay", json={"status": "failed", "reason": "bulk"}).json()
+    assert result["replayed"] == 3 and sorted(result["ids"]) == ids
+
+
+def test_captures_listing_and_approve_reject(api: Api):
+    first = store_delivery(api.db, make_body(subject="crp_c1"))
+    second = store_delivery(api.db, make_body(subject="crp_c2"))
+    api.processor.process(first)
+    assert api.processor.process(second) == "held"
+    held = api.call("GET", "/captures", params={"status": "held"}).json()["captures"]
+    assert [c["subject_id"] for c in held] == ["crp_c2"]
+    approved = api.call("POST", f"/captures/{held[0]['id']}/approve").json()
+    assert approved["status"] == "pending" and approved["approved"] is True
+    assert api.call("POST", f"/captures/{held[0]['id']}/reject").status_code == 409
+    assert api.call("POST", f"/captures/{held[0]['id']}/resolve", json={}).status_code == 400
+    assert api.call("POST", f"/captures/{held[0]['id']}/explode").status_code == 404
+    assert api.processor.process(second) == "succeeded"
+    assert [c["status"] for c in api.call("GET", "/captures").json()["captures"]] == ["captured", "captured"]

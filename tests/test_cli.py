@@ -1,0 +1,138 @@
+"""The `carbonhook` command, called as users call it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from carbonhook.cli import main
+from tests.conftest import ROOT, make_body, query, store_delivery
+
+
+@pytest.fixture
+def cli_env(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CARBONHOOK_BROKER_URL", "memory://")
+    return sqlite_url
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fail_event(db: str, subject: str) -> int:
+    event_id = store_delivery(db, make_body(subject=subject))
+    from sqlalchemy import create_engine, text
+
+    from receiver.database import sync_url
+
+    engine = create_engine(sync_url(db))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE events SET status = 'failed', last_error = 'HTTP 500 boom' WHERE id = :id"), {"id": event_id})
+    engine.dispose()
+    return event_id
+
+
+def test_events_list_show_and_replay(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    event_id = fail_event(cli_env, "crp_cli1")
+    code, out, _ = run(capsys, "events", "list", "--status", "failed", "--json")
+    assert code == 0 and [e["id"] for e in json.loads(out)] == [event_id]
+    code, out, _ = run(capsys, "events", "list")
+    assert code == 0 and "crp_cli1" in out and "HTTP 500 boom" in out
+    code, out, _ = run(capsys, "events", "show", str(event_id), "--json")
+    assert json.loads(out)["last_error"] == "HTTP 500 boom"
+    code, out, _ = run(capsys, "events", "replay", str(event_id), "--reason", "upstream fixed")
+    assert code == 0 and f"replayed event {event_id} (was failed)" in out
+    assert query(cli_env, "SELECT via, reason FROM replays") == [("cli", "upstream fixed")]
+    # memory:// — nothing this process can enqueue to: the event waits as pending for the sweeper
+    assert query(cli_env, f"SELECT status FROM events WHERE id = {event_id}") == [("pending",)]
+
+
+def test_bulk_replay_shows_progress_and_counts(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    for n in range(3):
+        fail_event(cli_env, f"crp_bulk{n}")
+    code, out, err = run(capsys, "events", "replay", "--status", "failed")
+    assert code == 0 and "replayed 3 of 3 events" in out
+    assert "replaying" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["events", "replay", "--status", "nope"], "unknown status 'nope'"),
+        (["events", "replay"], "name event ids, or --status"),
+        (["events", "show", "424242"], "event 424242 not found"),
+        (["captures", "approve", "99"], "capture 99 not found"),
+        (["captures", "list", "--status", "lost"], "unknown status 'lost'"),
+    ],
+)
+def test_errors_are_one_line_on_stderr_with_a_nonzero_exit(cli_env: str, capsys: pytest.CaptureFixture[str], args: list[str], says: str):
+    code, out, err = run(capsys, *args)
+    assert code != 0
+    assert err.startswith("carbonhook: error: ") and says in err and err.count("\n") == 1
+    assert out == ""
+
+
+def test_rules_check_prints_a_table_and_the_example_passes(capsys: pytest.CaptureFixture[str]):
+    code, out, _ = run(capsys, "rules", "check", str(ROOT / "rules.example.toml"))
+    assert code == 0
+    assert "offset-published-crps" in out and "bill-growth" in out and "50000 lbs/day" in out
+
+
+def test_rules_check_names_the_rule_field_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "rules.toml"
+    bad.write_text('[[rule]]\nname = "oops"\non = "crp.generated"\ncapture_lbs = "many"\n')
+    code, _, err = run(capsys, "rules", "check", str(bad))
+    assert code == 2 and "line 4" in err and "'oops'" in err and "capture_lbs" in err
+
+
+def test_rules_explain_says_what_matches_and_what_would_be_sent(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    event = tmp_path / "event.json"
+    event.write_text(make_body(event="bill.confirmed", subject="bill_x", siteId="site_3rZ1").decode())
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "site-offset"\non = "bill.confirmed"\noffset = { fraction = 0.01 }\n'
+        '[[rule]]\nname = "big-companies"\non = "bill.confirmed"\nwhen = { "company.employeeCount" = { gte = 100 } }\ncapture_lbs = 5\n'
+    )
+    code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules))
+    assert code == 0
+    assert "MATCH     site-offset" in out and "would send: capture_carbon amount=3792" in out
+    assert "no match  big-companies" in out and "company.employeeCount is 42" in out
+    company = tmp_path / "company.json"
+    company.write_text(json.dumps({"data": {"employeeCount": 500}}))
+    code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules), "--company", str(company))
+    assert "MATCH     big-companies" in out
+
+
+def test_a_worker_on_the_in_process_broker_says_it_needs_a_shared_one(cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CARBONHOOK_CARBONPASS_API_KEY", "k")
+    monkeypatch.setenv("CARBONHOOK_IMPACT_API_KEY", "k")
+    code, _, err = run(capsys, "worker")
+    assert code == 2 and "needs a shared broker" in err
+
+
+def test_a_malformed_setting_stops_with_the_variable_named(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "carbonhook", "serve"],
+        env={"PATH": "/usr/bin:/bin", "CARBONHOOK_HTTP_TIMEOUT_S": "abc"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("carbonhook: error: CARBONHOOK_HTTP_TIMEOUT_S")
+
+
+def test_serve_without_a_secret_names_the_variable(tmp_path: Path):
+    result = subprocess.run([sys.executable, "-m", "carbonhook", "serve"], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "CARBONHOOK_WEBHOOK_SECRETS is required" in result.stderr
+
+
+def test_migrate_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    assert run(capsys, "migrate")[0] == 0
+    assert run(capsys, "migrate")[1] == "database is up to date\n"

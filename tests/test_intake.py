@@ -74,7 +74,8 @@ def test_a_new_delivery_is_accepted_stored_and_enqueued_by_id(receiver: Receiver
     assert response.status_code == 202
     event_id = response.json()["id"]
     assert response.json() == {"id": event_id, "status": "accepted"}
-    assert receiver.rows() == [(event_id, "crp.generated", "crp_5tN8xBmQ", wait_until(lambda: receiver.rows()[0][3] == "queued" and "queued"))]
+    wait_until(lambda: receiver.rows()[0][3] == "queued", what="event marked queued")
+    assert receiver.rows() == [(event_id, "crp.generated", "crp_5tN8xBmQ", "queued")]
     assert queued_ids(receiver) == [event_id]
     stored = receiver.rows("SELECT body FROM events")[0][0]
     assert bytes(stored) == delivery()

@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check receiver workers carbonhook tests migrations bench
 	$(BIN)/ruff format --check receiver workers carbonhook migrations
+	$(BIN)/mypy
 
 check: lint test
 

@@ -6,16 +6,16 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
@@ -37,6 +37,7 @@ from workers.rules import RulesError, RulesHolder, load_rules
 from workers.runtime import build_worker
 
 log = logging.getLogger("carbonhook")
+Lifespan = Literal["auto", "on", "off"]
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def serve_metrics(port: int) -> None:
     registry = prometheus_client.REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = prometheus_client.CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     prometheus_client.start_http_server(port, registry=registry)
 
 
@@ -469,7 +470,7 @@ def events_replay(args: argparse.Namespace) -> int:
 def captures_list(args: argparse.Namespace) -> int:
     _check_choice(args.status, CAPTURE_STATUSES, "status")
     ledger = Ledger(create_sync_engine(settings_for().database_url, pool_size=1))
-    rows = ledger.list(status=args.status, limit=args.limit)
+    rows = ledger.list_captures(status=args.status, limit=args.limit)
     if args.json:
         print_json(rows)
         return 0
@@ -526,10 +527,9 @@ def captures_decide(args: argparse.Namespace) -> int:
 class ThreadServer:
     """A uvicorn server on a background thread (the sandbox's emulator)."""
 
-    def __init__(self, app: Any, host: str, port: int, *, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, host: str, port: int, *, lifespan: Lifespan = "off") -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan)
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(
             target=self.server.run, name="carbonhook-server", daemon=True
         )
@@ -552,7 +552,7 @@ class ThreadServer:
         self.thread.join(timeout=5)
 
 
-def start_server(app: Any, host: str, port: int, *, lifespan: str = "off") -> ThreadServer:
+def start_server(app: Any, host: str, port: int, *, lifespan: Lifespan = "off") -> ThreadServer:
     """Serve `app` on a background thread; port 0 picks a free one (see `.port`)."""
     return ThreadServer(app, host, port, lifespan=lifespan).start()
 

@@ -31,12 +31,12 @@ def _backend(url: str) -> tuple[str, Any]:
 
 def sync_url(url: str) -> str:
     backend, parsed = _backend(url)
-    return parsed.set(drivername=_SYNC_DRIVERS[backend]).render_as_string(hide_password=False)
+    return str(parsed.set(drivername=_SYNC_DRIVERS[backend]).render_as_string(hide_password=False))
 
 
 def async_url(url: str) -> str:
     backend, parsed = _backend(url)
-    return parsed.set(drivername=_ASYNC_DRIVERS[backend]).render_as_string(hide_password=False)
+    return str(parsed.set(drivername=_ASYNC_DRIVERS[backend]).render_as_string(hide_password=False))
 
 
 def is_sqlite(url: str) -> bool:

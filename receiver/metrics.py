@@ -123,7 +123,7 @@ def exposition(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:
     """The text to answer a scrape with: this process's (or all processes') counters, plus `extra`."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)

@@ -30,7 +30,7 @@ def make_broker(url: str) -> dramatiq.Broker:
     if scheme in ("redis", "rediss"):
         from dramatiq.brokers.redis import RedisBroker
 
-        broker = RedisBroker(url=url, socket_timeout=5, socket_connect_timeout=5)
+        broker = RedisBroker(url=url, socket_timeout=5, socket_connect_timeout=5)  # type: ignore[no-untyped-call]
     elif scheme in ("amqp", "amqps"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -51,7 +51,7 @@ def is_shared(broker: dramatiq.Broker) -> bool:
 
 def enqueue_event(broker: dramatiq.Broker, event_id: int, *, delay_s: float = 0) -> None:
     """Ask the workers to look at event `event_id` (now, or after `delay_s`)."""
-    message = dramatiq.Message(
+    message: dramatiq.Message[None] = dramatiq.Message(
         queue_name=EVENTS_QUEUE,
         actor_name=PROCESS_EVENT,
         args=(event_id,),
@@ -67,10 +67,9 @@ def ping_broker(broker: dramatiq.Broker) -> None:
     if client is not None:  # Redis
         client.ping()
         return
-    connection = getattr(broker, "connection", None)
-    if connection is not None:  # RabbitMQ: opening the channel connects
-        if not connection.is_open:
-            raise ConnectionError("RabbitMQ connection is closed")
+    connection = getattr(broker, "connection", None)  # RabbitMQ: reading it connects
+    if connection is not None and not connection.is_open:
+        raise ConnectionError("RabbitMQ connection is closed")
 
 
 class Enqueuer:

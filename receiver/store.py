@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from receiver.errors import Conflict, NotFound
 from receiver.schema import Capture, Event, EventAttempt, Replay, utcnow
@@ -194,7 +194,7 @@ class EventStore:
             if result.rowcount == 0:
                 return
             conn.execute(
-                EventAttempt.__table__.insert().values(
+                insert(EventAttempt).values(
                     event_id=event.id,
                     started_at=event.started_at,
                     finished_at=now,
@@ -270,7 +270,7 @@ class EventStore:
             if conn.execute(reset).rowcount == 0:
                 raise Conflict(f"event {event_id} changed while being replayed; try again")
             conn.execute(
-                Replay.__table__.insert().values(
+                insert(Replay).values(
                     event_id=event_id,
                     at=now,
                     via=via,

@@ -12,7 +12,17 @@ import httpx
 import pytest
 
 from receiver.signature import sign
-from tests.conftest import CP_KEY, IMPACT_KEY, ROOT, SECRET, free_port, make_body, query, wait_http, wait_until
+from tests.conftest import (
+    CP_KEY,
+    IMPACT_KEY,
+    ROOT,
+    SECRET,
+    free_port,
+    make_body,
+    query,
+    wait_http,
+    wait_until,
+)
 
 RULES = """
 [[rule]]

@@ -3,6 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workers.planning import (
+    _MISSING,
     MAX_PER_CALL,
     PlanError,
     Resources,
@@ -11,7 +12,6 @@ from workers.planning import (
     lbs_from_tonnes,
     needed_sources,
     split,
-    _MISSING,
 )
 from workers.rules import parse_rules
 
@@ -100,7 +100,7 @@ def test_placeholders_fill_the_customer_from_fetched_resources():
 
 
 def test_a_placeholder_without_a_value_is_a_plan_error():
-    with pytest.raises(PlanError, match="company.nickname"):
+    with pytest.raises(PlanError, match=r"company\.nickname"):
         plan(rule('capture_lbs = 5\ncustomer_email = "a@b.co"\ncustomer_name = "{company.nickname}"'), crp=CRP, company=COMPANY)
 
 

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from receiver.queue import enqueue_event, make_broker
-from tests.conftest import AMQP_URL, RunningEmulator, make_body, query, service_missing, settings_for_test, store_delivery, wait_until
+from tests.conftest import (
+    AMQP_URL,
+    RunningEmulator,
+    make_body,
+    query,
+    service_missing,
+    settings_for_test,
+    store_delivery,
+    wait_until,
+)
 from workers.rules import RulesHolder, parse_rules
 
 RULES = '[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 42\n'
@@ -46,7 +55,8 @@ def test_delayed_retries_come_back_through_redis(pg_url: str, redis_url: str, em
     for runtime in run_worker(pg_url, emulator, redis_url):
         event_id = store_delivery(pg_url, make_body(subject="crp_delayed"))
         enqueue_event(runtime.broker, event_id)
-        wait_until(lambda: query(pg_url, f"SELECT status FROM events WHERE id = {event_id}")[0][0] == "succeeded", timeout=30, what="retried event")
+        done = f"SELECT status FROM events WHERE id = {event_id}"
+        wait_until(lambda: query(pg_url, done)[0][0] == "succeeded", timeout=30, what="retried event")
     assert len(emulator.impacts) == 1
 
 

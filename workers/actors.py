@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 
 from receiver.queue import EVENTS_QUEUE, PROCESS_EVENT
@@ -10,7 +12,7 @@ from workers.processing import Processor
 
 def declare_actors(
     broker: dramatiq.Broker, processor: Processor, *, time_limit_s: float
-) -> dramatiq.Actor:
+) -> dramatiq.Actor[Any, Any]:
     """Bind `process_event` to `broker` explicitly (nothing is bound at import time)."""
 
     def process_event(event_id: int) -> None:
@@ -18,11 +20,11 @@ def declare_actors(
 
     # max_retries=0: retries are the database's business (attempts, backoff, Retry-After),
     # so the schedule survives a lost message; Dramatiq only delivers "look at event N".
-    return dramatiq.actor(
-        process_event,
+    declare = dramatiq.actor(
         broker=broker,
         actor_name=PROCESS_EVENT,
         queue_name=EVENTS_QUEUE,
         max_retries=0,
         time_limit=int(time_limit_s * 1000),
     )
+    return declare(process_event)

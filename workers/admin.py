@@ -47,7 +47,7 @@ class Admin:
     def list_captures(
         self, *, status: str | None, limit: int, before_id: int | None
     ) -> list[dict[str, Any]]:
-        return self.ledger.list(status=status, limit=limit, before_id=before_id)
+        return self.ledger.list_captures(status=status, limit=limit, before_id=before_id)
 
     def approve(self, capture_id: int, *, via: str) -> CaptureRow:
         row = self.ledger.approve(capture_id)

@@ -321,7 +321,7 @@ class Ledger:
             raise NotFound(f"capture {capture_id} not found")
         return rows[0]
 
-    def list(
+    def list_captures(
         self,
         *,
         status: str | None = None,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from receiver.errors import AmbiguousError, PermanentError, RetryableError
-from receiver.metrics import metrics
 from receiver.events import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
+from receiver.metrics import metrics
 from receiver.schema import utcnow
 from receiver.settings import Settings
 from receiver.store import FAILED, HELD, SUCCEEDED, ClaimedEvent, EventStore
@@ -30,7 +30,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 def backoff_s(attempt: int, settings: Settings) -> float:
     """Exponential backoff for the `attempt`-th try (1-based), within the configured bounds."""
     delay = settings.retry_min_backoff_s * (2 ** max(0, attempt - 1))
-    return min(settings.retry_max_backoff_s, delay)
+    return float(min(settings.retry_max_backoff_s, delay))
 
 
 @dataclass
@@ -174,7 +174,7 @@ class Processor:
         """Bring one ledger row to a settled state, or raise to try the event again later."""
         if row.status in SETTLED or row.status == CAPTURE_HELD:
             return row.status
-        if row.status == PENDING and row.attempted_at is None or row.status == FAILED:
+        if (row.status == PENDING and row.attempted_at is None) or row.status == FAILED:
             return self._call(row, event, ruleset)
         # unknown, or pending with an attempt under way or cut short: ask 1ClickImpact first.
         assert row.attempted_at is not None

@@ -115,3 +115,36 @@ def test_the_sandbox_runs_on_embedded_defaults_with_no_keys(tmp_path: Path):
 
 def test_the_package_runs_from_its_source_tree():
     assert (ROOT / "carbonhook" / "sandbox_rules.toml").exists()
+
+
+@pytest.mark.slow
+def test_sighup_reloads_the_rules_and_refuses_an_invalid_file(sqlite_url: str, redis_url: str, procs: Any, tmp_path: Path):
+    import signal
+
+    from tests.conftest import store_delivery
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    emulator_port = free_port()
+    base = f"http://127.0.0.1:{emulator_port}"
+    env = env_for(sqlite_url, redis_url, base, rules)
+    wait_http(f"{base}/_emulator/impacts", procs(["emulate", "--port", str(emulator_port)], env, "emulator"))
+    worker = procs(["worker", "--threads", "1"], env, "worker")
+    wait_until(lambda: "worker started" in worker.output(), timeout=20, what="worker start")
+
+    rules.write_text(RULES.replace("capture_lbs = 500", "capture_lbs = 700"))
+    worker.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: "rules reloaded" in worker.output(), timeout=10, what="reload")
+    rules.write_text("[[rule]]\nname = 'broken'\n")
+    worker.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: "rules not reloaded" in worker.output(), timeout=10, what="refusal")
+
+    from receiver.queue import enqueue_event, make_broker
+
+    event_id = store_delivery(sqlite_url, make_body(subject="crp_reload"))
+    broker = make_broker(redis_url)
+    enqueue_event(broker, event_id)
+    broker.close()
+    wait_until(lambda: len(httpx.get(f"{base}/_emulator/impacts").json()) == 1, timeout=30, what="capture")
+    assert [i["amount"] for i in httpx.get(f"{base}/_emulator/impacts").json()] == [700]
+    assert worker.popen.poll() is None

@@ -23,6 +23,7 @@ import uvicorn
 from carbonhook.cli import SANDBOX_SECRET, UsageError, print_json, settings_for, wait_for_signal
 from carbonhook.tables import print_table
 from receiver.app import create_app
+from receiver.dashboard import RulesInfo, dashboard_routes
 from receiver.database import create_sync_engine
 from receiver.logs import configure_logging
 from receiver.migrate import upgrade
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = build_worker(settings)
     runtime.start()
     requeue_pending(runtime.processor.store, runtime.broker)
-    app = create_app(settings, broker=runtime.broker, admin=admin_for(settings, runtime.broker))
+    app = receiver_for(settings, runtime.broker, runtime.rules)
     if args.sandbox:
         assert emulator is not None
         url = f"http://{args.host}:{args.port}/webhooks/carbonpass"
@@ -100,8 +101,7 @@ def serve(args: argparse.Namespace) -> int:
         app: Any = "carbonhook.commands:receiver_app"
         factory = True
     else:
-        broker = make_broker(settings.broker_url)
-        app = create_app(settings, broker=broker, admin=admin_for(settings, broker))
+        app = receiver_for(settings, make_broker(settings.broker_url))
         factory = False
     options: dict[str, Any] = {
         "host": args.host,
@@ -125,8 +125,7 @@ def receiver_app() -> Any:
     """App factory for `serve --workers N` (each uvicorn process builds its own)."""
     settings = settings_for()
     configure_logging(settings.log_level, settings.log_format)
-    broker = make_broker(settings.broker_url)
-    return create_app(settings, broker=broker, admin=admin_for(settings, broker))
+    return receiver_for(settings, make_broker(settings.broker_url))
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -349,6 +348,46 @@ def _read_json(path: Path) -> Any:
 
 
 # -- admins ---------------------------------------------------------------------------------
+
+
+def receiver_for(settings: Settings, broker: Any, rules: RulesHolder | None = None) -> Any:
+    """The receiver app with its admin API and pages, and the rules' limits for /metrics.
+
+    The receiver does not need the rules to take deliveries: without a valid file it still
+    starts, and the pages say no rules are loaded. SIGHUP reloads them (in `run`, together
+    with the workers' copy).
+    """
+    if rules is None:
+        try:
+            rules = RulesHolder(settings.rules_file)
+        except RulesError as exc:
+            log.warning("rules not loaded for the admin pages and metrics: %s", exc)
+        else:
+            install_reload(rules)
+    admin = admin_for(settings, broker)
+
+    def rules_info() -> RulesInfo | None:
+        if rules is None:
+            return None
+        ruleset = rules()
+        try:
+            text = Path(ruleset.path).read_text(encoding="utf-8")
+        except OSError:
+            text = "(the file can no longer be read)"
+        limits = ruleset.file.limits
+        return RulesInfo(
+            ruleset.path, ruleset.sha256, text, limits.max_lbs_per_day, limits.max_lbs_per_month
+        )
+
+    def limits() -> tuple[int | None, int | None]:
+        info = rules_info()
+        return (info.max_lbs_per_day, info.max_lbs_per_month) if info else (None, None)
+
+    routes = []
+    if settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+        routes = dashboard_routes(admin, token=token, rules_info=rules_info)
+    return create_app(settings, broker=broker, admin=admin, routes=routes, limits=limits)
 
 
 def admin_for(settings: Settings, broker: Any) -> Admin:

@@ -146,7 +146,9 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
 
-def build_services(settings: Settings, *, broker: dramatiq.Broker | None = None) -> Services:
+def build_services(
+    settings: Settings, *, broker: dramatiq.Broker | None = None, limits: Limits | None = None
+) -> Services:
     """The real adapters for `settings`."""
     engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
     store = EventStore(engine)
@@ -158,6 +160,7 @@ def build_services(settings: Settings, *, broker: dramatiq.Broker | None = None)
         store=store,
         broker=broker,
         enqueuer=Enqueuer(broker, store.mark_queued),
+        limits=limits or (lambda: (None, None)),
     )
 
 
@@ -168,6 +171,7 @@ def create_app(
     broker: dramatiq.Broker | None = None,
     admin: AdminOperations | None = None,
     routes: list[BaseRoute] | None = None,
+    limits: Limits | None = None,
 ) -> Starlette:
     """Build the receiver; resources open in the lifespan, so building it does no I/O.
 
@@ -176,7 +180,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        built = services or build_services(settings, broker=broker)
+        built = services or build_services(settings, broker=broker, limits=limits)
         app.state.services = built
         built.enqueuer.start()
         try:

@@ -146,6 +146,16 @@ def _pretty_json(text: str) -> str:
         return text
 
 
+UNITS = {"capture_carbon": "lbs carbon", "plant_tree": "trees", "clean_ocean": "lbs plastic"}
+
+
+def _amount(capture: Mapping[str, Any]) -> str:
+    """A capture's amount in its action's unit: 500 lbs carbon, 3 trees, 10 lbs plastic."""
+    amount = int(capture["amount"])
+    unit = UNITS.get(capture["action"], capture["action"])
+    return f"{amount:,} {'tree' if unit == 'trees' and amount == 1 else unit}"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("receiver", "templates"),
@@ -154,6 +164,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["lbs"] = lambda n: f"{int(n or 0):,}"
+    env.filters["amount"] = _amount
     return env
 
 
@@ -178,7 +189,7 @@ class Dashboard:
     # -- plumbing ----------------------------------------------------------------------
 
     def render(
-        self, request: Request, session: Session | None, name: str, status: int = 200, **ctx: Any
+        self, request: Request, session: Session | None, name: str, code: int = 200, **ctx: Any
     ) -> Response:
         flash = session.flash if session else None
         html = self.templates.get_template(name).render(
@@ -189,7 +200,7 @@ class Dashboard:
             here=_here(request),
             **ctx,
         )
-        response = HTMLResponse(html, status_code=status, headers=HEADERS)
+        response = HTMLResponse(html, status_code=code, headers=HEADERS)
         if session is not None and flash is not None:
             self.sessions.write(response, session.without_flash(), secure=_https(request))
         return response
@@ -201,8 +212,8 @@ class Dashboard:
         self.sessions.write(response, session.with_flash(kind, message), secure=_https(request))
         return response
 
-    def refuse(self, request: Request, status: int, message: str) -> Response:
-        return self.render(request, None, "error.html", status, title="Refused", message=message)
+    def refuse(self, request: Request, code: int, message: str) -> Response:
+        return self.render(request, None, "error.html", code, title="Refused", message=message)
 
     def view(self, handler: View) -> Callable[[Request], Awaitable[Response]]:
         """A page for signed-in admins; anyone else is sent to sign in."""
@@ -297,6 +308,7 @@ class Dashboard:
             session,
             "overview.html",
             statuses=STATUSES,
+            capture_statuses=CAPTURE_STATUSES,
             counts=counts,
             figures=figures,
             today=today,
@@ -473,9 +485,7 @@ def dashboard_routes(
         Route("/admin/events/{id:int}", d.view(d.event), methods=["GET"]),
         Route("/admin/events/{id:int}/replay", d.action(d.replay), methods=["POST"]),
         Route("/admin/captures", d.view(d.captures), methods=["GET"]),
-        Route(
-            "/admin/captures/{id:int}/{decision:str}", d.action(d.decide), methods=["POST"]
-        ),
+        Route("/admin/captures/{id:int}/{decision:str}", d.action(d.decide), methods=["POST"]),
         Route("/admin/rules", d.view(d.rules), methods=["GET"]),
         Mount("/admin/static", StaticFiles(packages=[("receiver", "static")]), name="admin-static"),
     ]

@@ -5,7 +5,6 @@ page land in test-artifacts/screenshots/, the overview also in docs/dashboard.pn
 from __future__ import annotations
 
 import os
-
 import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta

@@ -34,3 +34,17 @@ def test_serve_answers_over_https_with_a_verified_certificate(sqlite_url: str, p
     assert response.status_code == 202, response.text
     with pytest.raises(httpx.ConnectError):  # an unknown CA is refused: verification is on
         httpx.get(f"{base}/healthz")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("allowed", "secure"), [("127.0.0.1", True), ("10.1.2.3", False)])
+def test_forwarded_headers_count_only_from_allowed_proxies(sqlite_url: str, procs: Any, allowed: str, secure: bool):
+    port = free_port()
+    env = {"CARBONHOOK_DATABASE_URL": sqlite_url, "CARBONHOOK_WEBHOOK_SECRETS": SECRET, "CARBONHOOK_ADMIN_TOKEN": "t" * 32}
+    receiver = procs(["serve", "--port", str(port), "--forwarded-allow-ips", allowed], env, "receiver")
+    wait_http(f"http://127.0.0.1:{port}/healthz", receiver)
+    # A proxy that terminated TLS says so; only a trusted one makes the session cookie Secure.
+    response = httpx.get(f"http://127.0.0.1:{port}/admin/login", headers={"X-Forwarded-Proto": "https"})
+    assert response.status_code == 200
+    cookie = response.headers["set-cookie"]
+    assert ("Secure" in cookie) is secure, cookie

@@ -55,7 +55,7 @@ def parse_delivery(body: bytes) -> Delivery:
     raw_timestamp = _required_string(payload, "timestamp", 64)
     try:
         timestamp = parse_timestamp(raw_timestamp)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a year-1 time with an offset
         raise InvalidDelivery(f"field 'timestamp' is not ISO-8601: {raw_timestamp!r}") from None
     data = payload.get("data")
     if not isinstance(data, dict):

@@ -46,6 +46,7 @@ def test_unknown_event_types_parse_but_are_not_processed():
         (json.dumps({"timestamp": "2026-04-06T14:35:48Z", "data": {"id": "x"}}).encode(), "missing field 'event'"),
         (body(timestamp=None), "missing field 'timestamp'"),
         (body(timestamp="yesterday"), "not ISO-8601"),
+        (body(timestamp="0001-01-01T00:00:00+01:00"), "not ISO-8601"),
         (body(data=None), "'data' must be an object"),
         (body(data={"status": "x"}), "missing field 'data.id'"),
         (body(data={"id": 5}), "'data.id' must be a non-empty string"),

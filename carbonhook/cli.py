@@ -158,7 +158,7 @@ def _iso(value: str) -> datetime:
 
     try:
         return parse_timestamp(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
 
 

@@ -93,7 +93,7 @@ def event_filter(params: dict[str, Any]) -> EventFilter:
     since = params.get("since") or None
     try:
         since_at = parse_timestamp(since) if since else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"'since' is not ISO-8601: {since!r}") from None
     return EventFilter(status=status, type=params.get("type") or None, since=since_at)
 

@@ -47,8 +47,8 @@ def parse_delivery(body: bytes) -> Delivery:
     """Turn a signed body into a `Delivery`, or raise `InvalidDelivery` naming what is wrong."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidDelivery(f"body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON, too deep, or a 5,000-digit number
+        raise InvalidDelivery(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(payload, dict):
         raise InvalidDelivery("body must be a JSON object")
     event = _required_string(payload, "event", MAX_TYPE_LENGTH)
@@ -72,4 +72,15 @@ def _required_string(obj: dict[str, Any], key: str, max_length: int, where: str 
         raise InvalidDelivery(f"field '{where}{key}' must be a non-empty string")
     if len(value) > max_length:
         raise InvalidDelivery(f"field '{where}{key}' is longer than {max_length} characters")
+    # JSON can smuggle in what no database column holds: NUL and lone surrogates.
+    if "\x00" in value or not _encodable(value):
+        raise InvalidDelivery(f"field '{where}{key}' contains characters that are not valid text")
     return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

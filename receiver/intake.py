@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from receiver.errors import StoreUnavailable
+from receiver.errors import InvalidDelivery, StoreUnavailable
 from receiver.events import Delivery
 from receiver.schema import UTCDateTime, utcnow
 
@@ -69,6 +69,8 @@ class Intake:
                 row = (await conn.execute(self._insert, params)).first()
                 if row is None:
                     row = (await conn.execute(_FIND, params)).first()
+        except DataError as exc:  # a value the database refuses: the sender must not retry it
+            raise InvalidDelivery("the delivery holds a value the event store cannot keep") from exc
         except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         if row is None:  # only if the row vanished between the two statements

@@ -18,6 +18,8 @@ SUCCEEDED, FAILED, HELD, IGNORED = "succeeded", "failed", "held", "ignored"
 STATUSES = (PENDING, QUEUED, PROCESSING, SUCCEEDED, FAILED, HELD, IGNORED)
 REPLAYABLE = (FAILED, SUCCEEDED, HELD)
 FINAL = (SUCCEEDED, FAILED, HELD)
+# A delayed message may arrive a little before the time we computed (another host's clock).
+CLOCK_SLACK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +105,13 @@ class EventStore:
     # -- the worker's side -------------------------------------------------------------
 
     def claim(self, event_id: int, *, lease_s: float) -> ClaimedEvent | None:
-        """Take the event under a lease, or return None if it is finished or held elsewhere."""
+        """Take the event under a lease, or return None if it is finished, held elsewhere,
+        or waiting out a retry delay (see `seconds_until_due`)."""
         now = utcnow()
         claimable = or_(
-            Event.status.in_((PENDING, QUEUED)),
+            and_(
+                Event.status.in_((PENDING, QUEUED)), Event.available_at <= now + _s(CLOCK_SLACK_S)
+            ),
             and_(Event.status == PROCESSING, Event.lease_until < now),
         )
         stmt = (
@@ -141,6 +146,17 @@ class EventStore:
             started_at=now,
             received_at=row.received_at,
         )
+
+    def seconds_until_due(self, event_id: int) -> float | None:
+        """For a queued event still waiting out its retry delay, how long is left."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Event.available_at).where(Event.id == event_id, Event.status == QUEUED)
+            ).first()
+        if row is None:
+            return None
+        left = (row.available_at - utcnow()).total_seconds()
+        return left if left > CLOCK_SLACK_S else None
 
     def finish(
         self,

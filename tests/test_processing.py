@@ -47,6 +47,17 @@ class Harness:
     def status(self, event_id: int) -> tuple[str, str | None]:
         return query(self.db, f"SELECT status, last_error FROM events WHERE id = {event_id}")[0]
 
+    def due_now(self, event_id: int) -> None:
+        """Let the retry delay pass at once."""
+        from sqlalchemy import create_engine, text
+
+        from receiver.database import sync_url
+
+        engine = create_engine(sync_url(self.db))
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE events SET available_at = :t WHERE id = :id"), {"t": "2000-01-01 00:00:00", "id": event_id})
+        engine.dispose()
+
     def captures(self) -> list[tuple[Any, ...]]:
         return query(self.db, "SELECT rule, subject_id, part, amount, status, user_id, customer_email FROM captures ORDER BY id")
 
@@ -116,6 +127,10 @@ def test_a_429_is_retried_after_its_retry_after(harness: Harness):
     assert harness.enqueued == [(event_id, 7.0)]
     status, error = harness.status(event_id)
     assert status == "queued" and "429" in (error or "")
+    # A stray early message does not cut the delay short: it is put back for the time left.
+    assert harness.processor.process(event_id) is None
+    assert harness.enqueued[1][0] == event_id and 5 < harness.enqueued[1][1] <= 7
+    harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
 
@@ -125,7 +140,11 @@ def test_a_5xx_on_a_read_backs_off_exponentially_then_gives_up(db_url: str, emul
     request.addfinalizer(h.runtime.close)
     emulator.control("faults", {"endpoint": "crp", "status": 503, "times": 10})
     event_id = h.deliver(make_body())
-    assert [h.processor.process(event_id) for _ in range(3)] == ["retry", "retry", "failed"]
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(h.processor.process(event_id))
+        h.due_now(event_id)
+    assert outcomes == ["retry", "retry", "failed"]
     assert [delay for _, delay in h.enqueued] == [0.5, 1.0]
     status, error = h.status(event_id)
     assert status == "failed" and "gave up after 3 attempts" in (error or "")
@@ -155,6 +174,7 @@ def test_a_dropped_connection_after_capturing_is_reconciled_not_repeated(harness
     event_id = harness.deliver(make_body())
     assert harness.processor.process(event_id) == "retry"
     assert harness.captures()[0][4] == "unknown"
+    harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
     assert harness.captures()[0][4] == "captured"
@@ -165,6 +185,7 @@ def test_reconciliation_matches_by_amount_and_customer_when_records_lack_metadat
     harness.emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
     event_id = harness.deliver(make_body())
     assert harness.processor.process(event_id) == "retry"
+    harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
     [impact] = harness.emulator.impacts
@@ -179,5 +200,6 @@ def test_an_unknown_capture_that_never_happened_is_sent_after_the_settle_delay(h
     assert harness.processor.process(event_id) == "retry"
     assert harness.captures()[0][4] == "unknown"
     time.sleep(1.1)  # reconcile_after_s = 1 in tests
+    harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1

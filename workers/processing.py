@@ -51,6 +51,10 @@ class Processor:
         """Work on event `event_id` if it can be claimed; return its new status."""
         event = self.store.claim(event_id, lease_s=self.settings.lease_s)
         if event is None:
+            # A stray early message (a redelivery) must not cut a Retry-After short.
+            wait = self.store.seconds_until_due(event_id)
+            if wait is not None:
+                self.enqueue(event_id, wait)
             return None
         with self._lock:
             self._in_flight[event.id] = event

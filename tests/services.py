@@ -2,7 +2,9 @@
 
 The machine's shared PostgreSQL (5432) and Redis (6379) serve every test run at once: never stop
 them. A test that breaks a service starts its own on a free port with these fixtures. Load them
-with `pytest_plugins = ("tests.services",)` in the test module.
+with `pytest_plugins = ("tests.services",)` in the test module, and name the classes only under
+`if TYPE_CHECKING:` there: pytest refuses (a warning, an error here) to load as a plugin a module
+that was imported first. (Listing it in the root conftest's `pytest_plugins` would lift that.)
 """
 
 from __future__ import annotations

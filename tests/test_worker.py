@@ -55,8 +55,12 @@ def test_delayed_retries_come_back_through_redis(pg_url: str, redis_url: str, em
     for runtime in run_worker(pg_url, emulator, redis_url):
         event_id = store_delivery(pg_url, make_body(subject="crp_delayed"))
         enqueue_event(runtime.broker, event_id)
-        done = f"SELECT status FROM events WHERE id = {event_id}"
-        wait_until(lambda: query(pg_url, done)[0][0] == "succeeded", timeout=30, what="retried event")
+        status = f"SELECT status FROM events WHERE id = {event_id}"
+        wait_until(
+            lambda status=status: query(pg_url, status)[0][0] == "succeeded",
+            timeout=30,
+            what="retried event",
+        )
     assert len(emulator.impacts) == 1
 
 

@@ -17,12 +17,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.admin import AdminOperations, admin_api_routes
-from receiver.database import create_intake_engine, create_sync_engine
+from receiver.database import create_sync_engine
 from receiver.errors import InvalidDelivery, SignatureError, StoreUnavailable
 from receiver.events import parse_delivery
-from receiver.intake import Intake
+from receiver.intake import Intake, create_intake
 from receiver.metrics import Limits, StoreCollector, exposition, metrics
-from receiver.queue import Enqueuer, make_broker, ping_broker
+from receiver.queue import Enqueuer, RedisEnqueuer, make_broker, make_enqueuer, ping_broker
 from receiver.settings import Settings
 from receiver.signature import HEADER, verify_signature
 from receiver.store import EventStore
@@ -53,7 +53,7 @@ class Services:
     intake: Intake
     store: EventStore
     broker: dramatiq.Broker
-    enqueuer: Enqueuer
+    enqueuer: Enqueuer | RedisEnqueuer
     limits: Limits = lambda: (None, None)
     outcomes: dict[str, Any] = field(default_factory=dict)
 
@@ -153,13 +153,13 @@ def build_services(
     engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
     store = EventStore(engine)
     broker = broker if broker is not None else make_broker(settings.broker_url)
-    intake = Intake(create_intake_engine(settings.database_url, pool_size=settings.db_pool_size))
+    intake = create_intake(settings.database_url, pool_size=settings.db_pool_size)
     return Services(
         settings=settings,
         intake=intake,
         store=store,
         broker=broker,
-        enqueuer=Enqueuer(broker, store.mark_queued),
+        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_queued),
         limits=limits or (lambda: (None, None)),
     )
 
@@ -186,9 +186,9 @@ def create_app(
         try:
             yield
         finally:
-            built.enqueuer.stop()
+            await built.enqueuer.stop()
             if services is None:
-                await built.intake.engine.dispose()
+                await built.intake.close()
                 built.store.engine.dispose()
 
     all_routes: list[Any] = [

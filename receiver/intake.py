@@ -1,10 +1,19 @@
-"""The hot path's one write: store a delivery exactly once, in one round trip."""
+"""The hot path's one write: store a delivery exactly once, in one round trip.
+
+On PostgreSQL the intake talks to asyncpg directly (a pool, one prepared statement): the
+SQLAlchemy layer cost more CPU per delivery than the rest of the request (bench/FINDINGS.md).
+SQLite goes through SQLAlchemy's aiosqlite engine.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, Protocol
 
-from sqlalchemy import text
+import asyncpg
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -44,8 +53,102 @@ class Recorded:
     created: bool
 
 
-class Intake:
+def _recorded(row: Any) -> Recorded:
+    if row is None:  # only if the row vanished between the two statements
+        raise StoreUnavailable("event not found after a conflicting insert")
+    return Recorded(id=int(row[0]), created=bool(row[1]))
+
+
+class Intake(Protocol):
     """Stores deliveries; every failure to reach the database is `StoreUnavailable`."""
+
+    async def record(self, delivery: Delivery) -> Recorded:
+        """Insert the delivery if its identity is new; return its id and whether it was."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def create_intake(url: str, *, pool_size: int = 10) -> Intake:
+    """The intake for a database URL; opens nothing until the first delivery."""
+    from receiver.database import create_intake_engine, is_sqlite
+
+    if is_sqlite(url):
+        return SqlIntake(create_intake_engine(url, pool_size=pool_size))
+    return PostgresIntake(url, pool_size=pool_size)
+
+
+_PG_INSERT_OR_FIND = (
+    f"WITH ins AS (INSERT INTO events ({_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, 0, $4, $4) "
+    "ON CONFLICT (type, subject_id, event_ts) DO NOTHING RETURNING id) "
+    "SELECT id, true AS created FROM ins "
+    "UNION ALL SELECT id, false FROM events "
+    "WHERE type = $1 AND subject_id = $2 AND event_ts = $3 LIMIT 1"
+)
+_PG_FIND = "SELECT id, false FROM events WHERE type = $1 AND subject_id = $2 AND event_ts = $3"
+# What asyncpg raises when the server is down, restarting, or the connection was cut.
+_PG_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class PostgresIntake:
+    """asyncpg pool, autocommit: each delivery is one prepared statement, one round trip."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        parsed = make_url(url).set(drivername="postgresql")
+        self._dsn = parsed.render_as_string(hide_password=False)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:  # the database may be down now: try again next time
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        timeout=5,
+                        command_timeout=10,
+                    )
+        return self._pool
+
+    async def record(self, delivery: Delivery) -> Recorded:
+        now = utcnow().replace(tzinfo=None)
+        event_ts = delivery.timestamp.astimezone(UTC).replace(tzinfo=None)
+        status = PENDING if delivery.is_processed else IGNORED
+        args = (delivery.type, delivery.subject_id, event_ts, now, delivery.body, status)
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=5) as conn:
+                row = await conn.fetchrow(_PG_INSERT_OR_FIND, *args)
+                if row is None:
+                    row = await conn.fetchrow(_PG_FIND, *args[:3])
+        except asyncpg.DataError as exc:  # a value the database refuses: no retry will help
+            raise InvalidDelivery("the delivery holds a value the event store cannot keep") from exc
+        except _PG_UNAVAILABLE as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return _recorded(row)
+
+    async def ping(self) -> None:
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=5) as conn:
+                await conn.fetchval("SELECT 1")
+        except _PG_UNAVAILABLE as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+class SqlIntake:
+    """The same through a SQLAlchemy async engine (SQLite; PostgreSQL works too, slower)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -53,7 +156,6 @@ class Intake:
         self._utc = UTCDateTime()
 
     async def record(self, delivery: Delivery) -> Recorded:
-        """Insert the delivery if its identity is new; return its id and whether it was."""
         now = utcnow()
         bind = self._utc.process_bind_param
         params = {
@@ -73,9 +175,7 @@ class Intake:
             raise InvalidDelivery("the delivery holds a value the event store cannot keep") from exc
         except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        if row is None:  # only if the row vanished between the two statements
-            raise StoreUnavailable("event not found after a conflicting insert")
-        return Recorded(id=int(row[0]), created=bool(row[1]))
+        return _recorded(row)
 
     async def ping(self) -> None:
         try:
@@ -83,3 +183,6 @@ class Intake:
                 await conn.execute(text("SELECT 1"))
         except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -250,16 +250,15 @@ def store_delivery(db: str, body: bytes) -> int:
     """Store a delivery the way the intake does; returns the event id."""
     import asyncio
 
-    from receiver.database import create_intake_engine
     from receiver.events import parse_delivery
-    from receiver.intake import Intake
+    from receiver.intake import create_intake
 
     async def record() -> int:
-        engine = create_intake_engine(db)
+        intake = create_intake(db)
         try:
-            return (await Intake(engine).record(parse_delivery(body))).id
+            return (await intake.record(parse_delivery(body))).id
         finally:
-            await engine.dispose()
+            await intake.close()
 
     return asyncio.run(record())
 

@@ -27,7 +27,7 @@ from receiver.dashboard import RulesInfo, dashboard_routes
 from receiver.database import create_sync_engine
 from receiver.logs import configure_logging
 from receiver.migrate import upgrade
-from receiver.queue import enqueue_event, is_shared, make_broker
+from receiver.queue import enqueue_events, is_shared, make_broker
 from receiver.settings import Settings
 from receiver.signature import HEADER, sign
 from receiver.store import STATUSES, EventFilter, EventStore
@@ -395,8 +395,7 @@ def admin_for(settings: Settings, broker: Any) -> Admin:
     store = EventStore(engine)
 
     def enqueue(ids: Sequence[int]) -> None:
-        for event_id in ids:
-            enqueue_event(broker, event_id)
+        enqueue_events(broker, ids)
         store.mark_queued(ids)
 
     return Admin(store, Ledger(engine), enqueue)
@@ -599,8 +598,7 @@ def start_server(app: Any, host: str, port: int, *, lifespan: Lifespan = "off") 
 def requeue_pending(store: EventStore, broker: Any) -> None:
     """At start-up, hand the queue every event stored but never handed over."""
     ids = store.pending_ids()
-    for event_id in ids:
-        enqueue_event(broker, event_id)
+    enqueue_events(broker, ids)
     store.mark_queued(ids)
     if ids:
         log.info("re-enqueued %d pending events", len(ids))

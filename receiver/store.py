@@ -300,6 +300,43 @@ class EventStore:
             )
         return str(row.status)
 
+    def replay_many(self, event_ids: Sequence[int], *, via: str, reason: str | None) -> list[int]:
+        """`replay` for many events in one transaction; returns the ids that were replayable
+        (the others changed state since they were listed, or never could be replayed)."""
+        if not event_ids:
+            return []
+        now = utcnow()
+        replayable = select(Event.id, Event.status).where(
+            Event.id.in_(event_ids), Event.status.in_(REPLAYABLE)
+        )
+        if self.engine.dialect.name == "postgresql":
+            replayable = replayable.with_for_update()
+        with self.engine.begin() as conn:
+            previous = {row.id: row.status for row in conn.execute(replayable)}
+            if not previous:
+                return []
+            conn.execute(
+                update(Event)
+                .where(Event.id.in_(previous))
+                .values(
+                    status=PENDING, available_at=now, updated_at=now, attempts=0, lease_until=None
+                )
+            )
+            conn.execute(
+                insert(Replay),
+                [
+                    {
+                        "event_id": event_id,
+                        "at": now,
+                        "via": via,
+                        "reason": reason,
+                        "previous_status": status,
+                    }
+                    for event_id, status in previous.items()
+                ],
+            )
+        return [event_id for event_id in event_ids if event_id in previous]
+
     def matching_ids(self, filt: EventFilter, *, limit: int | None = None) -> list[int]:
         stmt = select(Event.id).where(*filt.clauses()).order_by(Event.id)
         if limit is not None:

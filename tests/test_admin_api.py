@@ -96,6 +96,20 @@ def test_bulk_replay_by_filter(api: Api):
     assert result["replayed"] == 3 and sorted(result["ids"]) == ids
 
 
+def test_bulk_replay_leaves_events_that_are_not_replayable_and_audits_each_one(api: Api):
+    httpx.post(api.processor.impact.http.base_url.join("/_emulator/faults"), json={"endpoint": "capture_carbon", "status": 400, "times": 2})
+    failed = [store_delivery(api.db, make_body(subject=f"crp_m{n}")) for n in range(2)]
+    assert [api.processor.process(i) for i in failed] == ["failed"] * 2
+    waiting = store_delivery(api.db, make_body(subject="crp_waiting"))
+    replayed = api.processor.store.replay_many([failed[1], waiting, 999999, failed[0]], via="cli", reason="bulk")
+    assert replayed == [failed[1], failed[0]]
+    statuses = query(api.db, f"SELECT id, status, attempts FROM events WHERE id IN ({failed[0]}, {failed[1]}, {waiting}) ORDER BY id")
+    assert statuses == [(failed[0], "pending", 0), (failed[1], "pending", 0), (waiting, "pending", 0)]
+    audit = query(api.db, "SELECT event_id, via, reason, previous_status FROM replays ORDER BY event_id")
+    assert audit == [(i, "cli", "bulk", "failed") for i in failed]
+    assert api.processor.store.replay_many([waiting], via="cli", reason=None) == []
+
+
 def test_captures_listing_and_approve_reject(api: Api):
     first = store_delivery(api.db, make_body(subject="crp_c1"))
     second = store_delivery(api.db, make_body(subject="crp_c2"))

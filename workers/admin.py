@@ -34,13 +34,8 @@ class Admin:
         """Replay every event matching `filt`, yielding each id as it is done."""
         ids = self.store.matching_ids(filt)
         for start in range(0, len(ids), batch):
-            done: list[int] = []
-            for event_id in ids[start : start + batch]:
-                try:
-                    self.store.replay(event_id, via=via, reason=reason)
-                except Conflict:
-                    continue  # changed state since it was listed: nothing to replay
-                done.append(event_id)
+            # Those that changed state since they were listed are left as they are.
+            done = self.store.replay_many(ids[start : start + batch], via=via, reason=reason)
             self.enqueue(done)
             yield from done
 

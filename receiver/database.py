@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -64,9 +64,17 @@ def create_sync_engine(url: str, *, pool_size: int = 10) -> Engine:
         sync_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping before each use (a round trip per transaction): a connection the server
+        # dropped fails once, SQLAlchemy then discards the whole pool, and the work is retried.
+        pool_recycle=3600,
         connect_args={"connect_timeout": 5},
     )
+
+
+def autocommit(engine: Engine) -> Connection:
+    """A connection on which each statement commits by itself: for work that is one statement
+    (or a few, each safe alone), it spares the BEGIN and COMMIT round trips of a transaction."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def create_intake_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

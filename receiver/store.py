@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
 
+from receiver.database import autocommit
 from receiver.errors import Conflict, NotFound
 from receiver.schema import Capture, Event, EventAttempt, Replay, utcnow
 
@@ -137,7 +138,7 @@ class EventStore:
                 Event.received_at,
             )
         )
-        with self.engine.begin() as conn:
+        with autocommit(self.engine) as conn:
             row = conn.execute(stmt).first()
         if row is None:
             return None
@@ -153,7 +154,7 @@ class EventStore:
 
     def seconds_until_due(self, event_id: int) -> float | None:
         """For a queued event still waiting out its retry delay, how long is left."""
-        with self.engine.connect() as conn:
+        with autocommit(self.engine) as conn:
             row = conn.execute(
                 select(Event.available_at).where(Event.id == event_id, Event.status == QUEUED)
             ).first()

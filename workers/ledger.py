@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from receiver.database import autocommit
 from receiver.errors import Conflict, NotFound
 from receiver.schema import Capture, DeltaMark, Spend, utcnow
 from workers.impact import Impact
@@ -71,7 +72,7 @@ class Ledger:
         self, event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
     ) -> CaptureRow:
         """The ledger row for `planned`, written now if it is new; an existing row wins."""
-        with self.engine.begin() as conn:
+        with autocommit(self.engine) as conn:  # insert-if-absent, then read: each safe alone
             self._insert_planned(conn, event_id, subject_id, planned, rules_hash, {})
             return self._get(conn, planned.rule, subject_id, planned.part)
 
@@ -215,7 +216,7 @@ class Ledger:
         }
         if note:
             values["note"] = note
-        with self.engine.begin() as conn:
+        with autocommit(self.engine) as conn:
             conn.execute(update(Capture).where(Capture.id == capture_id).values(**values))
 
     def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
@@ -378,19 +379,31 @@ class Ledger:
 
 
 def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> None:
-    """Add `amount` to today's and this month's spend, or raise `OverLimit` (caller rolls back)."""
-    windows = (
-        (f"day:{day}", limits.max_lbs_per_day if limits else None),
-        (f"month:{day[:7]}", limits.max_lbs_per_month if limits else None),
+    """Add `amount` to today's and this month's spend, or raise `OverLimit` (caller rolls back).
+
+    Every capture goes through these two rows: one statement checks and adds for both, so
+    they stay locked only from it to the commit that follows it.
+    """
+    windows = {
+        f"day:{day}": limits.max_lbs_per_day if limits else None,
+        f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
+    }
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(Spend)
+        .values([{"window": window, "lbs": 0} for window in windows])
+        .on_conflict_do_nothing()
     )
-    for window, limit in windows:
-        _insert_ignore(conn, Spend, {"window": window, "lbs": 0})
-        stmt = update(Spend).where(Spend.window == window).values(lbs=Spend.lbs + amount)
-        if limit is not None:
-            # Checked and added in one statement: concurrent workers cannot overshoot.
-            stmt = stmt.where(Spend.lbs + amount <= limit)
-        if conn.execute(stmt).rowcount == 0:
-            raise OverLimit(window)
+    fits = [
+        # Checked and added in one statement: concurrent workers cannot overshoot.
+        Spend.window == window
+        if limit is None
+        else and_(Spend.window == window, Spend.lbs + amount <= limit)
+        for window, limit in windows.items()
+    ]
+    added = conn.execute(update(Spend).where(or_(*fits)).values(lbs=Spend.lbs + amount))
+    if added.rowcount < len(windows):
+        raise OverLimit(" or ".join(windows))
 
 
 def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
+POLL_MS = 100  # the longest a consumer waits before it looks at the queue again
+
 
 @dataclass
 class WorkerRuntime:
@@ -32,8 +34,13 @@ class WorkerRuntime:
     worker: dramatiq.Worker | None = None
 
     def start(self) -> None:
+        # Dramatiq's consumer stops fetching while its prefetch is full and then backs off up
+        # to `worker_timeout` before it looks again, with threads idle meanwhile: keep it short.
         self.worker = dramatiq.Worker(
-            self.broker, queues={EVENTS_QUEUE}, worker_threads=self.threads
+            self.broker,
+            queues={EVENTS_QUEUE},
+            worker_threads=self.threads,
+            worker_timeout=POLL_MS,
         )
         self.worker.start()
         self.sweeper.start()

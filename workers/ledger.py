@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,8 +74,8 @@ class Ledger:
     ) -> CaptureRow:
         """The ledger row for `planned`, written now if it is new; an existing row wins."""
         with autocommit(self.engine) as conn:  # insert-if-absent, then read: each safe alone
-            self._insert_planned(conn, event_id, subject_id, planned, rules_hash, {})
-            return self._get(conn, planned.rule, subject_id, planned.part)
+            new = self._insert_planned(conn, event_id, subject_id, planned, rules_hash, {})
+            return new or self._get(conn, planned.rule, subject_id, planned.part)
 
     def ensure_delta(
         self, event_id: int, subject_id: str, plan: DeltaPlan, rules_hash: str
@@ -130,10 +131,11 @@ class Ledger:
         planned: PlannedCapture,
         rules_hash: str,
         extra: dict[str, Any],
-    ) -> None:
+    ) -> CaptureRow | None:
+        """Write the row unless one exists for its rule, subject and part; the new row or None."""
         now = utcnow()
         status = SKIPPED if planned.skipped else DRY_RUN if planned.dry_run else PENDING
-        _insert_ignore(
+        written = _insert_ignore(
             conn,
             Capture,
             {
@@ -159,7 +161,9 @@ class Ledger:
                 "updated_at": now,
                 **extra,
             },
+            returning=_ROW_COLUMNS,
         )
+        return None if written is None else CaptureRow(*written)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -406,6 +410,13 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
         raise OverLimit(" or ".join(windows))
 
 
-def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
+def _insert_ignore(
+    conn: Connection, model: Any, values: dict[str, Any], returning: Sequence[Any] = ()
+) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING; with `returning`, the new row's columns or None."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(model).values(**values).on_conflict_do_nothing())
+    stmt = dialect.insert(model).values(**values).on_conflict_do_nothing()
+    if not returning:
+        conn.execute(stmt)
+        return None
+    return conn.execute(stmt.returning(*returning)).first()

@@ -14,7 +14,11 @@ EVENT = "crp.generated"
 def delivery(subject_id: str, timestamp: datetime) -> bytes:
     """A `crp.generated` body as CarbonPass sends it."""
     stamp = timestamp.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    payload = {"event": EVENT, "timestamp": stamp, "data": {"id": subject_id, "status": "published"}}
+    payload = {
+        "event": EVENT,
+        "timestamp": stamp,
+        "data": {"id": subject_id, "status": "published"},
+    }
     return json.dumps(payload, separators=(",", ":")).encode()
 
 

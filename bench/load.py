@@ -118,7 +118,9 @@ async def _run_python(
     """The fallback: raw HTTP/1.1 over asyncio streams, no client library in the way."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    )
     wire = [
         (head + f"X-CarbonPass-Signature: {sig}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         + body
@@ -157,7 +159,9 @@ async def _run_python(
     latencies.sort()
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
+        )
 
     return LoadResult(
         generator="python",

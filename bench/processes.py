@@ -22,24 +22,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """This environment without any CARBONHOOK_* setting of the caller's, plus `extra`."""
+def clean_env(extra: Mapping[str, str], root: Path = ROOT) -> dict[str, str]:
+    """This environment without any CARBONHOOK_* setting of the caller's, plus `extra`; the
+    code imported is `root`'s (the installed package is an editable one of this tree)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONHOOK_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return {**env, **extra}
 
 
 class Process:
     """A child process (python -m ...), its output in `log`."""
 
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: Mapping[str, str], log: Path, root: Path = ROOT
+    ) -> None:
         self.name = name
         self.log = log
         self._out = log.open("wb")
         self.popen = subprocess.Popen(
             [sys.executable, *args],
-            env=clean_env(env),
-            cwd=ROOT,
+            env=clean_env(env, root),
+            cwd=root,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

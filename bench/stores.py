@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +20,9 @@ from sqlalchemy import create_engine, text
 from receiver.database import sync_url
 from receiver.migrate import upgrade
 
-PG_ADMIN_URL = os.environ.get("CARBONHOOK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "CARBONHOOK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("CARBONHOOK_BENCH_REDIS", "redis://127.0.0.1:6379/9")
 
 # The seeded history: one event in 100 failed, one in 1,000 held, the rest succeeded; spread
@@ -66,7 +69,10 @@ class PostgresDatabases:
         self.created.clear()
 
 
-def sqlite_database(path: Any) -> str:
+def sqlite_database(path: Path) -> str:
+    """A new, migrated SQLite database at `path` (an old one there is removed first)."""
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
     url = f"sqlite:///{path}"
     upgrade(url)
     return url

@@ -1,0 +1,1 @@
+"""Benchmarks of carbonhook: run them with bench/run."""

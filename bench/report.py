@@ -1,0 +1,271 @@
+"""RESULTS.md from one run's figures: every ratio next to its target."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+FINDINGS = Path(__file__).with_name("FINDINGS.md")
+
+# (variant, the least ratio to the ceiling, the most p99 in ms); the issue's targets.
+INTAKE_TARGETS: dict[str, tuple[float | None, float | None]] = {
+    "postgres new": (0.17, 25.0),
+    "postgres duplicate": (0.32, 25.0),
+    "sqlite new": (0.05, None),
+}
+PROCESSING_TARGET = 0.90
+STORED_TARGET = 0.90  # intake with the events stored, over intake on an empty database
+LISTING_TARGET_MS = 200.0
+REPLAY_TARGET_S = 30.0
+
+
+def render(run: Any, config: Any) -> str:
+    out: list[str] = []
+    mode = (
+        "smoke (tiny counts: checks that the harness runs, not how fast)"
+        if config.smoke
+        else "full"
+    )
+    out += [
+        "# carbonhook benchmark results",
+        "",
+        f"- command: `{config.command}`",
+        f"- mode: {mode}",
+        f"- finished: {datetime.now(UTC).isoformat(timespec='seconds')}, in {run.timings.get('total_s', 0):.0f} s",
+        f"- intake runs: {config.rounds} round(s) of {config.seconds:g} s per variant, "
+        f"{config.connections} connections, the ceiling measured before and after each round",
+        "",
+        "## Machine",
+        "",
+        *_table(["", ""], [[k, v] for k, v in run.machine.items()]),
+        "",
+        "## Versions",
+        "",
+        *_table(["", ""], [[k, v] for k, v in run.versions.items()]),
+        "",
+    ]
+    out += _intake(run)
+    out += _processing(run)
+    out += _scale(run)
+    out += ["## Memory (peak RSS, VmHWM)", ""]
+    out += _table(["process", "MiB"], [[k, f"{v:.0f}"] for k, v in run.memory.items()])
+    out += ["", "## Checks", ""]
+    out += [f"- {check}" for check in run.checks] or [
+        "- none failed (stored rows = answers; no body sent twice; hand-off kept up)"
+    ]
+    if run.skipped:
+        out += ["", "## Skipped", ""] + [f"- {item}" for item in run.skipped]
+    if run.profiles:
+        out += ["", "## Profiles (py-spy)", ""]
+        out += [f"- {name}: `{path}`" for name, path in run.profiles.items()]
+    if not config.smoke and FINDINGS.exists():
+        out += ["", FINDINGS.read_text().strip()]
+    return "\n".join(out) + "\n"
+
+
+def ceilings(run: Any) -> list[float]:
+    """The ceiling of each round: the mean of the runs just before and just after it."""
+    runs = [r["rps"] for r in run.intake.get("ceiling", [])]
+    return [(a + b) / 2 for a, b in pairwise(runs)]
+
+
+def _intake(run: Any) -> list[str]:
+    if not run.intake:
+        return []
+    per_round = ceilings(run)
+    ceiling_runs = run.intake["ceiling"]
+    rows = [
+        [
+            "ceiling (bare Starlette + HMAC)",
+            f"{_median(r['rps'] for r in ceiling_runs):,.0f}",
+            f"{_median(r['p50_ms'] for r in ceiling_runs):.1f}",
+            f"{_median(r['p99_ms'] for r in ceiling_runs):.1f}",
+            "1",
+            "",
+            "",
+        ]
+    ]
+    for label, results in run.intake.items():
+        if label == "ceiling" or not results:
+            continue
+        ratios = [r["rps"] / per_round[r["round"]] for r in results]
+        p99 = _median(r["p99_ms"] for r in results)
+        least, most_p99 = INTAKE_TARGETS.get(label.split(" [")[0], (None, None))
+        target, met = [], []
+        if least is not None:
+            target.append(f">= {least:.0%}")
+            met.append(_median(ratios) >= least)
+        if most_p99 is not None:
+            target.append(f"p99 <= {most_p99:g} ms")
+            met.append(p99 <= most_p99)
+        rows.append(
+            [
+                label,
+                f"{_median(r['rps'] for r in results):,.0f}",
+                f"{_median(r['p50_ms'] for r in results):.1f}",
+                f"{p99:.1f}",
+                f"{_median(ratios):.1%} ({min(ratios):.1%}-{max(ratios):.1%})",
+                ", ".join(target),
+                _verdict(met),
+            ]
+        )
+    lines = ["## Intake: POST /webhooks/carbonpass, one process", ""]
+    lines += _table(
+        [
+            "variant",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "of the ceiling (range over rounds)",
+            "target",
+            "met",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "Medians over the rounds; each round's ratio divides by the mean of the ceiling runs just "
+        "before and after it. `new`: every request a distinct delivery (stored, handed to the "
+        "broker); `duplicate`: the same delivery again (found, answered 200).",
+        "",
+        "Per run (req/s, p99 ms):",
+        "",
+    ]
+    labels = list(run.intake)
+    rounds = max(len(v) for v in run.intake.values())
+    raw = []
+    for label in labels:
+        cells = [f"{r['rps']:,.0f} / {r['p99_ms']:.0f}" for r in run.intake[label]]
+        raw.append([label, *cells, *[""] * (rounds - len(cells))])
+    lines += _table(["variant", *[f"run {i + 1}" for i in range(rounds)]], raw)
+    return [*lines, ""]
+
+
+def _processing(run: Any) -> list[str]:
+    if not run.processing:
+        return []
+    rows = [
+        [
+            f"{p['processes']} x {p['threads']}",
+            f"{p['events_per_s']:.1f}",
+            f"{p['calls_per_event']:.2f}",
+            f"{p['bound_per_s']:.1f}",
+            f"{p['ratio']:.1%}",
+            f">= {PROCESSING_TARGET:.0%}",
+            _verdict([p["ratio"] >= PROCESSING_TARGET]),
+        ]
+        for p in run.processing
+    ]
+    lines = ["## Processing: events fully processed per second, emulator at 100 ms per call", ""]
+    lines += _table(
+        [
+            "processes x threads",
+            "events/s",
+            "API calls/event",
+            "bound/s",
+            "of the bound",
+            "target",
+            "met",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "bound = processes x threads / (API calls per event x latency): each thread waits for one "
+        f"call at a time. Counted over a window of {run.processing[0]['window_s']:.1f} s after the "
+        "first wave finished; events went in through the receiver (PostgreSQL + Redis).",
+        "",
+    ]
+    return lines
+
+
+def _scale(run: Any) -> list[str]:
+    listing = run.listing
+    if not listing:
+        return []
+    lines = [
+        f"## Scale: {listing['stored']:,} events stored ({listing['failed stored']:,} failed), {listing['backend']}",
+        "",
+        f"Seeded in {run.timings.get('seed_s', 0):.0f} s with one INSERT ... SELECT (bench/stores.py).",
+        "",
+    ]
+    stored_label = next((k for k in run.intake if k.endswith("stored new")), None)
+    empty_label = stored_label.replace(" stored", "") if stored_label else None
+    rows = []
+    if stored_label and empty_label in run.intake:
+        by_round = {r["round"]: r["rps"] for r in run.intake[empty_label]}
+        ratios = [r["rps"] / by_round[r["round"]] for r in run.intake[stored_label]]
+        rows.append(
+            [
+                "intake of new events, stored vs empty database",
+                f"{_median(ratios):.1%} ({min(ratios):.1%}-{max(ratios):.1%})",
+                f">= {STORED_TARGET:.0%}",
+                _verdict([_median(ratios) >= STORED_TARGET]),
+            ]
+        )
+    for name, what in (
+        ("admin API", "GET /admin/api/events?status=failed&limit=50"),
+        ("query", "the listing's query alone (EventStore.list_events)"),
+        ("CLI", "`carbonhook events list --status failed` (whole process)"),
+        ("CLI start-up (--help)", "`carbonhook events list --help` (Python start-up and imports)"),
+    ):
+        figures = listing.get(name)
+        if figures is None:
+            continue
+        judged = name in ("admin API", "query")
+        rows.append(
+            [
+                what,
+                f"median {figures['median_ms']:.1f} ms, p95 {figures['p95_ms']:.1f}, max {figures['max_ms']:.1f} ({figures['runs']} runs)",
+                f"< {LISTING_TARGET_MS:g} ms" if judged else "",
+                _verdict([figures["p95_ms"] < LISTING_TARGET_MS]) if judged else "",
+            ]
+        )
+    replay = run.replay
+    if replay:
+        total = replay["total_s"]
+        rows.append(
+            [
+                f"bulk replay of {replay['events']:,} failed events, {replay['processes']} worker "
+                f"processes x {replay['threads']} threads, emulator without latency",
+                (
+                    f"{total:.1f} s until all processed"
+                    if total is not None
+                    else f"not done in {replay['timeout_s']:.0f} s"
+                )
+                + (
+                    f" (the replay command itself: {replay['command_s']:.1f} s)"
+                    if replay["command_s"]
+                    else ""
+                ),
+                f"< {REPLAY_TARGET_S:g} s",
+                _verdict([total is not None and total < REPLAY_TARGET_S]),
+            ]
+        )
+    lines += _table(["what", "figure", "target", "met"], rows)
+    if replay:
+        lines += [
+            "",
+            f"After the replay: {replay['after']}; replays recorded: {replay['replays recorded']}.",
+        ]
+    return [*lines, ""]
+
+
+def _median(values: Any) -> float:
+    values = list(values)
+    return statistics.median(values) if values else 0.0
+
+
+def _verdict(met: list[bool]) -> str:
+    if not met:
+        return ""
+    return "yes" if all(met) else "**no**"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines

@@ -243,7 +243,10 @@ class RedisEnqueuer:
             await asyncio.wait_for(pipe.execute(), self.timeout_s)
         except Exception as exc:  # any broker failure: the sweeper will retry these
             self._ready = False  # Redis may have restarted without the script
-            log.warning("broker unavailable, %d events stay pending: %s", len(ids), exc)
+            # Those waiting behind this batch would each wait out the same timeout while more
+            # pile up in memory: let them all stay pending for the sweeper.
+            left, self._ids = len(ids) + len(self._ids), []
+            log.warning("broker unavailable, %d events stay pending: %s", left, exc)
             return
         try:
             await asyncio.to_thread(self.mark_queued, ids)

@@ -260,13 +260,17 @@ def sample_delivery(event_type: str, subject_id: str | None, site_id: str) -> di
 # -- rules ----------------------------------------------------------------------------------
 
 
+# What `amount` counts for each 1ClickImpact action.
+AMOUNT_UNITS = {"capture_carbon": "lbs", "plant_tree": "trees", "clean_ocean": "lbs of plastic"}
+
+
 def rules_check(args: argparse.Namespace) -> int:
     path = args.file or settings_for().rules_file
     ruleset = load_rules(path)
     rows = []
     for rule in ruleset.rules:
         amount = (
-            f"{rule.capture_lbs} lbs"
+            f"{rule.capture_lbs} {AMOUNT_UNITS[rule.action]}"
             if rule.capture_lbs is not None
             else f"{rule.offset.fraction} × {rule.offset.of}"
             if rule.offset is not None

@@ -84,6 +84,7 @@ def test_rules_check_prints_a_table_and_the_example_passes(capsys: pytest.Captur
     code, out, _ = run(capsys, "rules", "check", str(ROOT / "rules.example.toml"))
     assert code == 0
     assert "offset-published-crps" in out and "bill-growth" in out and "50000 lbs/day" in out
+    assert "1 trees" in out  # plant_tree counts trees, not pounds
 
 
 def test_rules_check_names_the_rule_field_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -176,8 +176,8 @@ class Enqueuer:
 class RedisEnqueuer:
     """The same on Redis, on the event loop: each batch of ids is one pipelined round trip.
 
-    Dramatiq's RedisBroker.enqueue blocks on a round trip per message; in a thread it fights
-    the event loop for the GIL and halved the intake's speed (bench/FINDINGS.md).
+    Dramatiq's RedisBroker.enqueue blocks on a round trip per message; in a thread it fought
+    the event loop for the GIL and fell seconds behind at 2,000 deliveries/s (bench/FINDINGS.md).
     """
 
     def __init__(

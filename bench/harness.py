@@ -54,6 +54,7 @@ class Config:
     worker_processes: tuple[int, ...] = (1, 2)
     process_window_s: float = 8.0
     replay_timeout_s: float = 300.0
+    replay_processes: int | None = None  # default: the most of `worker_processes`
     listing_runs: int = 20
     cli_runs: int = 5
     profile: bool = False
@@ -573,7 +574,7 @@ class Bench:
         self.broker.flush()
         self.emulator("reset")
         failed = events.count(["failed"])
-        processes = max(config.worker_processes)
+        processes = config.replay_processes or max(config.worker_processes)
         worker = self.start_worker("worker-replay", self.big_url, processes)
         spy = None
         if config.profile:
@@ -697,6 +698,9 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--stored", type=int, help="events stored before the scale runs")
     parser.add_argument("--profile", action="store_true", help="py-spy the receivers and workers")
     parser.add_argument(
+        "--replay-processes", type=int, help="worker processes for the bulk replay (default 2)"
+    )
+    parser.add_argument(
         "--only",
         help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)",
     )
@@ -726,6 +730,7 @@ def parse_args(argv: list[str] | None) -> Config:
         warmup_s=0 if smoke else 2,
         stored=args.stored or (2_000 if smoke else 1_000_000),
         profile=args.profile,
+        replay_processes=args.replay_processes,
         sections=frozenset((args.only or ",".join(SECTIONS)).split(",")),
         against=args.against.resolve() if args.against else None,
         command=" ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),

@@ -53,6 +53,24 @@ def test_twenty_workers_racing_toward_the_day_limit_never_pass_it(db_url: str):
     assert day == 4900
 
 
+def test_many_workers_reserving_at_once_never_deadlock_on_the_spend_rows(db_url: str):
+    # Every capture updates the same two rows (today, this month); they must always be locked
+    # in one order, or two reservations wait for each other (PostgreSQL then kills one).
+    engine = engine_for(db_url)
+    ledger = Ledger(engine)
+    event_id = store_delivery(db_url, make_body())
+    rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 1), "h") for n in range(16 * 40)]
+    limits = Limits(max_lbs_per_day=10**9, max_lbs_per_month=10**9)
+
+    def reserve_forty(n: int) -> list[str]:
+        return [ledger.begin_attempt(row, limits) for row in rows[n * 40 : (n + 1) * 40]]
+
+    decisions = race(16, reserve_forty)
+    engine.dispose()
+    assert [d for thread in decisions for d in thread] == ["go"] * 640
+    assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(640,), (640,)]
+
+
 def test_a_capture_is_attempted_by_one_worker_only(db_url: str):
     engine = engine_for(db_url)
     ledger = Ledger(engine)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from receiver.database import autocommit
@@ -385,8 +385,9 @@ class Ledger:
 def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> None:
     """Add `amount` to today's and this month's spend, or raise `OverLimit` (caller rolls back).
 
-    Every capture goes through these two rows: one statement checks and adds for both, so
-    they stay locked only from it to the commit that follows it.
+    Every capture goes through these two rows. They are updated one at a time, always the day
+    first: one UPDATE for both would lock them in whatever order PostgreSQL finds them, and
+    two reservations taking them in opposite orders deadlock.
     """
     windows = {
         f"day:{day}": limits.max_lbs_per_day if limits else None,
@@ -398,16 +399,13 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
         .values([{"window": window, "lbs": 0} for window in windows])
         .on_conflict_do_nothing()
     )
-    fits = [
-        # Checked and added in one statement: concurrent workers cannot overshoot.
-        Spend.window == window
-        if limit is None
-        else and_(Spend.window == window, Spend.lbs + amount <= limit)
-        for window, limit in windows.items()
-    ]
-    added = conn.execute(update(Spend).where(or_(*fits)).values(lbs=Spend.lbs + amount))
-    if added.rowcount < len(windows):
-        raise OverLimit(" or ".join(windows))
+    for window, limit in windows.items():
+        stmt = update(Spend).where(Spend.window == window).values(lbs=Spend.lbs + amount)
+        if limit is not None:
+            # Checked and added in one statement: concurrent workers cannot overshoot.
+            stmt = stmt.where(Spend.lbs + amount <= limit)
+        if conn.execute(stmt).rowcount == 0:
+            raise OverLimit(window)
 
 
 def _insert_ignore(

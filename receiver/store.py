@@ -307,8 +307,10 @@ class EventStore:
         if not event_ids:
             return []
         now = utcnow()
-        replayable = select(Event.id, Event.status).where(
-            Event.id.in_(event_ids), Event.status.in_(REPLAYABLE)
+        replayable = (
+            select(Event.id, Event.status)
+            .where(Event.id.in_(event_ids), Event.status.in_(REPLAYABLE))
+            .order_by(Event.id)  # two bulk replays at once lock shared rows in the same order
         )
         if self.engine.dialect.name == "postgresql":
             replayable = replayable.with_for_update()

@@ -34,8 +34,9 @@ class WorkerRuntime:
     worker: dramatiq.Worker | None = None
 
     def start(self) -> None:
-        # Dramatiq's consumer stops fetching while its prefetch is full and then backs off up
-        # to `worker_timeout` before it looks again, with threads idle meanwhile: keep it short.
+        # A consumer whose prefetch is full, or whose queue is empty, backs off up to
+        # `worker_timeout` (Dramatiq's default: 1 s) before it looks again; shorter also
+        # makes stopping quicker.
         self.worker = dramatiq.Worker(
             self.broker,
             queues={EVENTS_QUEUE},

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from receiver.database import create_intake_engine, is_sqlite
 from receiver.errors import InvalidDelivery, StoreUnavailable
 from receiver.events import Delivery
 from receiver.schema import UTCDateTime, utcnow
@@ -73,8 +74,6 @@ class Intake(Protocol):
 
 def create_intake(url: str, *, pool_size: int = 10) -> Intake:
     """The intake for a database URL; opens nothing until the first delivery."""
-    from receiver.database import create_intake_engine, is_sqlite
-
     if is_sqlite(url):
         return SqlIntake(create_intake_engine(url, pool_size=pool_size))
     return PostgresIntake(url, pool_size=pool_size)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from receiver.database import autocommit
 from receiver.errors import Conflict, NotFound
@@ -71,10 +71,6 @@ class EventStore:
         if not ids:
             return
         with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                # Losing this mark in a crash only costs a second message (the sweeper's): the
-                # commit need not wait for the disk, which the intake's inserts are waiting on.
-                conn.execute(text("SET LOCAL synchronous_commit = off"))
             conn.execute(
                 update(Event)
                 .where(Event.id.in_(ids), Event.status == PENDING)
@@ -269,7 +265,6 @@ class EventStore:
     def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
         """Reset a replayable event to `pending` (the caller hands it to the queue, or the
         sweeper will) and record why; returns its previous status."""
-        now = utcnow()
         with self.engine.begin() as conn:
             row = conn.execute(select(Event.status).where(Event.id == event_id)).first()
             if row is None:
@@ -277,28 +272,7 @@ class EventStore:
             if row.status not in REPLAYABLE:
                 allowed = "/".join(REPLAYABLE)
                 raise Conflict(f"event {event_id} is {row.status}; only {allowed} can be replayed")
-            reset = (
-                update(Event)
-                .where(Event.id == event_id, Event.status == row.status)
-                .values(
-                    status=PENDING,
-                    available_at=now,
-                    updated_at=now,
-                    attempts=0,
-                    lease_until=None,
-                )
-            )
-            if conn.execute(reset).rowcount == 0:
-                raise Conflict(f"event {event_id} changed while being replayed; try again")
-            conn.execute(
-                insert(Replay).values(
-                    event_id=event_id,
-                    at=now,
-                    via=via,
-                    reason=reason,
-                    previous_status=row.status,
-                )
-            )
+            _reset_for_replay(conn, {event_id: row.status}, via=via, reason=reason)
         return str(row.status)
 
     def replay_many(self, event_ids: Sequence[int], *, via: str, reason: str | None) -> list[int]:
@@ -306,7 +280,6 @@ class EventStore:
         (the others changed state since they were listed, or never could be replayed)."""
         if not event_ids:
             return []
-        now = utcnow()
         replayable = (
             select(Event.id, Event.status)
             .where(Event.id.in_(event_ids), Event.status.in_(REPLAYABLE))
@@ -316,28 +289,8 @@ class EventStore:
             replayable = replayable.with_for_update()
         with self.engine.begin() as conn:
             previous = {row.id: row.status for row in conn.execute(replayable)}
-            if not previous:
-                return []
-            conn.execute(
-                update(Event)
-                .where(Event.id.in_(previous))
-                .values(
-                    status=PENDING, available_at=now, updated_at=now, attempts=0, lease_until=None
-                )
-            )
-            conn.execute(
-                insert(Replay),
-                [
-                    {
-                        "event_id": event_id,
-                        "at": now,
-                        "via": via,
-                        "reason": reason,
-                        "previous_status": status,
-                    }
-                    for event_id, status in previous.items()
-                ],
-            )
+            if previous:
+                _reset_for_replay(conn, previous, via=via, reason=reason)
         return [event_id for event_id in event_ids if event_id in previous]
 
     def matching_ids(self, filt: EventFilter, *, limit: int | None = None) -> list[int]:
@@ -361,6 +314,35 @@ _SUMMARY = (
     Event.updated_at,
 )
 _SUMMARY_NAMES = [c.key for c in _SUMMARY]
+
+
+def _reset_for_replay(conn: Any, previous: dict[int, str], *, via: str, reason: str | None) -> None:
+    """Set these events (id → the status they had) back to `pending` and record the replay,
+    or raise `Conflict` (the caller's transaction rolls back) if one changed meanwhile."""
+    now = utcnow()
+    reset = conn.execute(
+        update(Event)
+        .where(Event.id.in_(previous), Event.status.in_(set(previous.values())))
+        .values(status=PENDING, available_at=now, updated_at=now, attempts=0, lease_until=None)
+    )
+    if reset.rowcount != len(previous):
+        which = ("event " if len(previous) == 1 else "one of events ") + ", ".join(
+            map(str, previous)
+        )
+        raise Conflict(f"{which} changed while being replayed; try again")
+    conn.execute(
+        insert(Replay),
+        [
+            {
+                "event_id": event_id,
+                "at": now,
+                "via": via,
+                "reason": reason,
+                "previous_status": status,
+            }
+            for event_id, status in previous.items()
+        ],
+    )
 
 
 def _rows(conn: Any, stmt: Any) -> list[dict[str, Any]]:

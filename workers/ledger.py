@@ -393,12 +393,7 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
         f"day:{day}": limits.max_lbs_per_day if limits else None,
         f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
     }
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(
-        dialect.insert(Spend)
-        .values([{"window": window, "lbs": 0} for window in windows])
-        .on_conflict_do_nothing()
-    )
+    _insert_ignore(conn, Spend, [{"window": window, "lbs": 0} for window in windows])
     for window, limit in windows.items():
         stmt = update(Spend).where(Spend.window == window).values(lbs=Spend.lbs + amount)
         if limit is not None:
@@ -409,11 +404,15 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
 
 
 def _insert_ignore(
-    conn: Connection, model: Any, values: dict[str, Any], returning: Sequence[Any] = ()
+    conn: Connection,
+    model: Any,
+    values: dict[str, Any] | list[dict[str, Any]],
+    returning: Sequence[Any] = (),
 ) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING; with `returning`, the new row's columns or None."""
+    """INSERT … ON CONFLICT DO NOTHING of one row or several; with `returning` (one row), the
+    new row's columns or None."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(model).values(**values).on_conflict_do_nothing()
+    stmt = dialect.insert(model).values(values).on_conflict_do_nothing()
     if not returning:
         conn.execute(stmt)
         return None

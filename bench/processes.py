@@ -38,6 +38,7 @@ class Process:
     ) -> None:
         self.name = name
         self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
         self._out = log.open("wb")
         self.popen = subprocess.Popen(
             [sys.executable, *args],

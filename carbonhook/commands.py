@@ -30,7 +30,7 @@ from receiver.migrate import upgrade
 from receiver.queue import enqueue_events, is_shared, make_broker
 from receiver.settings import Settings
 from receiver.signature import HEADER, sign
-from receiver.store import STATUSES, EventFilter, EventStore
+from receiver.store import PENDING, QUEUED, STATUSES, EventFilter, EventStore
 from workers.admin import Admin
 from workers.ledger import CAPTURE_STATUSES, Ledger
 from workers.planning import Resources, explain, needed_sources
@@ -600,12 +600,14 @@ def start_server(app: Any, host: str, port: int, *, lifespan: Lifespan = "off") 
 
 
 def requeue_pending(store: EventStore, broker: Any) -> None:
-    """At start-up, hand the queue every event stored but never handed over."""
-    ids = store.pending_ids()
+    """At start-up, hand the queue every event stored but never handed over; an in-process
+    queue starts empty, so there also every event it held when the last process ended."""
+    statuses = (PENDING,) if is_shared(broker) else (PENDING, QUEUED)
+    ids = store.waiting_ids(statuses)
     enqueue_events(broker, ids)
     store.mark_queued(ids)
     if ids:
-        log.info("re-enqueued %d pending events", len(ids))
+        log.info("re-enqueued %d waiting events", len(ids))
 
 
 def exit_quietly_after_shutdown() -> None:

@@ -159,7 +159,7 @@ def build_services(
         intake=intake,
         store=store,
         broker=broker,
-        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_queued),
+        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_pending),
         limits=limits or (lambda: (None, None)),
     )
 

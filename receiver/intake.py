@@ -23,7 +23,10 @@ from receiver.errors import InvalidDelivery, StoreUnavailable
 from receiver.events import Delivery
 from receiver.schema import UTCDateTime, utcnow
 
-PENDING = "pending"
+# A new event is stored as `queued`: the receiver hands it to the broker right after the
+# insert commits, and marks it `pending` only if that fails. Marking every event `queued` once
+# the broker had it cost a second write of the row and its five indexes (bench/FINDINGS.md).
+QUEUED = "queued"
 IGNORED = "ignored"
 
 _COLUMNS = (
@@ -118,7 +121,7 @@ class PostgresIntake:
     async def record(self, delivery: Delivery) -> Recorded:
         now = utcnow().replace(tzinfo=None)
         event_ts = delivery.timestamp.astimezone(UTC).replace(tzinfo=None)
-        status = PENDING if delivery.is_processed else IGNORED
+        status = QUEUED if delivery.is_processed else IGNORED
         args = (delivery.type, delivery.subject_id, event_ts, now, delivery.body, status)
         try:
             pool = await self._get_pool()
@@ -163,7 +166,7 @@ class SqlIntake:
             "event_ts": bind(delivery.timestamp, self.engine.dialect),
             "now": bind(now, self.engine.dialect),
             "body": delivery.body,
-            "status": PENDING if delivery.is_processed else IGNORED,
+            "status": QUEUED if delivery.is_processed else IGNORED,
         }
         try:
             async with self.engine.connect() as conn:

@@ -116,21 +116,23 @@ def ping_broker(broker: dramatiq.Broker) -> None:
 
 
 class Enqueuer:
-    """Hands stored event ids to the broker off the request path, then marks them queued.
+    """Hands stored event ids to the broker off the request path.
 
-    If the broker is down the ids stay `pending` in the database and the sweeper enqueues
-    them later: nothing here can lose an event.
+    The intake stores new events as `queued`. If the broker is down, the ids are marked
+    `pending` and the sweeper enqueues them after one sweep interval; if even that write fails
+    (or the process dies first), the sweeper takes them back as lost `queued` events after a
+    lease. Nothing here can lose an event.
     """
 
     def __init__(
         self,
         broker: dramatiq.Broker,
-        mark_queued: Callable[[Sequence[int]], None],
+        mark_pending: Callable[[Sequence[int]], None],
         *,
         batch: int = 200,
     ) -> None:
         self.broker = broker
-        self.mark_queued = mark_queued
+        self.mark_pending = mark_pending
         self.batch = batch
         self._ids: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="carbonhook-enqueuer", daemon=True)
@@ -144,6 +146,14 @@ class Enqueuer:
     async def stop(self, timeout: float = 10) -> None:
         self._ids.put(None)
         await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread.is_alive():  # the broker hangs: what is still waiting goes back
+            left: list[int] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = self._ids.get_nowait()
+                    if item is not None:
+                        left.append(item)
+            await asyncio.to_thread(_give_back, self.mark_pending, left, "not handed over in time")
 
     def _run(self) -> None:
         stopping = False
@@ -165,12 +175,7 @@ class Enqueuer:
         try:
             enqueue_events(self.broker, ids)
         except Exception as exc:  # any broker failure: the sweeper will retry these
-            log.warning("broker unavailable, %d events stay pending: %s", len(ids), exc)
-            return
-        try:
-            self.mark_queued(ids)
-        except Exception as exc:  # the rows stay pending; a later sweep re-enqueues (harmless)
-            log.warning("could not mark %d events queued: %s", len(ids), exc)
+            _give_back(self.mark_pending, ids, f"broker unavailable: {exc}")
 
 
 class RedisEnqueuer:
@@ -184,7 +189,7 @@ class RedisEnqueuer:
         self,
         broker: dramatiq.Broker,
         url: str,
-        mark_queued: Callable[[Sequence[int]], None],
+        mark_pending: Callable[[Sequence[int]], None],
         *,
         batch: int = 200,
         timeout_s: float = 5.0,
@@ -192,7 +197,7 @@ class RedisEnqueuer:
         import redis.asyncio
 
         self.broker = broker
-        self.mark_queued = mark_queued
+        self.mark_pending = mark_pending
         self.batch = batch
         self.timeout_s = timeout_s
         self.client = redis.asyncio.Redis.from_url(
@@ -216,8 +221,13 @@ class RedisEnqueuer:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:  # the batch in flight is cancelled and goes back too
+                left, self._ids = self._ids, []
+                await asyncio.to_thread(
+                    _give_back, self.mark_pending, left, "not handed over in time"
+                )
         await self.client.aclose()
 
     async def _run(self) -> None:
@@ -226,7 +236,11 @@ class RedisEnqueuer:
             self._wake.clear()
             while self._ids:
                 batch, self._ids = self._ids[: self.batch], self._ids[self.batch :]
-                await self._hand_off(batch)
+                try:
+                    await self._hand_off(batch)
+                except asyncio.CancelledError:
+                    self._ids = batch + self._ids
+                    raise
 
     async def _hand_off(self, ids: list[int]) -> None:
         try:
@@ -244,20 +258,29 @@ class RedisEnqueuer:
         except Exception as exc:  # any broker failure: the sweeper will retry these
             self._ready = False  # Redis may have restarted without the script
             # Those waiting behind this batch would each wait out the same timeout while more
-            # pile up in memory: let them all stay pending for the sweeper.
-            left, self._ids = len(ids) + len(self._ids), []
-            log.warning("broker unavailable, %d events stay pending: %s", left, exc)
-            return
-        try:
-            await asyncio.to_thread(self.mark_queued, ids)
-        except Exception as exc:  # the rows stay pending; a later sweep re-enqueues (harmless)
-            log.warning("could not mark %d events queued: %s", len(ids), exc)
+            # pile up in memory: they all go back to the sweeper.
+            left, self._ids = ids + self._ids, []
+            await asyncio.to_thread(
+                _give_back, self.mark_pending, left, f"broker unavailable: {exc}"
+            )
+
+
+def _give_back(mark_pending: Callable[[Sequence[int]], None], ids: list[int], why: str) -> None:
+    """Mark events the broker did not take `pending`, for the sweeper's next round."""
+    if not ids:
+        return
+    try:
+        mark_pending(ids)
+    except Exception as exc:  # they stay `queued`: the sweeper takes them back after a lease
+        log.warning("%s; could not mark %d events pending either: %s", why, len(ids), exc)
+        return
+    log.warning("%s; %d events marked pending for the sweeper", why, len(ids))
 
 
 def make_enqueuer(
-    broker: dramatiq.Broker, broker_url: str, mark_queued: Callable[[Sequence[int]], None]
+    broker: dramatiq.Broker, broker_url: str, mark_pending: Callable[[Sequence[int]], None]
 ) -> Enqueuer | RedisEnqueuer:
     """The hand-off for this broker: pipelined on the event loop for Redis, else a thread."""
     if urlparse(broker_url).scheme in ("redis", "rediss") and _is_redis(broker):
-        return RedisEnqueuer(broker, broker_url, mark_queued)
-    return Enqueuer(broker, mark_queued)
+        return RedisEnqueuer(broker, broker_url, mark_pending)
+    return Enqueuer(broker, mark_pending)

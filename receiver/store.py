@@ -68,13 +68,21 @@ class EventStore:
 
     def mark_queued(self, ids: Sequence[int]) -> None:
         """Record that these pending events were handed to the broker."""
+        self._move(ids, PENDING, QUEUED)
+
+    def mark_pending(self, ids: Sequence[int]) -> None:
+        """The intake stored these events as queued, but could not hand them to the broker:
+        the sweeper takes pending events back after one sweep interval, not a lease."""
+        self._move(ids, QUEUED, PENDING)
+
+    def _move(self, ids: Sequence[int], from_status: str, to_status: str) -> None:
         if not ids:
             return
         with self.engine.begin() as conn:
             conn.execute(
                 update(Event)
-                .where(Event.id.in_(ids), Event.status == PENDING)
-                .values(status=QUEUED, updated_at=utcnow())
+                .where(Event.id.in_(ids), Event.status == from_status)
+                .values(status=to_status, updated_at=utcnow())
             )
 
     def due_for_enqueue(
@@ -221,11 +229,13 @@ class EventStore:
                 )
             )
 
-    def pending_ids(self, limit: int = 100_000) -> list[int]:
-        """Events stored but not handed to a queue (start-up re-enqueue)."""
+    def waiting_ids(self, statuses: Sequence[str] = (PENDING,), limit: int = 100_000) -> list[int]:
+        """Events waiting for a worker in one of `statuses` (start-up re-enqueue): `pending`
+        ones were never handed to a queue; `queued` ones were, and an in-process queue lost
+        them when its process ended."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(Event.id).where(Event.status == PENDING).order_by(Event.id).limit(limit)
+                select(Event.id).where(Event.status.in_(statuses)).order_by(Event.id).limit(limit)
             )
             return [row[0] for row in rows]
 

@@ -61,7 +61,7 @@ def test_listing_filters_and_pages_with_a_cursor(api: Api):
     assert [e["subject_id"] for e in first["events"]] == ["crp_p4", "crp_p3"]
     second = api.call("GET", "/events", params={"limit": 2, "type": "crp.generated", "cursor": first["next_cursor"]}).json()
     assert [e["subject_id"] for e in second["events"]] == ["crp_p2", "crp_p1"]
-    assert api.call("GET", "/events", params={"status": "pending"}).json()["events"][0]["status"] == "pending"
+    assert api.call("GET", "/events", params={"status": "queued"}).json()["events"][0]["status"] == "queued"
     assert api.call("GET", "/events", params={"status": "nope"}).status_code == 400
     assert api.call("GET", "/events", params={"since": "not-a-date"}).status_code == 400
     assert api.call("GET", "/events", params={"since": "2999-01-01T00:00:00Z"}).json()["events"] == []
@@ -104,7 +104,7 @@ def test_bulk_replay_leaves_events_that_are_not_replayable_and_audits_each_one(a
     replayed = api.processor.store.replay_many([failed[1], waiting, 999999, failed[0]], via="cli", reason="bulk")
     assert replayed == [failed[1], failed[0]]
     statuses = query(api.db, f"SELECT id, status, attempts FROM events WHERE id IN ({failed[0]}, {failed[1]}, {waiting}) ORDER BY id")
-    assert statuses == [(failed[0], "pending", 0), (failed[1], "pending", 0), (waiting, "pending", 0)]
+    assert statuses == [(failed[0], "pending", 0), (failed[1], "pending", 0), (waiting, "queued", 0)]
     audit = query(api.db, "SELECT event_id, via, reason, previous_status FROM replays ORDER BY event_id")
     assert audit == [(i, "cli", "bulk", "failed") for i in failed]
     assert api.processor.store.replay_many([waiting], via="cli", reason=None) == []

@@ -137,3 +137,23 @@ def test_serve_without_a_secret_names_the_variable(tmp_path: Path):
 def test_migrate_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str]):
     assert run(capsys, "migrate")[0] == 0
     assert run(capsys, "migrate")[1] == "database is up to date\n"
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_run_at_start_up_hands_over_what_its_queue_cannot_have(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, in_process: bool):
+    from carbonhook import commands
+    from receiver.database import create_sync_engine
+    from receiver.queue import make_broker
+    from receiver.store import EventStore
+
+    store = EventStore(create_sync_engine(sqlite_url))
+    refused = store_delivery(sqlite_url, make_body(subject="crp_refused"))
+    store.mark_pending([refused])
+    queued = store_delivery(sqlite_url, make_body(subject="crp_queued"))
+    handed: list[int] = []
+    monkeypatch.setattr(commands, "enqueue_events", lambda broker, ids: handed.extend(ids))
+    # An in-process queue started empty: the queued event's message died with the last process.
+    broker = make_broker("memory://") if in_process else object()
+    commands.requeue_pending(store, broker)
+    assert handed == ([refused, queued] if in_process else [refused])
+    assert query(sqlite_url, "SELECT status FROM events ORDER BY id") == [("queued",), ("queued",)]

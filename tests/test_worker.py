@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,15 +89,27 @@ def test_the_in_process_broker_serves_carbonhook_run(sqlite_url: str, emulator: 
         processes_events(sqlite_url, emulator, runtime)
 
 
-def test_the_sweeper_finds_pending_events_the_queue_never_saw(sqlite_url: str, emulator: RunningEmulator):
+def test_the_sweeper_finds_events_the_queue_never_saw(sqlite_url: str, emulator: RunningEmulator):
     from workers.runtime import build_worker
 
-    settings = settings_for_test(sqlite_url, emulator, sweep_interval_s=0.2, worker_threads=1)
+    settings = settings_for_test(sqlite_url, emulator, sweep_interval_s=0.2, lease_s=3.0, worker_threads=1)
     runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(RULES)))
-    event_id = store_delivery(sqlite_url, make_body(subject="crp_lost"))  # stored, never enqueued
+    # The broker refused this one: the receiver marked it pending.
+    refused = store_delivery(sqlite_url, make_body(subject="crp_refused"))
+    runtime.processor.store.mark_pending([refused])
+    # The receiver died between the commit and the hand-off: stored queued, no message.
+    orphan = store_delivery(sqlite_url, make_body(subject="crp_orphan"))
+    started = time.monotonic()
+
+    def status(event_id: int) -> str:
+        return query(sqlite_url, f"SELECT status FROM events WHERE id = {event_id}")[0][0]
+
     runtime.start()
     try:
-        wait_until(lambda: query(sqlite_url, f"SELECT status FROM events WHERE id = {event_id}")[0][0] == "succeeded", timeout=20, what="swept event")
+        wait_until(lambda: status(refused) == "succeeded", timeout=20, what="swept pending event")
+        assert status(orphan) == "queued"  # a queued event waits out a lease, not a sweep
+        wait_until(lambda: status(orphan) == "succeeded", timeout=20, what="swept queued event")
+        assert time.monotonic() - started >= 3.0
     finally:
         runtime.stop(timeout_s=5)
-    assert len(emulator.impacts) == 1
+    assert len(emulator.impacts) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     )
     install_reload(runtime.rules)
     exit_quietly_after_shutdown()
+    freeze_start_up_objects()
     try:
         server.run()
     finally:
@@ -117,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.forwarded_allow_ips:
         options["forwarded_allow_ips"] = args.forwarded_allow_ips
     exit_quietly_after_shutdown()
+    freeze_start_up_objects()
     uvicorn.run(app, **options)
     return 0
 
@@ -125,7 +128,9 @@ def receiver_app() -> Any:
     """App factory for `serve --workers N` (each uvicorn process builds its own)."""
     settings = settings_for()
     configure_logging(settings.log_level, settings.log_format)
-    return receiver_for(settings, make_broker(settings.broker_url))
+    app = receiver_for(settings, make_broker(settings.broker_url))
+    freeze_start_up_objects()
+    return app
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -145,6 +150,7 @@ def worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         serve_metrics(args.metrics_port)
     log.info("worker started (%d threads)", runtime.threads)
+    freeze_start_up_objects()
     wait_for_signal(on_reload=lambda: reload_rules(runtime.rules))
     log.info("worker stopping")
     runtime.stop(timeout_s=max(10.0, settings.http_timeout_s * 3))
@@ -608,6 +614,14 @@ def requeue_pending(store: EventStore, broker: Any) -> None:
     store.mark_queued(ids)
     if ids:
         log.info("re-enqueued %d waiting events", len(ids))
+
+
+def freeze_start_up_objects() -> None:
+    """Keep what start-up built (modules, settings, tables: ~120,000 objects) out of the
+    cyclic garbage collector: a full collection over them stalled a process for ~100 ms (the
+    receiver's event loop, or every worker thread), and they live as long as the process."""
+    gc.collect()
+    gc.freeze()
 
 
 def exit_quietly_after_shutdown() -> None:

@@ -153,7 +153,7 @@ def build_services(
     engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
     store = EventStore(engine)
     broker = broker if broker is not None else make_broker(settings.broker_url)
-    intake = create_intake(settings.database_url, pool_size=settings.db_pool_size)
+    intake = create_intake(settings.database_url, pool_size=settings.intake_pool_size)
     return Services(
         settings=settings,
         intake=intake,

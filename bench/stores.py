@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from receiver.database import sync_url
 from receiver.migrate import upgrade
+from receiver.queue import EVENTS_QUEUE
 
 PG_ADMIN_URL = os.environ.get(
     "CARBONHOOK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -105,6 +106,22 @@ class Broker:
         finally:
             client.close()
 
+    def messages(self) -> int:
+        """Messages waiting in the events queue (Dramatiq keeps each in `<queue>.msgs`)."""
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=3)
+        try:
+            return int(client.hlen(f"dramatiq:{EVENTS_QUEUE}.msgs"))
+        finally:
+            client.close()
+
+    def wait_handed(self, count: int, timeout: float = 30) -> float:
+        """Wait until `count` messages wait in the queue (the receivers handed every new event
+        over: with nothing consuming, they only add up); return the wait in s."""
+        started = time.monotonic()
+        while self.messages() < count and time.monotonic() - started < timeout:
+            time.sleep(0.05)
+        return time.monotonic() - started
+
 
 class Events:
     """Straight SQL on the events table, for setting up and for watching progress."""
@@ -136,13 +153,6 @@ class Events:
         with self.engine.connect() as conn:
             rows = conn.execute(text("SELECT status, count(*) FROM events GROUP BY status"))
             return {status: int(n) for status, n in rows}
-
-    def wait_drained(self, timeout: float = 30) -> float:
-        """Wait until no event is `pending` (all handed to the broker); return the wait in s."""
-        started = time.monotonic()
-        while self.count(["pending"]) and time.monotonic() - started < timeout:
-            time.sleep(0.05)
-        return time.monotonic() - started
 
     def seed(self, count: int) -> None:
         """`count` past events straight in SQL (not through the service): see FAILED_EVERY."""

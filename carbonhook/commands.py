@@ -149,8 +149,8 @@ def worker(args: argparse.Namespace) -> int:
     runtime.start()
     if args.metrics_port:
         serve_metrics(args.metrics_port)
+    freeze_start_up_objects()  # first: from "worker started" on, SIGHUP must find its handler
     log.info("worker started (%d threads)", runtime.threads)
-    freeze_start_up_objects()
     wait_for_signal(on_reload=lambda: reload_rules(runtime.rules))
     log.info("worker stopping")
     runtime.stop(timeout_s=max(10.0, settings.http_timeout_s * 3))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, Update, and_, bindparam, func, insert, or_, select, update
 
 from receiver.database import autocommit
 from receiver.errors import Conflict, NotFound
@@ -117,33 +118,14 @@ class EventStore:
         """Take the event under a lease, or return None if it is finished, held elsewhere,
         or waiting out a retry delay (see `seconds_until_due`)."""
         now = utcnow()
-        claimable = or_(
-            and_(
-                Event.status.in_((PENDING, QUEUED)), Event.available_at <= now + _s(CLOCK_SLACK_S)
-            ),
-            and_(Event.status == PROCESSING, Event.lease_until < now),
-        )
-        stmt = (
-            update(Event)
-            .where(Event.id == event_id, claimable)
-            .values(
-                status=PROCESSING,
-                lease_until=now + _s(lease_s),
-                available_at=now,
-                attempts=Event.attempts + 1,
-                updated_at=now,
-            )
-            .returning(
-                Event.id,
-                Event.type,
-                Event.subject_id,
-                Event.body,
-                Event.attempts,
-                Event.received_at,
-            )
-        )
+        params = {
+            "event_id": event_id,
+            "now": now,
+            "due": now + _s(CLOCK_SLACK_S),
+            "until": now + _s(lease_s),
+        }
         with autocommit(self.engine) as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(_CLAIM, params).first()
         if row is None:
             return None
         return ClaimedEvent(
@@ -207,26 +189,24 @@ class EventStore:
     ) -> None:
         now = utcnow()
         values = {"status": status, "last_error": error, "updated_at": now, **extra}
+        params = {f"new_{key}": value for key, value in values.items()}
         with self.engine.begin() as conn:
             # Only the lease holder may end the attempt: a worker whose lease expired and was
             # taken over must not overwrite the newer attempt's state.
-            result = conn.execute(
-                update(Event)
-                .where(Event.id == event.id, Event.status == PROCESSING)
-                .where(Event.attempts == event.attempts)
-                .values(**values)
-            )
+            stmt = _end_attempt_statement(tuple(values))
+            result = conn.execute(stmt, {"event_id": event.id, "attempt": event.attempts, **params})
             if result.rowcount == 0:
                 return
             conn.execute(
-                insert(EventAttempt).values(
-                    event_id=event.id,
-                    started_at=event.started_at,
-                    finished_at=now,
-                    outcome=outcome or status,
-                    error=error,
-                    http_status=http_status,
-                )
+                _RECORD_ATTEMPT,
+                {
+                    "event_id": event.id,
+                    "started_at": event.started_at,
+                    "finished_at": now,
+                    "outcome": outcome or status,
+                    "error": error,
+                    "http_status": http_status,
+                },
             )
 
     def waiting_ids(self, statuses: Sequence[str] = (PENDING,), limit: int = 100_000) -> list[int]:
@@ -361,3 +341,49 @@ def _rows(conn: Any, stmt: Any) -> list[dict[str, Any]]:
 
 def _s(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
+
+
+# The worker's statements, built once. Building a statement costs more CPU than sending it:
+# a claim built per call took 1.7 ms of CPU, the same statement built once 0.47 ms
+# (bench/FINDINGS.md). A parameter named like a column of the table an UPDATE writes would be
+# taken for a value to set: hence `new_…`.
+_CLAIM = (
+    update(Event)
+    .where(
+        Event.id == bindparam("event_id"),
+        or_(
+            and_(Event.status.in_((PENDING, QUEUED)), Event.available_at <= bindparam("due")),
+            and_(Event.status == PROCESSING, Event.lease_until < bindparam("now")),
+        ),
+    )
+    .values(
+        status=PROCESSING,
+        lease_until=bindparam("until"),
+        available_at=bindparam("now"),
+        attempts=Event.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+    .returning(
+        Event.id,
+        Event.type,
+        Event.subject_id,
+        Event.body,
+        Event.attempts,
+        Event.received_at,
+    )
+)
+_RECORD_ATTEMPT = insert(EventAttempt)
+
+
+@functools.cache
+def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
+    """Set `columns` (from `new_<column>`) if the caller still holds the lease."""
+    return (
+        update(Event)
+        .where(
+            Event.id == bindparam("event_id"),
+            Event.status == PROCESSING,
+            Event.attempts == bindparam("attempt"),
+        )
+        .values({column: bindparam(f"new_{column}") for column in columns})
+    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from receiver.database import autocommit
@@ -179,18 +180,17 @@ class Ledger:
         )
         reserve = row.spend_day is None and row.action == LIMITED_ACTION
         day = now.date().isoformat()
+        stmt = _begin_attempt_statement(first=row.attempted_at is None, reserve=reserve)
+        params = {
+            "capture_id": row.id,
+            "seen_status": row.status,
+            "seen_attempted_at": row.attempted_at,
+            "now": now,
+            "day": day,
+        }
         try:
             with self.engine.begin() as conn:
-                values: dict[str, Any] = {
-                    "status": PENDING,
-                    "attempted_at": now,
-                    "attempts": Capture.attempts + 1,
-                    "error": None,
-                    "updated_at": now,
-                }
-                if reserve:
-                    values["spend_day"] = day
-                if conn.execute(update(Capture).where(unchanged).values(**values)).rowcount == 0:
+                if conn.execute(stmt, params).rowcount == 0:
                     return "busy"
                 if reserve:
                     _reserve(conn, row.amount, day, None if row.approved else limits)
@@ -220,8 +220,9 @@ class Ledger:
         }
         if note:
             values["note"] = note
+        params = {f"new_{key}": value for key, value in values.items()}
         with autocommit(self.engine) as conn:
-            conn.execute(update(Capture).where(Capture.id == capture_id).values(**values))
+            conn.execute(_set_statement(tuple(values)), {"capture_id": capture_id, **params})
 
     def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
         """A definite refusal: nothing happened, so the reserved spend is released."""
@@ -395,11 +396,10 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
     }
     _insert_ignore(conn, Spend, [{"window": window, "lbs": 0} for window in windows])
     for window, limit in windows.items():
-        stmt = update(Spend).where(Spend.window == window).values(lbs=Spend.lbs + amount)
-        if limit is not None:
-            # Checked and added in one statement: concurrent workers cannot overshoot.
-            stmt = stmt.where(Spend.lbs + amount <= limit)
-        if conn.execute(stmt).rowcount == 0:
+        # With a limit, checked and added in one statement: concurrent workers cannot overshoot.
+        stmt = _ADD_SPEND if limit is None else _ADD_SPEND_WITHIN
+        params = {"spend_window": window, "amount": amount, "limit": limit}
+        if conn.execute(stmt, params).rowcount == 0:
             raise OverLimit(window)
 
 
@@ -411,9 +411,71 @@ def _insert_ignore(
 ) -> Any:
     """INSERT … ON CONFLICT DO NOTHING of one row or several; with `returning` (one row), the
     new row's columns or None."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(model).values(values).on_conflict_do_nothing()
-    if not returning:
-        conn.execute(stmt)
-        return None
-    return conn.execute(stmt.returning(*returning)).first()
+    rows = values if isinstance(values, list) else [values]
+    stmt = _insert_ignore_statement(
+        model, conn.dialect.name, tuple(rows[0]), len(rows), tuple(returning)
+    )
+    params = {f"{key}_{n}": value for n, row in enumerate(rows) for key, value in row.items()}
+    result = conn.execute(stmt, params)
+    return result.first() if returning else None
+
+
+# The statements of every capture, built once: building one costs more CPU than sending it
+# (bench/FINDINGS.md). A parameter named like a column of the table an UPDATE writes would be
+# taken for a value to set: hence `new_…`, `spend_window`, `seen_…`.
+_ADD_SPEND = (
+    update(Spend)
+    .where(Spend.window == bindparam("spend_window"))
+    .values(lbs=Spend.lbs + bindparam("amount"))
+)
+_ADD_SPEND_WITHIN = _ADD_SPEND.where(Spend.lbs + bindparam("amount") <= bindparam("limit"))
+
+
+@functools.cache
+def _begin_attempt_statement(*, first: bool, reserve: bool) -> Update:
+    """Mark a capture attempted if nobody changed it since it was read."""
+    seen_attempted = (
+        Capture.attempted_at.is_(None)
+        if first
+        else Capture.attempted_at == bindparam("seen_attempted_at")
+    )
+    values: dict[str, Any] = {
+        "status": PENDING,
+        "attempted_at": bindparam("now"),
+        "attempts": Capture.attempts + 1,
+        "error": None,
+        "updated_at": bindparam("now"),
+    }
+    if reserve:
+        values["spend_day"] = bindparam("day")
+    return (
+        update(Capture)
+        .where(
+            Capture.id == bindparam("capture_id"),
+            Capture.status == bindparam("seen_status"),
+            seen_attempted,
+        )
+        .values(values)
+    )
+
+
+@functools.cache
+def _set_statement(columns: tuple[str, ...]) -> Update:
+    """Set `columns` of one capture (from `new_<column>`)."""
+    return (
+        update(Capture)
+        .where(Capture.id == bindparam("capture_id"))
+        .values({column: bindparam(f"new_{column}") for column in columns})
+    )
+
+
+@functools.cache
+def _insert_ignore_statement(
+    model: Any, dialect_name: str, columns: tuple[str, ...], rows: int, returning: tuple[Any, ...]
+) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    values: list[dict[str, Any]] = [
+        {column: bindparam(f"{column}_{n}") for column in columns} for n in range(rows)
+    ]
+    stmt = dialect.insert(model).values(values if rows > 1 else values[0]).on_conflict_do_nothing()
+    return stmt.returning(*returning) if returning else stmt

@@ -9,11 +9,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Update, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Engine,
+    Insert,
+    Integer,
+    String,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from receiver.database import autocommit
 from receiver.errors import Conflict, NotFound
-from receiver.schema import Capture, Event, EventAttempt, Replay, utcnow
+from receiver.schema import Capture, Event, EventAttempt, Replay, UTCDateTime, utcnow
 
 PENDING, QUEUED, PROCESSING = "pending", "queued", "processing"
 SUCCEEDED, FAILED, HELD, IGNORED = "succeeded", "failed", "held", "ignored"
@@ -190,24 +204,23 @@ class EventStore:
         now = utcnow()
         values = {"status": status, "last_error": error, "updated_at": now, **extra}
         params = {f"new_{key}": value for key, value in values.items()}
+        params |= {"event_id": event.id, "attempt": event.attempts}
+        attempt = {
+            "started_at": event.started_at,
+            "finished_at": now,
+            "outcome": outcome or status,
+            "error": error,
+            "http_status": http_status,
+        }
+        # Only the lease holder may end the attempt: a worker whose lease expired and was
+        # taken over must not overwrite the newer attempt's state.
+        if self.engine.dialect.name == "postgresql":  # one statement, one round trip
+            with autocommit(self.engine) as conn:
+                conn.execute(_end_and_record_statement(tuple(values)), params | attempt)
+            return
         with self.engine.begin() as conn:
-            # Only the lease holder may end the attempt: a worker whose lease expired and was
-            # taken over must not overwrite the newer attempt's state.
-            stmt = _end_attempt_statement(tuple(values))
-            result = conn.execute(stmt, {"event_id": event.id, "attempt": event.attempts, **params})
-            if result.rowcount == 0:
-                return
-            conn.execute(
-                _RECORD_ATTEMPT,
-                {
-                    "event_id": event.id,
-                    "started_at": event.started_at,
-                    "finished_at": now,
-                    "outcome": outcome or status,
-                    "error": error,
-                    "http_status": http_status,
-                },
-            )
+            if conn.execute(_end_attempt_statement(tuple(values)), params).rowcount:
+                conn.execute(_RECORD_ATTEMPT, {"event_id": event.id, **attempt})
 
     def waiting_ids(self, statuses: Sequence[str] = (PENDING,), limit: int = 100_000) -> list[int]:
         """Events waiting for a worker in one of `statuses` (start-up re-enqueue): `pending`
@@ -386,4 +399,21 @@ def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
             Event.attempts == bindparam("attempt"),
         )
         .values({column: bindparam(f"new_{column}") for column in columns})
+    )
+
+
+@functools.cache
+def _end_and_record_statement(columns: tuple[str, ...]) -> Insert:
+    """PostgreSQL: the same, and the attempt's row if it did, in one statement."""
+    ended = _end_attempt_statement(columns).returning(Event.id).cte("ended")
+    return insert(EventAttempt).from_select(
+        ["event_id", "started_at", "finished_at", "outcome", "error", "http_status"],
+        select(
+            ended.c.id,
+            bindparam("started_at", type_=UTCDateTime()),
+            bindparam("finished_at", type_=UTCDateTime()),
+            bindparam("outcome", type_=String()),
+            bindparam("error", type_=Text()),
+            bindparam("http_status", type_=Integer()),
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,3 +204,22 @@ def test_an_unknown_capture_that_never_happened_is_sent_after_the_settle_delay(h
     harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
+
+
+def test_a_worker_whose_lease_was_taken_over_cannot_end_the_newer_attempt(harness: Harness):
+    from receiver.store import SUCCEEDED
+
+    store = harness.processor.store
+    event_id = harness.deliver(make_body(subject="crp_lease"))
+    first = store.claim(event_id, lease_s=0.01)
+    assert first is not None
+    time.sleep(0.05)  # the lease runs out; another worker takes the event over
+    second = store.claim(event_id, lease_s=300)
+    assert second is not None and second.attempts == first.attempts + 1
+    store.finish(first, SUCCEEDED, note="late")
+    assert query(harness.db, f"SELECT status, attempts FROM events WHERE id = {event_id}") == [("processing", 2)]
+    assert query(harness.db, f"SELECT count(*) FROM event_attempts WHERE event_id = {event_id}") == [(0,)]
+    store.retry_later(second, delay_s=5, error="503", http_status=503)
+    assert query(harness.db, f"SELECT status, last_error FROM events WHERE id = {event_id}") == [("queued", "503")]
+    rows = query(harness.db, f"SELECT outcome, error, http_status FROM event_attempts WHERE event_id = {event_id}")
+    assert rows == [("retry", "503", 503)]

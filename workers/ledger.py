@@ -394,13 +394,15 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
         f"day:{day}": limits.max_lbs_per_day if limits else None,
         f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
     }
-    _insert_ignore(conn, Spend, [{"window": window, "lbs": 0} for window in windows])
     for window, limit in windows.items():
         # With a limit, checked and added in one statement: concurrent workers cannot overshoot.
         stmt = _ADD_SPEND if limit is None else _ADD_SPEND_WITHIN
         params = {"spend_window": window, "amount": amount, "limit": limit}
         if conn.execute(stmt, params).rowcount == 0:
-            raise OverLimit(window)
+            # No row yet (the first capture of a day or month), or over the limit.
+            _insert_ignore(conn, Spend, {"window": window, "lbs": 0})
+            if conn.execute(stmt, params).rowcount == 0:
+                raise OverLimit(window)
 
 
 def _insert_ignore(

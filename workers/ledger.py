@@ -406,19 +406,13 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
 
 
 def _insert_ignore(
-    conn: Connection,
-    model: Any,
-    values: dict[str, Any] | list[dict[str, Any]],
-    returning: Sequence[Any] = (),
+    conn: Connection, model: Any, values: dict[str, Any], returning: Sequence[Any] = ()
 ) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING of one row or several; with `returning` (one row), the
-    new row's columns or None."""
-    rows = values if isinstance(values, list) else [values]
-    stmt = _insert_ignore_statement(
-        model, conn.dialect.name, tuple(rows[0]), len(rows), tuple(returning)
+    """INSERT … ON CONFLICT DO NOTHING of one row; with `returning`, the new row's columns or
+    None."""
+    result = conn.execute(
+        _insert_ignore_statement(model, conn.dialect.name, tuple(returning)), values
     )
-    params = {f"{key}_{n}": value for n, row in enumerate(rows) for key, value in row.items()}
-    result = conn.execute(stmt, params)
     return result.first() if returning else None
 
 
@@ -472,12 +466,8 @@ def _set_statement(columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
-def _insert_ignore_statement(
-    model: Any, dialect_name: str, columns: tuple[str, ...], rows: int, returning: tuple[Any, ...]
-) -> Any:
+def _insert_ignore_statement(model: Any, dialect_name: str, returning: tuple[Any, ...]) -> Any:
+    """The columns come from the parameters of each execution."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
-    values: list[dict[str, Any]] = [
-        {column: bindparam(f"{column}_{n}") for column in columns} for n in range(rows)
-    ]
-    stmt = dialect.insert(model).values(values if rows > 1 else values[0]).on_conflict_do_nothing()
+    stmt = dialect.insert(model).on_conflict_do_nothing()
     return stmt.returning(*returning) if returning else stmt

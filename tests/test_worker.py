@@ -113,3 +113,18 @@ def test_the_sweeper_finds_events_the_queue_never_saw(sqlite_url: str, emulator:
     finally:
         runtime.stop(timeout_s=5)
     assert len(emulator.impacts) == 2
+
+
+def test_one_sweep_hands_its_whole_batch_to_the_broker_at_once(sqlite_url: str):
+    from receiver.database import create_sync_engine
+    from receiver.store import EventStore
+    from workers.sweeper import Sweeper
+
+    store = EventStore(create_sync_engine(sqlite_url))
+    ids = [store_delivery(sqlite_url, make_body(subject=f"crp_sweep{n}")) for n in range(3)]
+    store.mark_pending(ids)
+    batches: list[list[int]] = []
+    sweeper = Sweeper(store, lambda batch: batches.append(list(batch)), interval_s=0.0001, lease_s=1)
+    assert sweeper.sweep_once() == 3
+    assert batches == [ids]  # one call: on Redis, enqueue_events sends it as one pipeline
+    store.engine.dispose()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import dramatiq
 
 from receiver.database import create_sync_engine
-from receiver.queue import EVENTS_QUEUE, enqueue_event, make_broker
+from receiver.queue import EVENTS_QUEUE, enqueue_event, enqueue_events, make_broker
 from receiver.settings import Settings
 from receiver.store import EventStore
 from workers.actors import declare_actors
@@ -98,7 +98,7 @@ def build_worker(
     declare_actors(broker, processor, time_limit_s=max(600.0, settings.lease_s))
     sweeper = Sweeper(
         processor.store,
-        enqueue,
+        lambda ids: enqueue_events(broker, ids),
         interval_s=settings.sweep_interval_s,
         lease_s=settings.lease_s,
     )

@@ -22,12 +22,16 @@ from receiver.database import create_intake_engine, is_sqlite
 from receiver.errors import InvalidDelivery, StoreUnavailable
 from receiver.events import Delivery
 from receiver.schema import UTCDateTime, utcnow
+from receiver.store import IGNORED, QUEUED
 
-# A new event is stored as `queued`: the receiver hands it to the broker right after the
-# insert commits, and marks it `pending` only if that fails. Marking every event `queued` once
-# the broker had it cost a second write of the row and its five indexes (bench/FINDINGS.md).
-QUEUED = "queued"
-IGNORED = "ignored"
+
+def _first_status(delivery: Delivery) -> str:
+    """A new event is stored `queued`: the receiver hands it to the broker right after the
+    insert commits, and marks it `pending` only if that fails. Marking every event `queued`
+    once the broker had it cost a second write of the row and its five indexes
+    (bench/FINDINGS.md)."""
+    return QUEUED if delivery.is_processed else IGNORED
+
 
 _COLUMNS = (
     "type, subject_id, event_ts, received_at, body, status, attempts, available_at, updated_at"
@@ -128,7 +132,7 @@ class PostgresIntake:
     async def record(self, delivery: Delivery) -> Recorded:
         now = utcnow().replace(tzinfo=None)
         event_ts = delivery.timestamp.astimezone(UTC).replace(tzinfo=None)
-        status = QUEUED if delivery.is_processed else IGNORED
+        status = _first_status(delivery)
         args = (delivery.type, delivery.subject_id, event_ts, now, delivery.body, status)
         try:
             pool = await self._get_pool()
@@ -173,7 +177,7 @@ class SqlIntake:
             "event_ts": bind(delivery.timestamp, self.engine.dialect),
             "now": bind(now, self.engine.dialect),
             "body": delivery.body,
-            "status": QUEUED if delivery.is_processed else IGNORED,
+            "status": _first_status(delivery),
         }
         try:
             async with self.engine.connect() as conn:

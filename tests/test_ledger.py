@@ -53,6 +53,61 @@ def test_twenty_workers_racing_toward_the_day_limit_never_pass_it(db_url: str):
     assert day == 4900
 
 
+def ledger_after_a_first_capture(db_url: str, lbs: int) -> tuple[Any, Ledger, int]:
+    """A ledger whose spend rows of today exist: one capture of `lbs` already reserved."""
+    engine = engine_for(db_url)
+    ledger = Ledger(engine)
+    event_id = store_delivery(db_url, make_body())
+    first = ledger.ensure(event_id, "crp_first", planned("r", lbs), "h")
+    assert ledger.begin_attempt(first, Limits()) == "go"
+    return engine, ledger, event_id
+
+
+def test_racing_toward_the_limits_with_the_spend_rows_already_there_never_passes_them(db_url: str):
+    # The rows exist (an earlier capture today): on PostgreSQL each reservation is then one
+    # statement, and the ones that find a limit reached fall back to the transaction.
+    engine, ledger, event_id = ledger_after_a_first_capture(db_url, 100)
+    rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 700), "h") for n in range(20)]
+    limits = Limits(max_lbs_per_day=10_000, max_lbs_per_month=5_000)
+    decisions = race(20, lambda n: ledger.begin_attempt(rows[n], limits))
+    engine.dispose()
+    assert decisions.count("go") == 7  # 100 + 7 × 700 = 5000 ≤ 5000 (the month) < 100 + 8 × 700
+    assert decisions.count("held") == 13
+    # Nothing half-reserved: the day was not charged for the captures the month refused.
+    assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(5000,), (5000,)]
+    assert query(db_url, "SELECT count(*) FROM captures WHERE spend_day IS NOT NULL") == [(8,)]
+
+
+def test_an_approved_capture_is_reserved_past_the_limits(db_url: str):
+    engine, ledger, event_id = ledger_after_a_first_capture(db_url, 900)
+    row = ledger.ensure(event_id, "crp_big", planned("r", 500), "h")
+    assert ledger.begin_attempt(row, Limits(max_lbs_per_day=1000)) == "held"
+    assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(900,), (900,)]
+    approved = ledger.approve(row.id)
+    assert ledger.begin_attempt(approved, Limits(max_lbs_per_day=1000)) == "go"
+    engine.dispose()
+    assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(1400,), (1400,)]
+
+
+def test_on_postgresql_a_reservation_is_one_statement_once_the_spend_rows_exist(pg_url: str):
+    from sqlalchemy import event
+
+    engine = engine_for(pg_url)
+    ledger = Ledger(engine)
+    event_id = store_delivery(pg_url, make_body())
+    rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 10), "h") for n in range(2)]
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert ledger.begin_attempt(rows[0], Limits(max_lbs_per_day=100)) == "go"
+    first_of_the_day = len(statements)
+    statements.clear()
+    assert ledger.begin_attempt(rows[1], Limits(max_lbs_per_day=100)) == "go"
+    engine.dispose()
+    assert first_of_the_day > 1  # the rows were created in the fallback transaction
+    assert len(statements) == 1
+    assert query(pg_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(20,), (20,)]
+
+
 def test_many_workers_reserving_at_once_never_deadlock_on_the_spend_rows(db_url: str):
     # Every capture updates the same two rows (today, this month); they must always be locked
     # in one order, or two reservations wait for each other (PostgreSQL then kills one).

@@ -8,12 +8,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Update,
+    and_,
+    bindparam,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from receiver.database import autocommit
 from receiver.errors import Conflict, NotFound
-from receiver.schema import Capture, DeltaMark, Spend, utcnow
+from receiver.schema import Capture, DeltaMark, Spend, UTCDateTime, utcnow
 from workers.impact import Impact
 from workers.planning import DeltaPlan, PlannedCapture, delta_captures
 from workers.rules import Limits
@@ -188,12 +198,27 @@ class Ledger:
             "now": now,
             "day": day,
         }
+        if not reserve:  # one statement: no transaction needed
+            with autocommit(self.engine) as conn:
+                return "go" if conn.execute(stmt, params).rowcount else "busy"
+        if self.engine.dialect.name == "postgresql":
+            # The usual case in one round trip: while a transaction (BEGIN, three UPDATEs,
+            # COMMIT) held the spend rows, every other capture of the day queued behind it.
+            with autocommit(self.engine) as conn:
+                seen, started = conn.execute(
+                    _BEGIN_AND_RESERVE, params | _limit_params(row, day, limits)
+                ).one()
+            if started:
+                return "go"
+            if not seen:
+                return "busy"
+            # A spend row to create (the first capture of a day or month) or a limit reached:
+            # the transaction below decides.
         try:
             with self.engine.begin() as conn:
                 if conn.execute(stmt, params).rowcount == 0:
                     return "busy"
-                if reserve:
-                    _reserve(conn, row.amount, day, None if row.approved else limits)
+                _reserve(conn, row.amount, day, None if row.approved else limits)
         except OverLimit:
             with self.engine.begin() as conn:
                 held = conn.execute(
@@ -405,6 +430,22 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
                 raise OverLimit(window)
 
 
+def _limit_params(row: CaptureRow, day: str, limits: Limits) -> dict[str, Any]:
+    """The spend windows of `day` and their limits (`NO_LIMIT` where none applies)."""
+    unlimited = row.approved
+    return {
+        "amount": row.amount,
+        "day_window": f"day:{day}",
+        "month_window": f"month:{day[:7]}",
+        "day_limit": NO_LIMIT
+        if unlimited or limits.max_lbs_per_day is None
+        else limits.max_lbs_per_day,
+        "month_limit": NO_LIMIT
+        if unlimited or limits.max_lbs_per_month is None
+        else limits.max_lbs_per_month,
+    }
+
+
 def _insert_ignore(
     conn: Connection, model: Any, values: dict[str, Any], returning: Sequence[Any] = ()
 ) -> Any:
@@ -425,6 +466,53 @@ _ADD_SPEND = (
     .values(lbs=Spend.lbs + bindparam("amount"))
 )
 _ADD_SPEND_WITHIN = _ADD_SPEND.where(Spend.lbs + bindparam("amount") <= bindparam("limit"))
+
+
+NO_LIMIT = 2**63 - 1  # the largest BIGINT
+
+# PostgreSQL: mark a capture attempted and reserve its pounds in one statement, only if it is
+# unchanged since it was read, both spend rows exist and both stay within their limits;
+# otherwise change nothing. Locks are taken in the transaction's order (the capture, then the
+# day, then the month: ORDER BY under FOR UPDATE), so the two paths cannot deadlock. A row
+# found locked is re-checked once the lock is released (READ COMMITTED), so the limit holds
+# under concurrent reservations. `seen` = 0: busy; `started` = 0 with `seen` = 1: fall back.
+_BEGIN_AND_RESERVE = text(
+    """
+    WITH seen AS MATERIALIZED (
+        SELECT id FROM captures
+        WHERE id = :capture_id AND status = :seen_status
+          AND attempted_at IS NOT DISTINCT FROM :seen_attempted_at
+        FOR UPDATE
+    ), within AS MATERIALIZED (
+        SELECT "window" FROM spend
+        WHERE "window" IN (:day_window, :month_window) AND EXISTS (SELECT FROM seen)
+          AND lbs + :amount <= CASE "window" WHEN :day_window THEN :day_limit
+                                             ELSE :month_limit END
+        ORDER BY "window"
+        FOR UPDATE
+    ), go AS MATERIALIZED (
+        SELECT FROM within HAVING count(*) = 2
+    ), added AS (
+        UPDATE spend SET lbs = lbs + :amount
+        WHERE "window" IN (SELECT "window" FROM within) AND EXISTS (SELECT FROM go)
+        RETURNING "window"
+    ), started AS (
+        UPDATE captures
+        SET status = :pending, attempted_at = :now, attempts = attempts + 1, error = NULL,
+            updated_at = :now, spend_day = :day
+        WHERE id IN (SELECT id FROM seen) AND EXISTS (SELECT FROM go)
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM seen) AS seen, (SELECT count(*) FROM started) AS started
+    """
+).bindparams(
+    bindparam("seen_attempted_at", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("amount", type_=BigInteger()),
+    bindparam("day_limit", type_=BigInteger()),
+    bindparam("month_limit", type_=BigInteger()),
+    bindparam("pending", value=PENDING),
+)
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from carbonhook.tables import print_table
 from receiver.app import create_app
 from receiver.dashboard import RulesInfo, dashboard_routes
 from receiver.database import create_sync_engine
+from receiver.lockout import Lockout
 from receiver.logs import configure_logging
 from receiver.migrate import upgrade
 from receiver.queue import enqueue_events, is_shared, make_broker
@@ -394,10 +395,13 @@ def receiver_for(settings: Settings, broker: Any, rules: RulesHolder | None = No
         return (info.max_lbs_per_day, info.max_lbs_per_month) if info else (None, None)
 
     routes = []
+    lockout = Lockout()  # wrong tokens count the same on the pages and the API
     if settings.admin_token is not None:
         token = settings.admin_token.get_secret_value()
-        routes = dashboard_routes(admin, token=token, rules_info=rules_info)
-    return create_app(settings, broker=broker, admin=admin, routes=routes, limits=limits)
+        routes = dashboard_routes(admin, token=token, rules_info=rules_info, lockout=lockout)
+    return create_app(
+        settings, broker=broker, admin=admin, routes=routes, limits=limits, lockout=lockout
+    )
 
 
 def admin_for(settings: Settings, broker: Any) -> Admin:

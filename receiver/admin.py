@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from starlette.routing import Route
 
 from receiver.errors import Conflict, NotFound
 from receiver.events import parse_timestamp
+from receiver.lockout import Lockout, client_address, retry_after
 from receiver.store import STATUSES, EventFilter, EventStore
 
 MAX_PAGE = 500
@@ -65,14 +67,28 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _guarded(token: str, handler: Handler) -> Handler:
+def _guarded(token: str, lockout: Lockout, handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
+        address = client_address(request)
+        wait_s = lockout.wait_s(address)
+        if wait_s:
+            return JSONResponse(
+                {
+                    "error": "too_many_attempts",
+                    "message": f"too many wrong tokens from {address}; "
+                    f"try again in {math.ceil(wait_s)} s",
+                },
+                status_code=429,
+                headers=retry_after(wait_s),
+            )
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not token_matches(given.strip(), token):
-            return JSONResponse(
-                {"error": "unauthorized", "message": "Bearer token required"}, status_code=401
-            )
+        if scheme.lower() != "bearer" or not given.strip():
+            return _unauthorized()
+        if not token_matches(given.strip(), token):
+            lockout.wrong(address)
+            return _unauthorized()
+        lockout.right(address)
         try:
             return await handler(request)
         except NotFound as exc:
@@ -83,6 +99,12 @@ def _guarded(token: str, handler: Handler) -> Handler:
             return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
 
     return guarded
+
+
+def _unauthorized() -> Response:
+    return JSONResponse(
+        {"error": "unauthorized", "message": "Bearer token required"}, status_code=401
+    )
 
 
 def event_filter(params: dict[str, Any]) -> EventFilter:
@@ -120,8 +142,8 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def admin_api_routes(admin: AdminOperations, token: str) -> list[Route]:
-    """The /admin/api routes, each behind the bearer token."""
+def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> list[Route]:
+    """The /admin/api routes, each behind the bearer token (`lockout` counts wrong ones)."""
 
     def page(params: Any) -> tuple[int, int | None]:
         limit = min(MAX_PAGE, max(1, _int(params.get("limit"), "limit", 50) or 50))
@@ -193,5 +215,6 @@ def admin_api_routes(admin: AdminOperations, token: str) -> list[Route]:
         ("/admin/api/captures/{id:int}/{decision}", decide, "POST"),
     ]
     return [
-        Route(path, _guarded(token, handler), methods=[method]) for path, handler, method in routes
+        Route(path, _guarded(token, lockout, handler), methods=[method])
+        for path, handler, method in routes
     ]

@@ -21,6 +21,7 @@ from receiver.database import create_sync_engine
 from receiver.errors import InvalidDelivery, SignatureError, StoreUnavailable
 from receiver.events import parse_delivery
 from receiver.intake import Intake, create_intake
+from receiver.lockout import Lockout
 from receiver.metrics import Limits, StoreCollector, exposition, metrics
 from receiver.queue import Enqueuer, RedisEnqueuer, make_broker, make_enqueuer, ping_broker
 from receiver.settings import Settings
@@ -172,10 +173,12 @@ def create_app(
     admin: AdminOperations | None = None,
     routes: list[BaseRoute] | None = None,
     limits: Limits | None = None,
+    lockout: Lockout | None = None,
 ) -> Starlette:
     """Build the receiver; resources open in the lifespan, so building it does no I/O.
 
-    The admin API exists only when CARBONHOOK_ADMIN_TOKEN is set and `admin` is given.
+    The admin API exists only when CARBONHOOK_ADMIN_TOKEN is set and `admin` is given; give
+    it the dashboard's `lockout`, so that wrong tokens count the same on both.
     """
 
     @contextlib.asynccontextmanager
@@ -199,5 +202,7 @@ def create_app(
         *(routes or []),
     ]
     if settings.admin_token is not None and admin is not None:
-        all_routes += admin_api_routes(admin, settings.admin_token.get_secret_value())
+        all_routes += admin_api_routes(
+            admin, settings.admin_token.get_secret_value(), lockout or Lockout()
+        )
     return Starlette(routes=all_routes, lifespan=lifespan)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -26,6 +27,7 @@ from receiver import reports
 from receiver.admin import AdminOperations, BadRequest, token_matches
 from receiver.errors import Conflict, NotFound
 from receiver.events import BILL_CONFIRMED, CRP_GENERATED
+from receiver.lockout import Lockout, client_address, retry_after
 from receiver.schema import utcnow
 from receiver.sessions import COOKIE, Session, Sessions
 from receiver.store import REPLAYABLE, STATUSES, EventFilter
@@ -178,10 +180,12 @@ class Dashboard:
         token: str,
         rules_info: Callable[[], RulesInfo | None],
         page_size: int,
+        lockout: Lockout,
     ) -> None:
         self.admin = admin
         self.sessions = sessions
         self.token = token
+        self.lockout = lockout
         self.rules_info = rules_info
         self.page_size = page_size
         self.templates = _environment()
@@ -280,9 +284,18 @@ class Dashboard:
         if session is None or not session.csrf_matches(csrf):
             return self.refuse(request, 403, "The sign-in form expired; reload it and try again.")
         target = safe_next(target if isinstance(target, str) else None)
+        address = client_address(request)
+        wait_s = self.lockout.wait_s(address)
+        if wait_s:
+            error = f"Too many wrong tokens from {address}: try again in {math.ceil(wait_s)} s."
+            response = self.render(request, session, "login.html", 429, next=target, error=error)
+            response.headers.update(retry_after(wait_s))
+            return response
         if not token_matches(given if isinstance(given, str) else None, self.token):
+            self.lockout.wrong(address)
             error = "That is not the admin token."
             return self.render(request, session, "login.html", 403, next=target, error=error)
+        self.lockout.right(address)
         response = RedirectResponse(target, status_code=303, headers=HEADERS)
         self.sessions.write(response, self.sessions.new(signed_in=True), secure=_https(request))
         return response
@@ -470,10 +483,12 @@ def dashboard_routes(
     *,
     token: str,
     rules_info: Callable[[], RulesInfo | None],
+    lockout: Lockout,
     page_size: int = 25,
 ) -> list[BaseRoute]:
-    """The /admin pages (next to, never over, the /admin/api routes)."""
-    d = Dashboard(admin, Sessions(token), token, rules_info, page_size)
+    """The /admin pages (next to, never over, the /admin/api routes); `lockout` counts wrong
+    tokens, shared with the admin API."""
+    d = Dashboard(admin, Sessions(token), token, rules_info, page_size, lockout)
     return [
         Route("/admin", d.view(d.overview), methods=["GET"]),
         Route("/admin/login", d.login_form, methods=["GET"]),

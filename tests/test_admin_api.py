@@ -53,6 +53,18 @@ def test_every_route_needs_the_bearer_token(api: Api):
     assert api.call("GET", "/events").status_code == 200
 
 
+def test_after_too_many_wrong_tokens_an_address_waits_even_with_the_right_token(api: Api):
+    from receiver.lockout import WRONG_TOKENS
+
+    for _ in range(5):  # no token at all is not a guess
+        assert api.call("GET", "/events", token=None).status_code == 401
+    for _ in range(WRONG_TOKENS):
+        assert api.call("GET", "/events", token="guess").status_code == 401
+    locked = api.call("GET", "/events")
+    assert locked.status_code == 429 and locked.json()["error"] == "too_many_attempts"
+    assert 0 < int(locked.headers["Retry-After"]) <= 300
+
+
 def test_listing_filters_and_pages_with_a_cursor(api: Api):
     for n in range(5):
         store_delivery(api.db, make_body(subject=f"crp_p{n}"))

@@ -24,6 +24,7 @@ from receiver.dashboard import (
     safe_next,
     share,
 )
+from receiver.lockout import WRONG_TOKENS, Lockout
 from receiver.reports import DayTotal, overview
 from receiver.schema import Capture, Event, Spend, utcnow
 from receiver.sessions import COOKIE, Sessions
@@ -286,11 +287,12 @@ class Site:
         self.engine = create_sync_engine(db, pool_size=2)
         self.enqueued: list[int] = []
         self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend)
+        lockout = Lockout()
         routes = dashboard_routes(
-            self.admin, token=TOKEN, rules_info=lambda: rules, page_size=page_size
+            self.admin, token=TOKEN, rules_info=lambda: rules, lockout=lockout, page_size=page_size
         )
         settings = settings_for_test(db, emulator, admin_token=TOKEN)
-        app = create_app(settings, broker=make_broker("memory://"), admin=self.admin, routes=routes)
+        app = create_app(settings, broker=make_broker("memory://"), admin=self.admin, routes=routes, lockout=lockout)
         self.server = start_server(app, "127.0.0.1", 0, lifespan="on")
         self.base = f"http://127.0.0.1:{self.server.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10)
@@ -402,6 +404,19 @@ def test_a_wrong_token_or_a_sign_in_without_the_forms_csrf_is_refused(site: Site
     site.http.cookies.clear()
     assert site.http.post("/admin/login", data={"token": TOKEN, "csrf": "x"}).status_code == 403
     assert site.http.get("/admin").status_code == 303
+
+
+def test_after_too_many_wrong_tokens_sign_in_waits_even_with_the_right_one(site: Site):
+    csrf = csrf_in(site.http.get("/admin/login").text)
+    for _ in range(WRONG_TOKENS - 1):
+        assert site.http.post("/admin/login", data={"token": "guess", "csrf": csrf}).status_code == 403
+    # The last allowed guess is made on the admin API: wrong tokens count the same on both.
+    assert site.http.get("/admin/api/events", headers={"Authorization": "Bearer guess"}).status_code == 401
+    locked = site.http.post("/admin/login", data={"token": TOKEN, "csrf": csrf})
+    assert locked.status_code == 429 and "Too many wrong tokens" in locked.text
+    assert 0 < int(locked.headers["Retry-After"]) <= 300
+    assert site.http.get("/admin").status_code == 303  # not signed in
+    assert site.http.get("/admin/api/events", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 429
 
 
 def test_a_post_without_a_session_or_with_a_wrong_csrf_token_is_refused_and_changes_nothing(

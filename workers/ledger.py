@@ -431,18 +431,18 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
 
 
 def _limit_params(row: CaptureRow, day: str, limits: Limits) -> dict[str, Any]:
-    """The spend windows of `day` and their limits (`NO_LIMIT` where none applies)."""
-    unlimited = row.approved
+    """The spend windows of `day` and their limits (`NO_LIMIT` where none is set, or for a
+    capture approved past them)."""
+
+    def limit(value: int | None) -> int:
+        return NO_LIMIT if row.approved or value is None else value
+
     return {
         "amount": row.amount,
         "day_window": f"day:{day}",
         "month_window": f"month:{day[:7]}",
-        "day_limit": NO_LIMIT
-        if unlimited or limits.max_lbs_per_day is None
-        else limits.max_lbs_per_day,
-        "month_limit": NO_LIMIT
-        if unlimited or limits.max_lbs_per_month is None
-        else limits.max_lbs_per_month,
+        "day_limit": limit(limits.max_lbs_per_day),
+        "month_limit": limit(limits.max_lbs_per_month),
     }
 
 

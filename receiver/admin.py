@@ -83,9 +83,10 @@ def _guarded(token: str, lockout: Lockout, handler: Handler) -> Handler:
             )
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
             return _unauthorized()
-        if not token_matches(given.strip(), token):
+        if not token_matches(given, token):
             lockout.wrong(address)
             return _unauthorized()
         lockout.right(address)

@@ -190,6 +190,7 @@ class Ledger:
         )
         reserve = row.spend_day is None and row.action == LIMITED_ACTION
         day = now.date().isoformat()
+        windows = _spend_windows(day, None if row.approved else limits)
         stmt = _begin_attempt_statement(first=row.attempted_at is None, reserve=reserve)
         params = {
             "capture_id": row.id,
@@ -206,7 +207,7 @@ class Ledger:
             # COMMIT) held the spend rows, every other capture of the day queued behind it.
             with autocommit(self.engine) as conn:
                 seen, started = conn.execute(
-                    _BEGIN_AND_RESERVE, params | _limit_params(row, day, limits)
+                    _BEGIN_AND_RESERVE, params | _limit_params(row.amount, windows)
                 ).one()
             if started:
                 return "go"
@@ -218,7 +219,7 @@ class Ledger:
             with self.engine.begin() as conn:
                 if conn.execute(stmt, params).rowcount == 0:
                     return "busy"
-                _reserve(conn, row.amount, day, None if row.approved else limits)
+                _reserve(conn, row.amount, windows)
         except OverLimit:
             with self.engine.begin() as conn:
                 held = conn.execute(
@@ -401,24 +402,29 @@ class Ledger:
         ).first()
         if row is None or row.spend_day is None:
             return
-        for window in (f"day:{row.spend_day}", f"month:{row.spend_day[:7]}"):
+        for window in _spend_windows(row.spend_day, None):
             conn.execute(
                 update(Spend).where(Spend.window == window).values(lbs=Spend.lbs - row.amount)
             )
         conn.execute(update(Capture).where(Capture.id == capture_id).values(spend_day=None))
 
 
-def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> None:
-    """Add `amount` to today's and this month's spend, or raise `OverLimit` (caller rolls back).
+def _spend_windows(day: str, limits: Limits | None) -> dict[str, int | None]:
+    """The day's and its month's spend windows (`day:2026-11-25`, `month:2026-11`), in the
+    order they are locked, each with its limit (None: no limit, or `limits` is None)."""
+    return {
+        f"day:{day}": limits.max_lbs_per_day if limits else None,
+        f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
+    }
+
+
+def _reserve(conn: Connection, amount: int, windows: dict[str, int | None]) -> None:
+    """Add `amount` to the spend `windows`, or raise `OverLimit` (caller rolls back).
 
     Every capture goes through these two rows. They are updated one at a time, always the day
     first: one UPDATE for both would lock them in whatever order PostgreSQL finds them, and
     two reservations taking them in opposite orders deadlock.
     """
-    windows = {
-        f"day:{day}": limits.max_lbs_per_day if limits else None,
-        f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
-    }
     for window, limit in windows.items():
         # With a limit, checked and added in one statement: concurrent workers cannot overshoot.
         stmt = _ADD_SPEND if limit is None else _ADD_SPEND_WITHIN
@@ -430,19 +436,15 @@ def _reserve(conn: Connection, amount: int, day: str, limits: Limits | None) -> 
                 raise OverLimit(window)
 
 
-def _limit_params(row: CaptureRow, day: str, limits: Limits) -> dict[str, Any]:
-    """The spend windows of `day` and their limits (`NO_LIMIT` where none is set, or for a
-    capture approved past them)."""
-
-    def limit(value: int | None) -> int:
-        return NO_LIMIT if row.approved or value is None else value
-
+def _limit_params(amount: int, windows: dict[str, int | None]) -> dict[str, Any]:
+    """`_BEGIN_AND_RESERVE`'s parameters for the spend `windows` (`NO_LIMIT` for no limit)."""
+    (day_window, day_limit), (month_window, month_limit) = windows.items()
     return {
-        "amount": row.amount,
-        "day_window": f"day:{day}",
-        "month_window": f"month:{day[:7]}",
-        "day_limit": limit(limits.max_lbs_per_day),
-        "month_limit": limit(limits.max_lbs_per_month),
+        "amount": amount,
+        "day_window": day_window,
+        "month_window": month_window,
+        "day_limit": NO_LIMIT if day_limit is None else day_limit,
+        "month_limit": NO_LIMIT if month_limit is None else month_limit,
     }
 
 

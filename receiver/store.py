@@ -25,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 
-from receiver.database import autocommit
+from receiver.database import DriverStatement
 from receiver.errors import Conflict, NotFound
 from receiver.schema import Capture, Event, EventAttempt, Replay, UTCDateTime, utcnow
 
@@ -138,29 +138,26 @@ class EventStore:
             "due": now + _s(CLOCK_SLACK_S),
             "until": now + _s(lease_s),
         }
-        with autocommit(self.engine) as conn:
-            row = conn.execute(_CLAIM, params).first()
+        row = _CLAIM.run(self.engine, params).first()
         if row is None:
             return None
+        event_id, event_type, subject_id, body, attempts, received_at = row
         return ClaimedEvent(
-            id=row.id,
-            type=row.type,
-            subject_id=row.subject_id,
-            data=json.loads(row.body).get("data", {}),
-            attempts=row.attempts,
+            id=event_id,
+            type=event_type,
+            subject_id=subject_id,
+            data=json.loads(body).get("data", {}),
+            attempts=attempts,
             started_at=now,
-            received_at=row.received_at,
+            received_at=received_at,
         )
 
     def seconds_until_due(self, event_id: int) -> float | None:
         """For a queued event still waiting out its retry delay, how long is left."""
-        with autocommit(self.engine) as conn:
-            row = conn.execute(
-                select(Event.available_at).where(Event.id == event_id, Event.status == QUEUED)
-            ).first()
+        row = _DUE_AT.run(self.engine, {"event_id": event_id}).first()
         if row is None:
             return None
-        left = (row.available_at - utcnow()).total_seconds()
+        left = (row[0] - utcnow()).total_seconds()
         return left if left > CLOCK_SLACK_S else None
 
     def finish(
@@ -215,8 +212,7 @@ class EventStore:
         # Only the lease holder may end the attempt: a worker whose lease expired and was
         # taken over must not overwrite the newer attempt's state.
         if self.engine.dialect.name == "postgresql":  # one statement, one round trip
-            with autocommit(self.engine) as conn:
-                conn.execute(_end_and_record_statement(tuple(values)), params | attempt)
+            _end_and_record_statement(tuple(values)).run(self.engine, params | attempt)
             return
         with self.engine.begin() as conn:
             if conn.execute(_end_attempt_statement(tuple(values)), params).rowcount:
@@ -360,29 +356,39 @@ def _s(seconds: float) -> timedelta:
 # a claim built per call took 1.7 ms of CPU, the same statement built once 0.47 ms
 # (bench/FINDINGS.md). A parameter named like a column of the table an UPDATE writes would be
 # taken for a value to set: hence `new_…`.
-_CLAIM = (
-    update(Event)
-    .where(
-        Event.id == bindparam("event_id"),
-        or_(
-            and_(Event.status.in_((PENDING, QUEUED)), Event.available_at <= bindparam("due")),
-            and_(Event.status == PROCESSING, Event.lease_until < bindparam("now")),
-        ),
+_CLAIM = DriverStatement(
+    lambda _: (
+        update(Event)
+        .where(
+            Event.id == bindparam("event_id"),
+            or_(
+                and_(
+                    or_(Event.status == PENDING, Event.status == QUEUED),
+                    Event.available_at <= bindparam("due"),
+                ),
+                and_(Event.status == PROCESSING, Event.lease_until < bindparam("now")),
+            ),
+        )
+        .values(
+            status=PROCESSING,
+            lease_until=bindparam("until"),
+            available_at=bindparam("now"),
+            attempts=Event.attempts + 1,
+            updated_at=bindparam("now"),
+        )
+        .returning(
+            Event.id,
+            Event.type,
+            Event.subject_id,
+            Event.body,
+            Event.attempts,
+            Event.received_at,
+        )
     )
-    .values(
-        status=PROCESSING,
-        lease_until=bindparam("until"),
-        available_at=bindparam("now"),
-        attempts=Event.attempts + 1,
-        updated_at=bindparam("now"),
-    )
-    .returning(
-        Event.id,
-        Event.type,
-        Event.subject_id,
-        Event.body,
-        Event.attempts,
-        Event.received_at,
+)
+_DUE_AT = DriverStatement(
+    lambda _: select(Event.available_at).where(
+        Event.id == bindparam("event_id"), Event.status == QUEUED
     )
 )
 _RECORD_ATTEMPT = insert(EventAttempt)
@@ -403,8 +409,12 @@ def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
-def _end_and_record_statement(columns: tuple[str, ...]) -> Insert:
+def _end_and_record_statement(columns: tuple[str, ...]) -> DriverStatement:
     """PostgreSQL: the same, and the attempt's row if it did, in one statement."""
+    return DriverStatement(lambda _: _end_and_record(columns))
+
+
+def _end_and_record(columns: tuple[str, ...]) -> Insert:
     ended = _end_attempt_statement(columns).returning(Event.id).cte("ended")
     return insert(EventAttempt).from_select(
         ["event_id", "started_at", "finished_at", "outcome", "error", "http_status"],

@@ -89,15 +89,31 @@ def test_an_approved_capture_is_reserved_past_the_limits(db_url: str):
     assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(1400,), (1400,)]
 
 
-def test_on_postgresql_a_reservation_is_one_statement_once_the_spend_rows_exist(pg_url: str):
+def sent_statements(engine: Any) -> list[str]:
+    """What the engine's psycopg cursors send from now on, whoever runs them."""
+    import psycopg
     from sqlalchemy import event
 
+    sent: list[str] = []
+
+    class Counting(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return super().execute(query, *args, **kwargs)
+
+    def count(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.cursor_factory = Counting
+
+    event.listen(engine, "checkout", count)
+    return sent
+
+
+def test_on_postgresql_a_reservation_is_one_statement_once_the_spend_rows_exist(pg_url: str):
     engine = engine_for(pg_url)
     ledger = Ledger(engine)
     event_id = store_delivery(pg_url, make_body())
     rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 10), "h") for n in range(2)]
-    statements: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    statements = sent_statements(engine)
     assert ledger.begin_attempt(rows[0], Limits(max_lbs_per_day=100)) == "go"
     first_of_the_day = len(statements)
     statements.clear()

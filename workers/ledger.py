@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from receiver.database import autocommit
+from receiver.database import DriverStatement
 from receiver.errors import Conflict, NotFound
 from receiver.schema import Capture, DeltaMark, Spend, UTCDateTime, utcnow
 from workers.impact import Impact
@@ -84,9 +83,12 @@ class Ledger:
         self, event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
     ) -> CaptureRow:
         """The ledger row for `planned`, written now if it is new; an existing row wins."""
-        with autocommit(self.engine) as conn:  # insert-if-absent, then read: each safe alone
-            new = self._insert_planned(conn, event_id, subject_id, planned, rules_hash, {})
-            return new or self._get(conn, planned.rule, subject_id, planned.part)
+        values = _planned_values(event_id, subject_id, planned, rules_hash)
+        new = _INSERT_PLANNED.run(self.engine, values).first()  # insert-if-absent, then read
+        if new is not None:
+            return CaptureRow(*new)
+        with self.engine.connect() as conn:
+            return self._get(conn, planned.rule, subject_id, planned.part)
 
     def ensure_delta(
         self, event_id: int, subject_id: str, plan: DeltaPlan, rules_hash: str
@@ -127,54 +129,13 @@ class Ledger:
                 "basis_tco2e": plan.current_tco2e,
             }
             for capture in planned:
-                self._insert_planned(conn, event_id, subject_id, capture, rules_hash, extra)
+                values = _planned_values(event_id, subject_id, capture, rules_hash)
+                _insert_ignore(conn, Capture, values | extra)
             conn.execute(update(DeltaMark).where(key).values(offset_tco2e=mark))
             return self._rows(
                 conn,
                 and_(Capture.rule == plan.rule.name, Capture.subject_id == subject_id),
             )
-
-    def _insert_planned(
-        self,
-        conn: Connection,
-        event_id: int,
-        subject_id: str,
-        planned: PlannedCapture,
-        rules_hash: str,
-        extra: dict[str, Any],
-    ) -> CaptureRow | None:
-        """Write the row unless one exists for its rule, subject and part; the new row or None."""
-        now = utcnow()
-        status = SKIPPED if planned.skipped else DRY_RUN if planned.dry_run else PENDING
-        written = _insert_ignore(
-            conn,
-            Capture,
-            {
-                "event_id": event_id,
-                "rule": planned.rule,
-                "subject_id": subject_id,
-                "part": planned.part,
-                "action": planned.action,
-                "amount": planned.amount,
-                "customer_email": planned.customer_email,
-                "customer_name": planned.customer_name,
-                "notify": planned.notify,
-                "approved": False,
-                "status": status,
-                "attempts": 0,
-                "rules_hash": rules_hash,
-                "note": "dry run: not sent"
-                if status == DRY_RUN
-                else "under 1 lb: not sent"
-                if status == SKIPPED
-                else None,
-                "created_at": now,
-                "updated_at": now,
-                **extra,
-            },
-            returning=_ROW_COLUMNS,
-        )
-        return None if written is None else CaptureRow(*written)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -191,7 +152,7 @@ class Ledger:
         reserve = row.spend_day is None and row.action == LIMITED_ACTION
         day = now.date().isoformat()
         windows = _spend_windows(day, None if row.approved else limits)
-        stmt = _begin_attempt_statement(first=row.attempted_at is None, reserve=reserve)
+        first = row.attempted_at is None
         params = {
             "capture_id": row.id,
             "seen_status": row.status,
@@ -200,15 +161,15 @@ class Ledger:
             "day": day,
         }
         if not reserve:  # one statement: no transaction needed
-            with autocommit(self.engine) as conn:
-                return "go" if conn.execute(stmt, params).rowcount else "busy"
+            started = _begin_attempt_alone(first).run(self.engine, params).rowcount
+            return "go" if started else "busy"
         if self.engine.dialect.name == "postgresql":
             # The usual case in one round trip: while a transaction (BEGIN, three UPDATEs,
             # COMMIT) held the spend rows, every other capture of the day queued behind it.
-            with autocommit(self.engine) as conn:
-                seen, started = conn.execute(
-                    _BEGIN_AND_RESERVE, params | _limit_params(row.amount, windows)
-                ).one()
+            answer = _BEGIN_AND_RESERVE.run(
+                self.engine, params | _limit_params(row.amount, windows)
+            )
+            seen, started = answer.rows[0]
             if started:
                 return "go"
             if not seen:
@@ -217,6 +178,7 @@ class Ledger:
             # the transaction below decides.
         try:
             with self.engine.begin() as conn:
+                stmt = _begin_attempt_statement(first=first, reserve=True)
                 if conn.execute(stmt, params).rowcount == 0:
                     return "busy"
                 _reserve(conn, row.amount, windows)
@@ -247,8 +209,7 @@ class Ledger:
         if note:
             values["note"] = note
         params = {f"new_{key}": value for key, value in values.items()}
-        with autocommit(self.engine) as conn:
-            conn.execute(_set_statement(tuple(values)), {"capture_id": capture_id, **params})
+        _set_alone(tuple(values)).run(self.engine, {"capture_id": capture_id, **params})
 
     def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
         """A definite refusal: nothing happened, so the reserved spend is released."""
@@ -448,15 +409,56 @@ def _limit_params(amount: int, windows: dict[str, int | None]) -> dict[str, Any]
     }
 
 
-def _insert_ignore(
-    conn: Connection, model: Any, values: dict[str, Any], returning: Sequence[Any] = ()
-) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING of one row; with `returning`, the new row's columns or
-    None."""
-    result = conn.execute(
-        _insert_ignore_statement(model, conn.dialect.name, tuple(returning)), values
-    )
-    return result.first() if returning else None
+def _planned_values(
+    event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
+) -> dict[str, Any]:
+    """A new ledger row for `planned`, as `_INSERT_PLANNED`'s parameters."""
+    now = utcnow()
+    status = SKIPPED if planned.skipped else DRY_RUN if planned.dry_run else PENDING
+    notes = {DRY_RUN: "dry run: not sent", SKIPPED: "under 1 lb: not sent"}
+    return {
+        "event_id": event_id,
+        "rule": planned.rule,
+        "subject_id": subject_id,
+        "part": planned.part,
+        "action": planned.action,
+        "amount": planned.amount,
+        "customer_email": planned.customer_email,
+        "customer_name": planned.customer_name,
+        "notify": planned.notify,
+        "approved": False,
+        "status": status,
+        "attempts": 0,
+        "rules_hash": rules_hash,
+        "note": notes.get(status),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+_PLANNED_COLUMNS = (
+    "event_id",
+    "rule",
+    "subject_id",
+    "part",
+    "action",
+    "amount",
+    "customer_email",
+    "customer_name",
+    "notify",
+    "approved",
+    "status",
+    "attempts",
+    "rules_hash",
+    "note",
+    "created_at",
+    "updated_at",
+)
+
+
+def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING of one row."""
+    conn.execute(_insert_ignore_statement(model, conn.dialect.name), values)
 
 
 # The statements of every capture, built once: building one costs more CPU than sending it
@@ -478,8 +480,9 @@ NO_LIMIT = 2**63 - 1  # the largest BIGINT
 # day, then the month: ORDER BY under FOR UPDATE), so the two paths cannot deadlock. A row
 # found locked is re-checked once the lock is released (READ COMMITTED), so the limit holds
 # under concurrent reservations. `seen` = 0: busy; `started` = 0 with `seen` = 1: fall back.
-_BEGIN_AND_RESERVE = text(
-    """
+_BEGIN_AND_RESERVE = DriverStatement(
+    lambda _: text(
+        """
     WITH seen AS MATERIALIZED (
         SELECT id FROM captures
         WHERE id = :capture_id AND status = :seen_status
@@ -507,13 +510,14 @@ _BEGIN_AND_RESERVE = text(
     )
     SELECT (SELECT count(*) FROM seen) AS seen, (SELECT count(*) FROM started) AS started
     """
-).bindparams(
-    bindparam("seen_attempted_at", type_=UTCDateTime()),
-    bindparam("now", type_=UTCDateTime()),
-    bindparam("amount", type_=BigInteger()),
-    bindparam("day_limit", type_=BigInteger()),
-    bindparam("month_limit", type_=BigInteger()),
-    bindparam("pending", value=PENDING),
+    ).bindparams(
+        bindparam("seen_attempted_at", type_=UTCDateTime()),
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("amount", type_=BigInteger()),
+        bindparam("day_limit", type_=BigInteger()),
+        bindparam("month_limit", type_=BigInteger()),
+        bindparam("pending", value=PENDING),
+    )
 )
 
 
@@ -546,6 +550,18 @@ def _begin_attempt_statement(*, first: bool, reserve: bool) -> Update:
 
 
 @functools.cache
+def _begin_attempt_alone(first: bool) -> DriverStatement:
+    """`_begin_attempt_statement` for a capture that reserves nothing: it commits by itself."""
+    return DriverStatement(lambda _: _begin_attempt_statement(first=first, reserve=False))
+
+
+@functools.cache
+def _set_alone(columns: tuple[str, ...]) -> DriverStatement:
+    """`_set_statement`, committing by itself."""
+    return DriverStatement(lambda _: _set_statement(columns))
+
+
+@functools.cache
 def _set_statement(columns: tuple[str, ...]) -> Update:
     """Set `columns` of one capture (from `new_<column>`)."""
     return (
@@ -556,8 +572,17 @@ def _set_statement(columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
-def _insert_ignore_statement(model: Any, dialect_name: str, returning: tuple[Any, ...]) -> Any:
+def _insert_ignore_statement(model: Any, dialect_name: str) -> Any:
     """The columns come from the parameters of each execution."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
-    stmt = dialect.insert(model).on_conflict_do_nothing()
-    return stmt.returning(*returning) if returning else stmt
+    return dialect.insert(model).on_conflict_do_nothing()
+
+
+# A new ledger row (`_planned_values`), and the row back if there was none.
+_INSERT_PLANNED = DriverStatement(
+    lambda dialect_name: (
+        _insert_ignore_statement(Capture, dialect_name)
+        .values({column: bindparam(column) for column in _PLANNED_COLUMNS})
+        .returning(*_ROW_COLUMNS)
+    )
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -405,26 +406,19 @@ def receiver_for(settings: Settings, broker: Any, rules: RulesHolder | None = No
 
 
 def admin_for(settings: Settings, broker: Any) -> Admin:
+    """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
     engine = create_sync_engine(settings.database_url, pool_size=2)
-    store = EventStore(engine)
-
-    def enqueue(ids: Sequence[int]) -> None:
-        enqueue_events(broker, ids)
-        store.mark_queued(ids)
-
-    return Admin(store, Ledger(engine), enqueue)
+    enqueue = None if broker is None else functools.partial(enqueue_events, broker)
+    return Admin(EventStore(engine), Ledger(engine), enqueue)
 
 
 def _cli_admin() -> tuple[Admin, bool]:
     settings = settings_for()
     broker = make_broker(settings.broker_url)
     shared = is_shared(broker)
-    admin = admin_for(settings, broker)
-    if not shared:
-        # No queue this process can reach: replayed events stay `pending`, and the sweeper of
-        # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.
-        admin.enqueue = lambda ids: None
-    return admin, shared
+    # Without a queue this process shares, replayed events stay `pending`, and the sweeper of
+    # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.
+    return admin_for(settings, broker if shared else None), shared
 
 
 def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:

@@ -261,9 +261,9 @@ class EventStore:
             detail["captures"] = _rows(conn, by_subject.order_by(Capture.id))
         return detail
 
-    def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
-        """Reset a replayable event to `pending` (the caller hands it to the queue, or the
-        sweeper will) and record why; returns its previous status."""
+    def replay(self, event_id: int, *, via: str, reason: str | None, status: str = PENDING) -> str:
+        """Reset a replayable event to `status` (`queued`: the caller hands it to the queue;
+        `pending`: a sweeper will) and record why; returns its previous status."""
         with self.engine.begin() as conn:
             row = conn.execute(select(Event.status).where(Event.id == event_id)).first()
             if row is None:
@@ -271,10 +271,17 @@ class EventStore:
             if row.status not in REPLAYABLE:
                 allowed = "/".join(REPLAYABLE)
                 raise Conflict(f"event {event_id} is {row.status}; only {allowed} can be replayed")
-            _reset_for_replay(conn, {event_id: row.status}, via=via, reason=reason)
+            _reset_for_replay(conn, {event_id: row.status}, status, via=via, reason=reason)
         return str(row.status)
 
-    def replay_many(self, event_ids: Sequence[int], *, via: str, reason: str | None) -> list[int]:
+    def replay_many(
+        self,
+        event_ids: Sequence[int],
+        *,
+        via: str,
+        reason: str | None,
+        status: str = PENDING,
+    ) -> list[int]:
         """`replay` for many events in one transaction; returns the ids that were replayable
         (the others changed state since they were listed, or never could be replayed)."""
         if not event_ids:
@@ -289,7 +296,7 @@ class EventStore:
         with self.engine.begin() as conn:
             previous = {row.id: row.status for row in conn.execute(replayable)}
             if previous:
-                _reset_for_replay(conn, previous, via=via, reason=reason)
+                _reset_for_replay(conn, previous, status, via=via, reason=reason)
         return [event_id for event_id in event_ids if event_id in previous]
 
     def matching_ids(self, filt: EventFilter, *, limit: int | None = None) -> list[int]:
@@ -315,14 +322,17 @@ _SUMMARY = (
 _SUMMARY_NAMES = [c.key for c in _SUMMARY]
 
 
-def _reset_for_replay(conn: Any, previous: dict[int, str], *, via: str, reason: str | None) -> None:
-    """Set these events (id → the status they had) back to `pending` and record the replay,
+def _reset_for_replay(
+    conn: Any, previous: dict[int, str], status: str, *, via: str, reason: str | None
+) -> None:
+    """Set these events (id → the status they had) back to `status` and record the replay,
     or raise `Conflict` (the caller's transaction rolls back) if one changed meanwhile."""
+    assert status in (PENDING, QUEUED)
     now = utcnow()
     reset = conn.execute(
         update(Event)
         .where(Event.id.in_(previous), Event.status.in_(set(previous.values())))
-        .values(status=PENDING, available_at=now, updated_at=now, attempts=0, lease_until=None)
+        .values(status=status, available_at=now, updated_at=now, attempts=0, lease_until=None)
     )
     if reset.rowcount != len(previous):
         which = ("event " if len(previous) == 1 else "one of events ") + ", ".join(

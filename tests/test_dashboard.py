@@ -462,7 +462,7 @@ def test_replaying_from_the_event_page_queues_it_and_records_who_and_why(site: S
         data={"csrf": csrf, "reason": "fixed the <rules>", "next": f"/admin/events/{failed}"},
     )
     assert answer.status_code == 303 and answer.headers["location"] == f"/admin/events/{failed}"
-    assert site.status(failed) == "pending" and site.enqueued == [failed]
+    assert site.status(failed) == "queued" and site.enqueued == [failed]
     assert query(site.db, "SELECT via, reason, previous_status FROM replays") == [
         ("dashboard", "fixed the <rules>", "failed")
     ]
@@ -490,7 +490,7 @@ def test_replay_all_failed_asks_first_and_replays_only_failed_events(site: Site)
     )
     assert answer.status_code == 303 and answer.headers["location"] == "/admin/events"
     assert sorted(site.enqueued) == failed
-    assert [site.status(e) for e in failed] == ["pending"] * 3 and site.status(done) == "succeeded"
+    assert [site.status(e) for e in failed] == ["queued"] * 3 and site.status(done) == "succeeded"
     assert flash_in(site.http.get("/admin/events").text) == "ok: 3 failed events queued for replay."
     assert "No failed events" in site.http.get("/admin/events/replay-failed").text
 
@@ -768,7 +768,7 @@ def test_an_admin_signs_in_replays_a_failed_event_and_approves_a_held_capture(
             page.locator(".flash.ok").inner_text()
             == f"Event {failed} queued for replay (it was failed)."
         )
-        assert page.locator("h1 .pill").inner_text() == "pending"
+        assert page.locator("h1 .pill").inner_text() == "queued"
         assert site.enqueued == [failed]
         assert processor.process(failed) == "succeeded"
         page.reload()

@@ -8,15 +8,21 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from receiver.errors import Conflict
-from receiver.store import EventFilter, EventStore
+from receiver.store import PENDING, QUEUED, EventFilter, EventStore
 from workers.ledger import CaptureRow, Ledger
 
 log = logging.getLogger(__name__)
 
 
 class Admin:
+    """`enqueue` hands ids to the workers' queue; None when this process reaches no queue
+    the workers read (replayed events then wait as `pending` for a sweeper)."""
+
     def __init__(
-        self, store: EventStore, ledger: Ledger, enqueue: Callable[[Sequence[int]], None]
+        self,
+        store: EventStore,
+        ledger: Ledger,
+        enqueue: Callable[[Sequence[int]], None] | None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -24,8 +30,8 @@ class Admin:
 
     def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
         """Replay one event; returns the status it had."""
-        previous = self.store.replay(event_id, via=via, reason=reason)
-        self.enqueue([event_id])
+        previous = self.store.replay(event_id, via=via, reason=reason, status=self._replayed())
+        self._hand_off([event_id])
         return previous
 
     def replay_matching(
@@ -35,8 +41,10 @@ class Admin:
         ids = self.store.matching_ids(filt)
         for start in range(0, len(ids), batch):
             # Those that changed state since they were listed are left as they are.
-            done = self.store.replay_many(ids[start : start + batch], via=via, reason=reason)
-            self.enqueue(done)
+            done = self.store.replay_many(
+                ids[start : start + batch], via=via, reason=reason, status=self._replayed()
+            )
+            self._hand_off(done)
             yield from done
 
     def list_captures(
@@ -59,6 +67,20 @@ class Admin:
         word = "captured" if captured else "not captured"
         self._requeue(row, via, f"capture {capture_id} resolved as {word}")
         return row
+
+    def _replayed(self) -> str:
+        # Stored as handed over, like a new delivery: a second write per event to say so
+        # would cost as much as the replay itself.
+        return PENDING if self.enqueue is None else QUEUED
+
+    def _hand_off(self, ids: Sequence[int]) -> None:
+        if self.enqueue is None or not ids:
+            return
+        try:
+            self.enqueue(ids)
+        except Exception:
+            self.store.mark_pending(ids)  # the sweeper hands them over once the queue is back
+            raise
 
     def _requeue(self, row: CaptureRow, via: str, reason: str) -> None:
         """Let the event finish now that a capture was decided (if it is not already running)."""

@@ -8,7 +8,7 @@ import httpx
 
 from receiver.errors import PermanentError, RetryableError
 from receiver.events import SUBJECT_ID
-from workers.http import make_client, send
+from workers.http import Api, send
 
 SITE_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -24,7 +24,8 @@ class CarbonPassClient:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.http = make_client(
+        self.http = Api(
+            "carbonpass",
             base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout_s=timeout_s,
@@ -53,10 +54,8 @@ class CarbonPassClient:
     def _get(
         self, path: str, *, what: str, endpoint: str, params: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        request = self.http.build_request("GET", path, params=params)
-        response = send(
-            self.http, request, what=what, side_effect=False, api="carbonpass", endpoint=endpoint
-        )
+        request = self.http.request("GET", path, params=params)
+        response = send(self.http, request, what=what, side_effect=False, endpoint=endpoint)
         try:
             body = response.json()
         except ValueError:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from receiver.errors import AmbiguousError
-from workers.http import make_client, send
+from workers.http import Api, send
 
 # action → (path, the key of the amount in answers and records)
 ACTIONS: dict[str, tuple[str, str]] = {
@@ -46,7 +46,8 @@ class ImpactClient:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.http = make_client(
+        self.http = Api(
+            "impact",
             base_url,
             headers={"x-api-key": api_key},
             timeout_s=timeout_s,
@@ -77,10 +78,8 @@ class ImpactClient:
             body["notify"] = False
         if metadata:
             body["metadata"] = metadata
-        request = self.http.build_request("POST", path, json=body)
-        response = send(
-            self.http, request, what=f"POST {path}", side_effect=True, api="impact", endpoint=action
-        )
+        request = self.http.request("POST", path, json=body)
+        response = send(self.http, request, what=f"POST {path}", side_effect=True, endpoint=action)
         try:
             answer = response.json()
             return _impact(answer, key)
@@ -109,13 +108,12 @@ class ImpactClient:
         if customers and customer_email:
             params["customer_email"] = customer_email
         while True:
-            request = self.http.build_request("GET", path, params=params)
+            request = self.http.request("GET", path, params=params)
             response = send(
                 self.http,
                 request,
                 what=f"GET {path}",
                 side_effect=False,
-                api="impact",
                 endpoint=path.rsplit("/", 1)[1],
             )
             page = response.json()

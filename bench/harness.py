@@ -24,7 +24,7 @@ import httpx
 
 from bench import deliveries, report
 from bench.load import LoadResult, run_load, wrk_path, wrk_version
-from bench.processes import ROOT, Process, clean_env, free_port
+from bench.processes import ROOT, CpuMeter, Process, clean_env, free_port, pids_named
 from bench.profiles import start_recording, summarize
 from bench.stores import Broker, Events, PostgresDatabases, sqlite_database
 from receiver.signature import sign
@@ -91,6 +91,7 @@ class Bench:
         self.broker = Broker()
         self.generator = config.loadgen
         self._file_serial = 0
+        self.emulator_process: Process | None = None
 
     # -- processes -------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class Bench:
         port = self.emulator_url.rsplit(":", 1)[1]
         emulator = self.start("emulator", ["-m", "carbonhook", "emulate", "--port", port], {})
         emulator.wait_http(f"{self.emulator_url}/_emulator/calls")
+        self.emulator_process = emulator
         sections = self.config.sections
         try:
             if sections & {"intake", "listing", "replay"}:
@@ -585,6 +587,16 @@ class Bench:
             raw = self.out / "profile-workers-replay.txt"
             spy = start_recording(worker.pid, 30, raw)
         env = self.service_env(self.big_url, self.broker.url)
+        command_pids: list[int] = []
+        meter = CpuMeter(
+            {
+                "workers": worker.pids,
+                "the replay command": lambda: command_pids,
+                "PostgreSQL": lambda: pids_named("postgres"),
+                "Redis": lambda: pids_named("redis-server"),
+                "emulator": self.emulator_process.pids if self.emulator_process else list,
+            }
+        )
         started = time.monotonic()
         command = subprocess.Popen(
             [sys.executable, "-m", "carbonhook", "events", "replay", "--status", "failed"],
@@ -593,9 +605,14 @@ class Bench:
             stdout=(self.out / "replay-command.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
+        command_pids.append(command.pid)
         command_s = None
         finished = None
+        sampled = 0.0
         while time.monotonic() - started < config.replay_timeout_s:
+            if time.monotonic() - sampled > 0.5:  # a backend that ends keeps its last sample
+                meter.sample()
+                sampled = time.monotonic()
             if command_s is None and command.poll() is not None:
                 command_s = time.monotonic() - started
                 if command.returncode != 0:
@@ -604,6 +621,7 @@ class Bench:
                 finished = time.monotonic() - started
                 break
             time.sleep(0.1)
+        meter.sample()
         if command_s is None:
             command.kill()
             command.wait()
@@ -616,6 +634,7 @@ class Bench:
             "timeout_s": config.replay_timeout_s,
             "after": events.by_status(),
             "replays recorded": events.scalar("SELECT count(*) FROM replays"),
+            "cpu_s": meter.seconds(),
         }
         peaks = worker.peak_rss_mib()
         self.run.memory[

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import httpx
@@ -125,3 +125,56 @@ def _status_field(pid: int, name: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time a process has used so far (all its threads), in clock ticks."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15 of stat(5)
+
+
+def pids_named(command: str) -> list[int]:
+    """Every process whose command name is `command` (a server's backends, say)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == command:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class CpuMeter:
+    """CPU time used by groups of processes from now on, sampled as often as `sample` is
+    called: a process that ends between two samples keeps what the last one saw."""
+
+    def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
+        self.groups = groups
+        self.start: dict[int, int] = {}
+        self.last: dict[str, dict[int, int]] = {name: {} for name in groups}
+        for pids in groups.values():
+            for pid in pids():
+                ticks = cpu_ticks(pid)
+                if ticks is not None:
+                    self.start[pid] = ticks
+        self.sample()
+
+    def sample(self) -> None:
+        for name, pids in self.groups.items():
+            for pid in pids():
+                ticks = cpu_ticks(pid)
+                if ticks is not None:
+                    self.last[name][pid] = ticks
+
+    def seconds(self) -> dict[str, float]:
+        """Per group, the CPU seconds used since the meter started."""
+        tick = os.sysconf("SC_CLK_TCK")
+        return {
+            name: sum(ticks - self.start.get(pid, 0) for pid, ticks in seen.items()) / tick
+            for name, seen in self.last.items()
+        }

@@ -251,6 +251,14 @@ def _scale(run: Any) -> list[str]:
             "",
             f"After the replay: {replay['after']}; replays recorded: {replay['replays recorded']}.",
         ]
+        if replay.get("cpu_s") and replay["events"]:
+            per_event = {name: s / replay["events"] * 1000 for name, s in replay["cpu_s"].items()}
+            lines += [
+                "",
+                "CPU time used during the replay, per replayed event: "
+                + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_event.items())
+                + f"; in all {sum(per_event.values()):.2f} ms.",
+            ]
     return [*lines, ""]
 
 

@@ -73,4 +73,5 @@ def test_the_smoke_benchmark_runs_on_postgres_and_redis(tmp_path: Path):
     replay = results["replay"]
     assert replay["total_s"] is not None, replay  # every replayed event was processed
     assert replay["replays recorded"] == replay["events"] == results["listing"]["failed stored"]
+    assert replay["cpu_s"]["workers"] > 0 and replay["cpu_s"]["PostgreSQL"] > 0
     assert not results["skipped"]

@@ -142,13 +142,6 @@ class Ledger:
     def begin_attempt(self, row: CaptureRow, limits: Limits) -> str:
         """Claim the right to call for `row`: "go", "held" (over a limit) or "busy"."""
         now = utcnow()
-        unchanged = and_(
-            Capture.id == row.id,
-            Capture.status == row.status,
-            Capture.attempted_at.is_(None)
-            if row.attempted_at is None
-            else Capture.attempted_at == row.attempted_at,
-        )
         reserve = row.spend_day is None and row.action == LIMITED_ACTION
         day = now.date().isoformat()
         windows = _spend_windows(day, None if row.approved else limits)
@@ -184,15 +177,7 @@ class Ledger:
                 _reserve(conn, row.amount, windows)
         except OverLimit:
             with self.engine.begin() as conn:
-                held = conn.execute(
-                    update(Capture)
-                    .where(unchanged)
-                    .values(
-                        status=HELD,
-                        note="over a spend limit: approve or reject",
-                        updated_at=now,
-                    )
-                )
+                held = conn.execute(_hold_statement(first), params)
                 return "held" if held.rowcount else "busy"
         return "go"
 
@@ -521,14 +506,20 @@ _BEGIN_AND_RESERVE = DriverStatement(
 )
 
 
+def _unchanged(first: bool) -> Any:
+    """The capture as it was read (`capture_id`, `seen_status`, `seen_attempted_at`)."""
+    return and_(
+        Capture.id == bindparam("capture_id"),
+        Capture.status == bindparam("seen_status"),
+        Capture.attempted_at.is_(None)
+        if first
+        else Capture.attempted_at == bindparam("seen_attempted_at"),
+    )
+
+
 @functools.cache
 def _begin_attempt_statement(*, first: bool, reserve: bool) -> Update:
     """Mark a capture attempted if nobody changed it since it was read."""
-    seen_attempted = (
-        Capture.attempted_at.is_(None)
-        if first
-        else Capture.attempted_at == bindparam("seen_attempted_at")
-    )
     values: dict[str, Any] = {
         "status": PENDING,
         "attempted_at": bindparam("now"),
@@ -538,14 +529,18 @@ def _begin_attempt_statement(*, first: bool, reserve: bool) -> Update:
     }
     if reserve:
         values["spend_day"] = bindparam("day")
+    return update(Capture).where(_unchanged(first)).values(values)
+
+
+@functools.cache
+def _hold_statement(first: bool) -> Update:
+    """Hold a capture over a spend limit if nobody changed it since it was read."""
     return (
         update(Capture)
-        .where(
-            Capture.id == bindparam("capture_id"),
-            Capture.status == bindparam("seen_status"),
-            seen_attempted,
+        .where(_unchanged(first))
+        .values(
+            status=HELD, note="over a spend limit: approve or reject", updated_at=bindparam("now")
         )
-        .values(values)
     )
 
 

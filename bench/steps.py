@@ -28,7 +28,7 @@ from receiver.intake import create_intake
 from receiver.settings import Settings
 from workers.runtime import build_worker
 
-DB_STEPS = {"store": ("claim", "finish"), "ledger": ("ensure", "begin_attempt", "captured")}
+DB_STEPS = {"store": ("claim", "finish"), "ledger": ("ensure", "begin_attempt")}
 API_STEPS = {"carbonpass": ("crp",), "impact": ("create",)}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -168,9 +168,14 @@ class EventStore:
         error: str | None = None,
         note: str | None = None,
         http_status: int | None = None,
+        capture: tuple[int, Mapping[str, Any]] | None = None,
     ) -> None:
-        """End an attempt with a final status (succeeded, failed, held)."""
-        self._end_attempt(event, status, error, http_status, {"note": note, "lease_until": None})
+        """End an attempt with a final status (succeeded, failed, held). `capture`: a
+        capture's id and the columns that record its answer, written with the event (on
+        PostgreSQL in the same statement: the last capture of an event costs no round trip of
+        its own). It is written even if the lease was lost: the answer is the ledger's."""
+        extra = {"note": note, "lease_until": None}
+        self._end_attempt(event, status, error, http_status, extra, capture=capture)
 
     def retry_later(
         self,
@@ -197,6 +202,7 @@ class EventStore:
         http_status: int | None,
         extra: dict[str, Any],
         outcome: str | None = None,
+        capture: tuple[int, Mapping[str, Any]] | None = None,
     ) -> None:
         now = utcnow()
         values = {"status": status, "last_error": error, "updated_at": now, **extra}
@@ -211,10 +217,18 @@ class EventStore:
         }
         # Only the lease holder may end the attempt: a worker whose lease expired and was
         # taken over must not overwrite the newer attempt's state.
+        recorded: tuple[str, ...] = ()
+        if capture is not None:
+            capture_id, columns = capture
+            recorded = tuple(columns)
+            params |= {"capture_id": capture_id}
+            params |= {f"capture_{key}": value for key, value in columns.items()}
         if self.engine.dialect.name == "postgresql":  # one statement, one round trip
-            _end_and_record_statement(tuple(values)).run(self.engine, params | attempt)
+            _end_and_record_statement(tuple(values), recorded).run(self.engine, params | attempt)
             return
         with self.engine.begin() as conn:
+            if recorded:
+                conn.execute(_record_capture_statement(recorded), params)
             if conn.execute(_end_attempt_statement(tuple(values)), params).rowcount:
                 conn.execute(_RECORD_ATTEMPT, {"event_id": event.id, **attempt})
 
@@ -419,14 +433,27 @@ def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
-def _end_and_record_statement(columns: tuple[str, ...]) -> DriverStatement:
-    """PostgreSQL: the same, and the attempt's row if it did, in one statement."""
-    return DriverStatement(lambda _: _end_and_record(columns))
+def _record_capture_statement(columns: tuple[str, ...]) -> Update:
+    """Set `columns` of one capture (from `capture_<column>`)."""
+    return (
+        update(Capture)
+        .where(Capture.id == bindparam("capture_id"))
+        .values({column: bindparam(f"capture_{column}") for column in columns})
+    )
 
 
-def _end_and_record(columns: tuple[str, ...]) -> Insert:
+@functools.cache
+def _end_and_record_statement(
+    columns: tuple[str, ...], capture_columns: tuple[str, ...]
+) -> DriverStatement:
+    """PostgreSQL: the same, and the attempt's row if it did, and the capture's answer (if
+    `capture_columns`), in one statement."""
+    return DriverStatement(lambda _: _end_and_record(columns, capture_columns))
+
+
+def _end_and_record(columns: tuple[str, ...], capture_columns: tuple[str, ...]) -> Insert:
     ended = _end_attempt_statement(columns).returning(Event.id).cte("ended")
-    return insert(EventAttempt).from_select(
+    statement = insert(EventAttempt).from_select(
         ["event_id", "started_at", "finished_at", "outcome", "error", "http_status"],
         select(
             ended.c.id,
@@ -437,3 +464,8 @@ def _end_and_record(columns: tuple[str, ...]) -> Insert:
             bindparam("http_status", type_=Integer()),
         ),
     )
+    if not capture_columns:
+        return statement
+    # A data-modifying CTE runs whether or not the rest of the statement uses it.
+    recorded = _record_capture_statement(capture_columns).returning(Capture.id).cte("recorded")
+    return statement.add_cte(recorded)

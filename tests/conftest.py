@@ -274,3 +274,22 @@ def query(db: str, sql: str) -> list[tuple[Any, ...]]:
             return [tuple(row) for row in conn.execute(text(sql))]
     finally:
         engine.dispose()
+
+
+def sent_statements(engine: Any) -> list[str]:
+    """What the engine's psycopg cursors send from now on, whoever runs them."""
+    import psycopg
+    from sqlalchemy import event
+
+    sent: list[str] = []
+
+    class Counting(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return super().execute(query, *args, **kwargs)
+
+    def count(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.cursor_factory = Counting
+
+    event.listen(engine, "checkout", count)
+    return sent

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningEmulator, make_body, query, settings_for_test, store_delivery
+from tests.conftest import (
+    RunningEmulator,
+    make_body,
+    query,
+    sent_statements,
+    settings_for_test,
+    store_delivery,
+)
 from workers.ledger import Ledger
 from workers.planning import DeltaPlan, PlannedCapture
 from workers.rules import Limits, parse_rules
@@ -87,25 +94,6 @@ def test_an_approved_capture_is_reserved_past_the_limits(db_url: str):
     assert ledger.begin_attempt(approved, Limits(max_lbs_per_day=1000)) == "go"
     engine.dispose()
     assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(1400,), (1400,)]
-
-
-def sent_statements(engine: Any) -> list[str]:
-    """What the engine's psycopg cursors send from now on, whoever runs them."""
-    import psycopg
-    from sqlalchemy import event
-
-    sent: list[str] = []
-
-    class Counting(psycopg.Cursor[Any]):
-        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(str(query))
-            return super().execute(query, *args, **kwargs)
-
-    def count(dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.cursor_factory = Counting
-
-    event.listen(engine, "checkout", count)
-    return sent
 
 
 def test_on_postgresql_a_reservation_is_one_statement_once_the_spend_rows_exist(pg_url: str):

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningEmulator, make_body, query, settings_for_test, store_delivery
+from tests.conftest import (
+    RunningEmulator,
+    make_body,
+    query,
+    sent_statements,
+    settings_for_test,
+    store_delivery,
+)
 from workers.rules import RulesHolder, parse_rules
 
 RULES = """
@@ -68,6 +75,57 @@ def harness(db_url: str, emulator: RunningEmulator) -> Iterator[Harness]:
     h = Harness(db_url, emulator, RULES)
     yield h
     h.runtime.close()
+
+
+def test_on_postgresql_an_event_with_one_capture_costs_four_statements(pg_url: str, emulator: RunningEmulator):
+    harness = Harness(pg_url, emulator, RULES)
+    try:
+        # The day's first capture creates the spend rows (a fallback transaction).
+        assert harness.processor.process(harness.deliver(make_body())) == "succeeded"
+        event_id = harness.deliver(make_body(subject="crp_second"))
+        statements = sent_statements(harness.processor.store.engine)
+        assert harness.processor.process(event_id) == "succeeded"
+    finally:
+        harness.runtime.close()
+    # The claim, the ledger row, the attempt with its reservation, and the end of the attempt
+    # with the capture's answer.
+    assert len(statements) == 4, statements
+    assert " ".join(statements[-1].split()).startswith("WITH recorded AS (UPDATE captures")
+    assert query(pg_url, "SELECT status, user_id IS NOT NULL FROM captures ORDER BY id") == [("captured", True)] * 2
+    assert query(pg_url, "SELECT status FROM events ORDER BY id") == [("succeeded",)] * 2
+
+
+def test_a_worker_whose_lease_was_taken_over_still_records_the_answer_it_got(harness: Harness):
+    from receiver.store import SUCCEEDED
+    from workers.impact import Impact
+    from workers.ledger import captured_columns
+    from workers.planning import PlannedCapture
+
+    event_id = harness.deliver(make_body())
+    store, ledger = harness.processor.store, harness.processor.ledger
+    event = store.claim(event_id, lease_s=60)
+    assert event is not None
+    planned = PlannedCapture(rule="published", part=0, action="capture_carbon", amount=500, customer_email=None, customer_name=None, notify=True, dry_run=False)
+    row = ledger.ensure(event_id, event.subject_id, planned, "hash")
+    query_engine_update(harness.db, f"UPDATE events SET attempts = attempts + 1 WHERE id = {event_id}")  # another worker's attempt
+
+    answer = Impact(user_id="u_1", time_utc="2026-11-30T11:00:00Z", amount=500)
+    store.finish(event, SUCCEEDED, capture=(row.id, captured_columns(answer)))
+
+    assert query(harness.db, "SELECT status, user_id, time_utc FROM captures") == [("captured", "u_1", "2026-11-30T11:00:00Z")]
+    assert harness.status(event_id)[0] == "processing"  # the event is the newer attempt's
+    assert query(harness.db, "SELECT count(*) FROM event_attempts") == [(0,)]
+
+
+def query_engine_update(db: str, sql: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from receiver.database import sync_url
+
+    engine = create_engine(sync_url(db))
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+    engine.dispose()
 
 
 def test_a_published_crp_is_captured_once_with_the_rule_amount_and_customer(harness: Harness):

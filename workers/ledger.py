@@ -182,17 +182,7 @@ class Ledger:
         return "go"
 
     def captured(self, capture_id: int, impact: Impact, *, note: str | None = None) -> None:
-        values = {
-            "status": CAPTURED,
-            "user_id": impact.user_id,
-            "time_utc": impact.time_utc,
-            "customer_id": impact.customer_id,
-            "error": None,
-            "http_status": None,
-            "updated_at": utcnow(),
-        }
-        if note:
-            values["note"] = note
+        values = captured_columns(impact, note=note)
         params = {f"new_{key}": value for key, value in values.items()}
         _set_alone(tuple(values)).run(self.engine, {"capture_id": capture_id, **params})
 
@@ -353,6 +343,22 @@ class Ledger:
                 update(Spend).where(Spend.window == window).values(lbs=Spend.lbs - row.amount)
             )
         conn.execute(update(Capture).where(Capture.id == capture_id).values(spend_day=None))
+
+
+def captured_columns(impact: Impact, *, note: str | None = None) -> dict[str, Any]:
+    """The columns that record 1ClickImpact's answer on a capture."""
+    values: dict[str, Any] = {
+        "status": CAPTURED,
+        "user_id": impact.user_id,
+        "time_utc": impact.time_utc,
+        "customer_id": impact.customer_id,
+        "error": None,
+        "http_status": None,
+        "updated_at": utcnow(),
+    }
+    if note:
+        values["note"] = note
+    return values
 
 
 def _spend_windows(day: str, limits: Limits | None) -> dict[str, int | None]:

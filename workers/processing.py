@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from receiver.errors import AmbiguousError, PermanentError, RetryableError
 from receiver.events import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
@@ -16,12 +17,23 @@ from receiver.settings import Settings
 from receiver.store import FAILED, HELD, SUCCEEDED, ClaimedEvent, EventStore
 from workers.carbonpass import CarbonPassClient
 from workers.impact import Impact, ImpactClient
-from workers.ledger import CAPTURED, DRY_RUN, PENDING, SETTLED, CaptureRow, Ledger
+from workers.ledger import (
+    CAPTURED,
+    DRY_RUN,
+    PENDING,
+    SETTLED,
+    CaptureRow,
+    Ledger,
+    captured_columns,
+)
 from workers.ledger import HELD as CAPTURE_HELD
 from workers.planning import PlanError, Resources, explain, needed_sources
 from workers.rules import RuleSet
 
 log = logging.getLogger(__name__)
+
+# A capture's id and the columns that record its answer, not written yet (see `_work`).
+Answer = tuple[int, dict[str, Any]]
 
 PREFIX = {CRP_GENERATED: "crp_", BILL_CONFIRMED: "bill_"}
 CLOCK_SKEW = timedelta(minutes=5)
@@ -73,7 +85,7 @@ class Processor:
 
     def _attempt(self, event: ClaimedEvent) -> str:
         try:
-            status, note = self._work(event)
+            status, note, answer = self._work(event)
         except PermanentError as exc:
             return self._fail(event, str(exc), exc.status)
         except PlanError as exc:
@@ -83,7 +95,7 @@ class Processor:
         except Exception as exc:  # a bug or an outage we did not foresee: keep the event, retry
             log.exception("event %s: unexpected error", event.id)
             return self._retry(event, RetryableError(f"unexpected {type(exc).__name__}: {exc}"))
-        self.store.finish(event, status, note=note)
+        self.store.finish(event, status, note=note, capture=answer)
         self._observe(event, status)
         log.info(
             "event %s %s",
@@ -127,7 +139,10 @@ class Processor:
         )
         return "retry"
 
-    def _work(self, event: ClaimedEvent) -> tuple[str, str | None]:
+    def _work(self, event: ClaimedEvent) -> tuple[str, str | None, Answer | None]:
+        """The event's final status and note. The answer of its last capture, if that one
+        was just captured, is left for `finish` to write with the event: nothing can fail
+        between the two, and it spares a round trip per event."""
         prefix = PREFIX.get(event.type)
         if prefix is None:
             raise PermanentError(f"event type {event.type!r} is not processed")
@@ -147,20 +162,20 @@ class Processor:
                 )
             for planned in outcome.captures:
                 rows.append(self.ledger.ensure(event.id, event.subject_id, planned, ruleset.sha256))
-        statuses = [self._settle(row, event, ruleset) for row in rows]
+        statuses: list[str] = []
+        answer = None
+        for n, row in enumerate(rows):
+            status, answer = self._settle(row, event, ruleset, last=n == len(rows) - 1)
+            statuses.append(status)
         if CAPTURE_HELD in statuses:
-            return (
-                HELD,
-                f"{statuses.count(CAPTURE_HELD)} capture(s) held over a spend limit",
-            )
+            held = statuses.count(CAPTURE_HELD)
+            return HELD, f"{held} capture(s) held over a spend limit", answer
         if not rows:
-            return SUCCEEDED, "no rule matched"
+            return SUCCEEDED, "no rule matched", None
         if DRY_RUN in statuses:
-            return (
-                SUCCEEDED,
-                f"dry run: {statuses.count(DRY_RUN)} capture(s) recorded, not sent",
-            )
-        return SUCCEEDED, None
+            dry = statuses.count(DRY_RUN)
+            return SUCCEEDED, f"dry run: {dry} capture(s) recorded, not sent", answer
+        return SUCCEEDED, None, answer
 
     def _fetch(self, event: ClaimedEvent, ruleset: RuleSet) -> Resources:
         needed = needed_sources(ruleset, event.type)
@@ -174,12 +189,15 @@ class Processor:
         emissions = self.carbonpass.emissions(site_id) if "emissions" in needed else None
         return Resources(event=event.data, crp=crp, company=company, emissions=emissions)
 
-    def _settle(self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet) -> str:
-        """Bring one ledger row to a settled state, or raise to try the event again later."""
+    def _settle(
+        self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet, *, last: bool
+    ) -> tuple[str, Answer | None]:
+        """Bring one ledger row to a settled state, or raise to try the event again later.
+        With `last`, a new answer is returned for the caller to write, not written."""
         if row.status in SETTLED or row.status == CAPTURE_HELD:
-            return row.status
+            return row.status, None
         if (row.status == PENDING and row.attempted_at is None) or row.status == FAILED:
-            return self._call(row, event, ruleset)
+            return self._call(row, event, ruleset, last=last)
         # unknown, or pending with an attempt under way or cut short: ask 1ClickImpact first.
         assert row.attempted_at is not None
         found = self._reconcile(row)
@@ -187,7 +205,7 @@ class Processor:
             self.ledger.captured(row.id, found, note="found by reconciliation")
             metrics().captures.labels(row.rule, "reconciled").inc()
             metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
-            return CAPTURED
+            return CAPTURED, None
         age = (utcnow() - row.attempted_at).total_seconds()
         if age < self.settings.reconcile_after_s:
             wait = self.settings.reconcile_after_s - age
@@ -195,14 +213,16 @@ class Processor:
                 f"capture {row.id}: outcome not known yet; checking again in {wait:.0f}s",
                 retry_after=wait,
             )
-        return self._call(row, event, ruleset)
+        return self._call(row, event, ruleset, last=last)
 
-    def _call(self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet) -> str:
+    def _call(
+        self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet, *, last: bool
+    ) -> tuple[str, Answer | None]:
         decision = self.ledger.begin_attempt(row, ruleset.file.limits)
         counted = metrics().captures
         if decision == "held":
             counted.labels(row.rule, CAPTURE_HELD).inc()
-            return CAPTURE_HELD
+            return CAPTURE_HELD, None
         if decision == "busy":
             raise RetryableError(
                 f"capture {row.id} changed under us; looking again", retry_after=1.0
@@ -233,7 +253,8 @@ class Processor:
             self.ledger.failed(row.id, str(exc), exc.status)
             counted.labels(row.rule, "failed").inc()
             raise
-        self.ledger.captured(row.id, impact)
+        if not last:
+            self.ledger.captured(row.id, impact)
         counted.labels(row.rule, CAPTURED).inc()
         metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
         log.info(
@@ -248,7 +269,7 @@ class Processor:
                 "outcome": CAPTURED,
             },
         )
-        return CAPTURED
+        return CAPTURED, (row.id, captured_columns(impact)) if last else None
 
     def _reconcile(self, row: CaptureRow) -> Impact | None:
         """The 1ClickImpact record of this capture, if there is one (metadata, else amount/customer/time)."""

@@ -115,7 +115,7 @@ class Capture(Base):
     __tablename__ = "captures"
     __table_args__ = (
         UniqueConstraint("rule", "subject_id", "part", name="uq_captures_rule_subject_part"),
-        Index("ix_captures_status", "status", "updated_at"),
+        Index("ix_captures_status_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)

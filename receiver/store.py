@@ -219,10 +219,8 @@ class EventStore:
         # taken over must not overwrite the newer attempt's state.
         recorded: tuple[str, ...] = ()
         if capture is not None:
-            capture_id, columns = capture
-            recorded = tuple(columns)
-            params |= {"capture_id": capture_id}
-            params |= {f"capture_{key}": value for key, value in columns.items()}
+            recorded = tuple(capture[1])
+            params |= _capture_params(*capture)
         if self.engine.dialect.name == "postgresql":  # one statement, one round trip
             _end_and_record_statement(tuple(values), recorded).run(self.engine, params | attempt)
             return
@@ -430,6 +428,20 @@ def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
         )
         .values({column: bindparam(f"new_{column}") for column in columns})
     )
+
+
+def record_capture(engine: Engine, capture_id: int, columns: Mapping[str, Any]) -> None:
+    """Set `columns` of one capture, committing by itself (`finish` can do it with the event)."""
+    _record_capture_alone(tuple(columns)).run(engine, _capture_params(capture_id, columns))
+
+
+def _capture_params(capture_id: int, columns: Mapping[str, Any]) -> dict[str, Any]:
+    return {"capture_id": capture_id} | {f"capture_{key}": value for key, value in columns.items()}
+
+
+@functools.cache
+def _record_capture_alone(columns: tuple[str, ...]) -> DriverStatement:
+    return DriverStatement(lambda _: _record_capture_statement(columns))
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from receiver.database import DriverStatement
 from receiver.errors import Conflict, NotFound
 from receiver.schema import Capture, DeltaMark, Spend, UTCDateTime, utcnow
+from receiver.store import record_capture
 from workers.impact import Impact
 from workers.planning import DeltaPlan, PlannedCapture, delta_captures
 from workers.rules import Limits
@@ -182,9 +183,7 @@ class Ledger:
         return "go"
 
     def captured(self, capture_id: int, impact: Impact, *, note: str | None = None) -> None:
-        values = captured_columns(impact, note=note)
-        params = {f"new_{key}": value for key, value in values.items()}
-        _set_alone(tuple(values)).run(self.engine, {"capture_id": capture_id, **params})
+        record_capture(self.engine, capture_id, captured_columns(impact, note=note))
 
     def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
         """A definite refusal: nothing happened, so the reserved spend is released."""
@@ -427,26 +426,6 @@ def _planned_values(
     }
 
 
-_PLANNED_COLUMNS = (
-    "event_id",
-    "rule",
-    "subject_id",
-    "part",
-    "action",
-    "amount",
-    "customer_email",
-    "customer_name",
-    "notify",
-    "approved",
-    "status",
-    "attempts",
-    "rules_hash",
-    "note",
-    "created_at",
-    "updated_at",
-)
-
-
 def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
     """INSERT … ON CONFLICT DO NOTHING of one row."""
     conn.execute(_insert_ignore_statement(model, conn.dialect.name), values)
@@ -557,33 +536,24 @@ def _begin_attempt_alone(first: bool) -> DriverStatement:
 
 
 @functools.cache
-def _set_alone(columns: tuple[str, ...]) -> DriverStatement:
-    """`_set_statement`, committing by itself."""
-    return DriverStatement(lambda _: _set_statement(columns))
-
-
-@functools.cache
-def _set_statement(columns: tuple[str, ...]) -> Update:
-    """Set `columns` of one capture (from `new_<column>`)."""
-    return (
-        update(Capture)
-        .where(Capture.id == bindparam("capture_id"))
-        .values({column: bindparam(f"new_{column}") for column in columns})
-    )
-
-
-@functools.cache
 def _insert_ignore_statement(model: Any, dialect_name: str) -> Any:
     """The columns come from the parameters of each execution."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(model).on_conflict_do_nothing()
 
 
-# A new ledger row (`_planned_values`), and the row back if there was none.
+# A new ledger row (`_planned_values`; a column it leaves out is NULL), and the row back if
+# there was none.
 _INSERT_PLANNED = DriverStatement(
     lambda dialect_name: (
         _insert_ignore_statement(Capture, dialect_name)
-        .values({column: bindparam(column) for column in _PLANNED_COLUMNS})
+        .values(
+            {
+                column.key: bindparam(column.key, required=False)
+                for column in Capture.__table__.columns
+                if column.key != "id"
+            }
+        )
         .returning(*_ROW_COLUMNS)
     )
 )

@@ -52,7 +52,7 @@ def test_secrets_never_appear_in_logs_or_error_bodies(sqlite_url: str, procs: An
         "CARBONHOOK_CARBONPASS_API_URL": f"{base_emulator}/api/v1",
         "CARBONHOOK_IMPACT_API_URL": base_emulator,
         "CARBONHOOK_RULES_FILE": str(rules),
-        "CARBONHOOK_ADMIN_TOKEN": "admin-token-Xy9",
+        "CARBONHOOK_ADMIN_TOKEN": "admin-token-Xy9-0123",
         "CARBONHOOK_LOG_LEVEL": "DEBUG",
         "CARBONHOOK_LOG_FORMAT": "json",
     }
@@ -69,14 +69,14 @@ def test_secrets_never_appear_in_logs_or_error_bodies(sqlite_url: str, procs: An
     bodies.append(httpx.post(url, content=b"{", headers={"X-CarbonPass-Signature": sign(b"{", secret=WEBHOOK_SECRET.encode())}).text)
     bodies.append(httpx.get(f"{base}/admin/api/events", headers={"Authorization": "Bearer wrong"}).text)
     wait_until(lambda: query(sqlite_url, "SELECT status FROM events") == [("failed",)], timeout=30, what="event failed on 401")
-    bodies.append(httpx.get(f"{base}/admin/api/events/1", headers={"Authorization": "Bearer admin-token-Xy9"}).text)
+    bodies.append(httpx.get(f"{base}/admin/api/events/1", headers={"Authorization": "Bearer admin-token-Xy9-0123"}).text)
     bodies.append(httpx.get(f"{base}/metrics").text)
     assert "401" in query(sqlite_url, "SELECT last_error FROM events")[0][0]
     service.stop()
     emulator.stop()
     output = service.output()
     assert "event 1 failed" in output
-    for secret in (WEBHOOK_SECRET, CP_KEY, IMPACT_KEY, "admin-token-Xy9"):
+    for secret in (WEBHOOK_SECRET, CP_KEY, IMPACT_KEY, "admin-token-Xy9-0123"):
         assert secret not in output
         for text in bodies:
             assert secret not in text

@@ -44,3 +44,18 @@ def test_dotenv_is_read(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("CARBONHOOK_MAX_RETRIES=3\n")
     assert load_settings().max_retries == 3
+
+
+@pytest.mark.parametrize("token", ["change-me", "", " " * 20, "x" * 15])
+def test_a_short_admin_token_is_refused(monkeypatch, tmp_path, token):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKEN", token)
+    with pytest.raises(SettingsError, match=r"^CARBONHOOK_ADMIN_TOKEN: must be at least 16 characters"):
+        load_settings()
+
+
+def test_an_admin_token_of_16_characters_is_taken(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKEN", "x" * 16)
+    token = load_settings().admin_token
+    assert token is not None and token.get_secret_value() == "x" * 16

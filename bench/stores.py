@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +164,35 @@ class Events:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE events"))
 
+    def finish_times(self, subject_prefix: str, since: float, until: float) -> list[float]:
+        """When each succeeded event of `subject_prefix` finished (its last update), as epoch
+        seconds between `since` and `until`, in order."""
+        low, high = (
+            datetime.fromtimestamp(t, UTC).replace(tzinfo=None) for t in (since, until)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT updated_at FROM events WHERE status = 'succeeded' "
+                    "AND subject_id LIKE :prefix AND updated_at BETWEEN :low AND :high "
+                    "ORDER BY updated_at"
+                ),
+                {"prefix": f"{subject_prefix}%", "low": low, "high": high},
+            )
+            return [_epoch(at) for (at,) in rows]
+
     def settle_in_flight(self) -> None:
         """Mark everything not final as succeeded (what earlier load left behind)."""
         self.execute(
             "UPDATE events SET status = 'succeeded' "
             "WHERE status IN ('pending', 'queued', 'processing')"
         )
+
+
+def _epoch(at: datetime | str) -> float:
+    """A stored naive-UTC time (SQLite hands back text) as epoch seconds."""
+    moment = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
 # Each seeded event: crp.generated for crp_seed_<n>, stamped 30 s apart ending now.

@@ -69,9 +69,25 @@ def test_the_smoke_benchmark_runs_on_postgres_and_redis(tmp_path: Path):
     )
     (processing,) = results["processing"]
     assert processing["events_in_window"] > 0
+    assert processing["events_per_s"] > 0
     assert processing["calls_per_event"] == pytest.approx(2, abs=0.1)
     replay = results["replay"]
     assert replay["total_s"] is not None, replay  # every replayed event was processed
     assert replay["replays recorded"] == replay["events"] == results["listing"]["failed stored"]
     assert replay["cpu_s"]["workers"] > 0 and replay["cpu_s"]["PostgreSQL"] > 0
     assert not results["skipped"]
+
+
+def test_the_processing_rate_does_not_round_down_to_whole_waves():
+    from bench.harness import completion_rate
+
+    # 8 threads finishing together every 216 ms: 296 events in an 8 s window that ends just
+    # before a wave. The plain count says 37.0/s; the events come at 8 / 0.216 = 37.04/s.
+    period = 0.216
+    finished = [k * period + j / 1000 for k in range(1, 38) for j in range(8)]
+    assert completion_rate(finished, len(finished), 8.0) == pytest.approx(8 / period, rel=0.002)
+    # Staggered threads (waves drifted apart): the same rate.
+    staggered = sorted(k * period + j * period / 8 for k in range(37) for j in range(8))
+    assert completion_rate(staggered, len(staggered), 8.0) == pytest.approx(8 / period, rel=0.002)
+    # Too few distinct times for a slope: the plain count.
+    assert completion_rate([1.0, 1.0, 2.0], 3, 2.0) == 1.5

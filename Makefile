@@ -6,12 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: sandbox test check lint bench bench-smoke clean
+.PHONY: sandbox test check lint bench bench-smoke lock clean
 
-$(STAMP): pyproject.toml
+# Exactly the versions in constraints.txt (the ones last tested), so that a fresh clone installs
+# what CI ran; `make lock` moves them to the newest that pyproject.toml allows.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 sandbox: $(STAMP)
@@ -32,6 +34,17 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	bench/run --smoke
+
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev]'
+	head -3 constraints.txt > constraints.new
+	.venv-lock/bin/python -m pip freeze --exclude-editable >> constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-lock
+	@echo "constraints.txt updated: run make test, then commit it"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -280,6 +280,15 @@ def test_dockerfile_builds_the_wheel_in_a_separate_slim_stage() -> None:
     )
 
 
+def test_dockerfile_installs_the_pinned_versions() -> None:
+    installs = [
+        arguments
+        for instruction, arguments in _dockerfile_stages()[0]
+        if instruction == "RUN" and "pip install" in arguments
+    ]
+    assert installs and all("-c constraints.txt" in arguments for arguments in installs)
+
+
 def test_dockerfile_runs_as_a_non_root_user() -> None:
     users = [
         arguments for instruction, arguments in _dockerfile_stages()[-1] if instruction == "USER"
@@ -341,6 +350,7 @@ def _dockerignored(path: str) -> bool:
         "workers/x.py",
         "migrations/env.py",
         "carbonhook/__init__.py",
+        "constraints.txt",
     ],
 )
 def test_build_context_keeps_what_the_wheel_needs(path: str) -> None:

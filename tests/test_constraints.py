@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from importlib import metadata
 
 from packaging.requirements import Requirement
@@ -26,28 +27,42 @@ def pins() -> dict[str, str]:
     return found
 
 
-def test_every_installed_package_is_the_pinned_version():
+def installed_closure() -> dict[str, str]:
+    """Every distribution carbonhook[dev] needs here, directly or not, with its installed version
+    (tools installed beside it are not its business)."""
+    versions: dict[str, str] = {}
+    todo = [("carbonhook", frozenset({"dev"}))]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        dist = metadata.distribution(name)
+        versions[canonicalize_name(name)] = dist.version
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            wanted = [{"extra": extra} for extra in extras] or [{"extra": ""}]
+            if requirement.marker is None or any(requirement.marker.evaluate(env) for env in wanted):
+                todo.append((canonicalize_name(requirement.name), frozenset(requirement.extras)))
+    versions.pop("carbonhook")
+    return versions
+
+
+def test_every_package_carbonhook_needs_is_installed_at_the_pinned_version():
     pinned = pins()
-    installed = {
-        canonicalize_name(dist.metadata["Name"]): dist.version for dist in metadata.distributions()
-    }
-    installed.pop("carbonhook")
-    # pip, setuptools and wheel belong to the environment, not to carbonhook.
-    for tool in ("pip", "setuptools", "wheel"):
-        installed.pop(tool, None)
+    installed = installed_closure()
+    assert {"sqlalchemy", "dramatiq", "httpx", "pytest"} <= set(installed)  # the walk went deep
     unpinned = sorted(set(installed) - set(pinned))
-    assert not unpinned, f"installed but not in constraints.txt (run `make lock`): {unpinned}"
-    differ = {name: (installed[name], pinned[name]) for name in installed if installed[name] != pinned[name]}
+    assert not unpinned, f"needed but not in constraints.txt (run `make lock`): {unpinned}"
+    differ = {name: (version, pinned[name]) for name, version in installed.items() if version != pinned[name]}
     assert not differ, f"installed version != pinned one (installed, pinned): {differ}"
 
 
 def test_the_pins_satisfy_what_pyproject_asks_for():
-    import tomllib
-
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pinned = pins()
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
-    for text in wanted:
+    for text in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
         assert name in pinned, f"{name} (pyproject.toml) is not pinned in constraints.txt"

@@ -67,6 +67,17 @@ def test_a_statement_that_matches_nothing_says_so(db_url: str):
     engine.dispose()
 
 
+def test_a_missing_parameter_is_refused_by_name_before_anything_is_sent(db_url: str):
+    engine = create_sync_engine(db_url, pool_size=1)
+    event_id = add_event(engine)
+
+    with pytest.raises(exc.InvalidRequestError, match="'until'"):
+        CLAIM.run(engine, {"event_id": event_id})
+
+    assert query(db_url, "SELECT status, attempts FROM events") == [("queued", 0)]
+    engine.dispose()
+
+
 def test_it_commits_by_itself_and_leaves_the_connection_transactional(db_url: str):
     engine = create_sync_engine(db_url, pool_size=1)  # one connection: the same one again
     event_id = add_event(engine)

@@ -214,7 +214,7 @@ def _scale(run: Any) -> list[str]:
         ("admin API", "GET /admin/api/events?status=failed&limit=50"),
         ("query", "the listing's query alone (EventStore.list_events)"),
         ("CLI", "`carbonhook events list --status failed` (whole process)"),
-        ("CLI start-up (--help)", "`carbonhook events list --help` (Python start-up and imports)"),
+        ("CLI start-up (--help)", "`carbonhook events list --help` (start-up and parsing only)"),
     ):
         figures = listing.get(name)
         if figures is None:

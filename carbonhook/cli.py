@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -40,9 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from carbonhook import commands
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int | None]:
+    """`name` in carbonhook/`module`.py, imported only when the command runs: the admins'
+    commands then load neither the web server, nor the workers, nor the migrations."""
 
+    def handler(args: argparse.Namespace) -> int | None:
+        function: Callable[[argparse.Namespace], int | None]
+        function = getattr(importlib.import_module(f"carbonhook.{module}"), name)
+        return function(args)
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carbonhook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -57,30 +68,38 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=port)
 
-    p = add("run", commands.run, "receiver and in-process workers in one process")
+    p = add("run", _command("commands", "run"), "receiver and in-process workers in one process")
     host_port(p, 8000)
     p.add_argument(
         "--sandbox", action="store_true", help="also start the API emulator and use demo settings"
     )
 
-    p = add("serve", commands.serve, "the receiver alone (uvicorn)")
+    p = add("serve", _command("commands", "serve"), "the receiver alone (uvicorn)")
     host_port(p, 8000)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
     p.add_argument("--forwarded-allow-ips", help="proxies whose X-Forwarded-* headers are trusted")
 
-    p = add("worker", commands.worker, "Dramatiq worker processes")
+    p = add("worker", _command("commands", "worker"), "Dramatiq worker processes")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
-    add("migrate", commands.migrate, "apply database migrations")
+    add("migrate", _command("commands", "migrate"), "apply database migrations")
 
-    p = add("emulate", commands.emulate, "a local emulator of the CarbonPass and 1ClickImpact APIs")
+    p = add(
+        "emulate",
+        _command("commands", "emulate"),
+        "a local emulator of the CarbonPass and 1ClickImpact APIs",
+    )
     host_port(p, 8900)
 
-    p = add("send-test-event", commands.send_test_event, "send a correctly signed sample delivery")
+    p = add(
+        "send-test-event",
+        _command("commands", "send_test_event"),
+        "send a correctly signed sample delivery",
+    )
     p.add_argument("type", choices=["crp.generated", "bill.confirmed"])
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument(
@@ -92,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     rules = add("rules", _needs_subcommand(parser), "check or explain the rules file")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     p = rules_sub.add_parser("check", help="validate the rules file and print it as a table")
-    p.set_defaults(handler=commands.rules_check)
+    p.set_defaults(handler=_command("commands", "rules_check"))
     p.add_argument("file", nargs="?", type=Path)
     p = rules_sub.add_parser("explain", help="which rules match an event and what they would send")
-    p.set_defaults(handler=commands.rules_explain)
+    p.set_defaults(handler=_command("commands", "rules_explain"))
     p.add_argument("event", type=Path, help="a delivery body (JSON file)")
     for name in ("crp", "company", "emissions"):
         p.add_argument(f"--{name}", type=Path, help=f"the {name} as JSON (default: the sandbox's)")
@@ -104,18 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     events = add("events", _needs_subcommand(parser), "list, show and replay events")
     ev_sub = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
     p = ev_sub.add_parser("list", help="list events, newest first")
-    p.set_defaults(handler=commands.events_list)
+    p.set_defaults(handler=_command("admin", "events_list"))
     p.add_argument("--status")
     p.add_argument("--type")
     p.add_argument("--since", type=_iso)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p = ev_sub.add_parser("show", help="one event with attempts, replays and captures")
-    p.set_defaults(handler=commands.events_show)
+    p.set_defaults(handler=_command("admin", "events_show"))
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p = ev_sub.add_parser("replay", help="replay events by id, or all with a status")
-    p.set_defaults(handler=commands.events_replay)
+    p.set_defaults(handler=_command("admin", "events_replay"))
     p.add_argument("ids", nargs="*", type=int)
     p.add_argument("--status")
     p.add_argument("--type")
@@ -125,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     captures = add("captures", _needs_subcommand(parser), "the capture ledger")
     cap_sub = captures.add_subparsers(dest="captures_command", required=True, metavar="ACTION")
     p = cap_sub.add_parser("list", help="list ledger rows, newest first")
-    p.set_defaults(handler=commands.captures_list)
+    p.set_defaults(handler=_command("admin", "captures_list"))
     p.add_argument("--status")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -134,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("reject", "never send a held capture"),
     ):
         p = cap_sub.add_parser(name, help=text)
-        p.set_defaults(handler=commands.captures_decide, decision=name)
+        p.set_defaults(handler=_command("admin", "captures_decide"), decision=name)
         p.add_argument("id", type=int)
     p = cap_sub.add_parser("resolve", help="settle an unknown capture after checking 1ClickImpact")
-    p.set_defaults(handler=commands.captures_decide, decision="resolve")
+    p.set_defaults(handler=_command("admin", "captures_decide"), decision="resolve")
     p.add_argument("id", type=int)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--captured", dest="captured", action="store_true")

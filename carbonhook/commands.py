@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import logging
@@ -14,7 +13,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -22,20 +20,18 @@ from typing import Any, Literal
 import httpx
 import uvicorn
 
-from carbonhook.cli import SANDBOX_SECRET, UsageError, print_json, settings_for, wait_for_signal
+from carbonhook.admin import admin_for
+from carbonhook.cli import SANDBOX_SECRET, UsageError, settings_for, wait_for_signal
 from carbonhook.tables import print_table
 from receiver.app import create_app
 from receiver.dashboard import RulesInfo, dashboard_routes
-from receiver.database import create_sync_engine
 from receiver.lockout import Lockout
 from receiver.logs import configure_logging
 from receiver.migrate import upgrade
 from receiver.queue import enqueue_events, is_shared, make_broker
 from receiver.settings import Settings
 from receiver.signature import HEADER, sign
-from receiver.store import PENDING, QUEUED, STATUSES, EventFilter, EventStore
-from workers.admin import Admin
-from workers.ledger import CAPTURE_STATUSES, Ledger
+from receiver.store import PENDING, QUEUED, EventStore
 from workers.planning import Resources, explain, needed_sources
 from workers.rules import RulesError, RulesHolder, load_rules
 from workers.runtime import build_worker
@@ -403,168 +399,6 @@ def receiver_for(settings: Settings, broker: Any, rules: RulesHolder | None = No
     return create_app(
         settings, broker=broker, admin=admin, routes=routes, limits=limits, lockout=lockout
     )
-
-
-def admin_for(settings: Settings, broker: Any) -> Admin:
-    """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
-    engine = create_sync_engine(settings.database_url, pool_size=2)
-    enqueue = None if broker is None else functools.partial(enqueue_events, broker)
-    return Admin(EventStore(engine), Ledger(engine), enqueue)
-
-
-def _cli_admin() -> tuple[Admin, bool]:
-    settings = settings_for()
-    broker = make_broker(settings.broker_url)
-    shared = is_shared(broker)
-    # Without a queue this process shares, replayed events stay `pending`, and the sweeper of
-    # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.
-    return admin_for(settings, broker if shared else None), shared
-
-
-def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
-    if value is not None and value not in choices:
-        raise UsageError(f"unknown {what} {value!r}; one of: {', '.join(choices)}")
-
-
-def events_list(args: argparse.Namespace) -> int:
-    _check_choice(args.status, STATUSES, "status")
-    store = EventStore(create_sync_engine(settings_for().database_url, pool_size=1))
-    rows = store.list_events(
-        EventFilter(status=args.status, type=args.type, since=args.since), limit=args.limit
-    )
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
-        f"{len(rows)} events",
-        ["id", "type", "subject", "status", "attempts", "received", "last error / note"],
-        [
-            [
-                r["id"],
-                r["type"],
-                r["subject_id"],
-                r["status"],
-                r["attempts"],
-                r["received_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                (r["last_error"] or r["note"] or "")[:60],
-            ]
-            for r in rows
-        ],
-    )
-    return 0
-
-
-def events_show(args: argparse.Namespace) -> int:
-    store = EventStore(create_sync_engine(settings_for().database_url, pool_size=1))
-    detail = store.get_event(args.id)
-    if args.json:
-        print_json(detail)
-        return 0
-    for key in (
-        "id",
-        "type",
-        "subject_id",
-        "event_ts",
-        "received_at",
-        "status",
-        "attempts",
-        "last_error",
-        "note",
-    ):
-        print(f"{key:12} {detail[key]}")
-    print(f"{'body':12} {detail['body']}")
-    for title, key, fields in (
-        ("attempts", "attempt_history", ["started_at", "outcome", "http_status", "error"]),
-        ("replays", "replays", ["at", "via", "previous_status", "reason"]),
-        (
-            "captures",
-            "captures",
-            ["id", "rule", "part", "action", "amount", "status", "user_id", "time_utc", "error"],
-        ),
-    ):
-        print_table(title, fields, [[row[f] for f in fields] for row in detail[key]])
-    return 0
-
-
-def events_replay(args: argparse.Namespace) -> int:
-    _check_choice(args.status, STATUSES, "status")
-    if not args.ids and not args.status:
-        raise UsageError("name event ids, or --status (e.g. --status failed)")
-    admin, shared = _cli_admin()
-    if args.ids:
-        for event_id in args.ids:
-            previous = admin.replay(event_id, via="cli", reason=args.reason)
-            print(f"replayed event {event_id} (was {previous})")
-    else:
-        from carbonhook.tables import progress
-
-        filt = EventFilter(status=args.status, type=args.type, since=args.since)
-        total = len(admin.store.matching_ids(filt))
-        done = 0
-        with progress(total, "replaying") as advance:
-            for _ in admin.replay_matching(filt, via="cli", reason=args.reason):
-                done += 1
-                advance()
-        print(f"replayed {done} of {total} events")
-    if not shared:
-        print(
-            "(memory:// broker: the running `carbonhook run` picks them up within its sweep interval)"
-        )
-    return 0
-
-
-def captures_list(args: argparse.Namespace) -> int:
-    _check_choice(args.status, CAPTURE_STATUSES, "status")
-    ledger = Ledger(create_sync_engine(settings_for().database_url, pool_size=1))
-    rows = ledger.list_captures(status=args.status, limit=args.limit)
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
-        f"{len(rows)} captures",
-        [
-            "id",
-            "event",
-            "rule",
-            "subject",
-            "part",
-            "action",
-            "amount",
-            "status",
-            "user_id",
-            "time_utc",
-            "error / note",
-        ],
-        [
-            [
-                r["id"],
-                r["event_id"],
-                r["rule"],
-                r["subject_id"],
-                r["part"],
-                r["action"],
-                r["amount"],
-                r["status"],
-                r["user_id"] or "",
-                r["time_utc"] or "",
-                (r["error"] or r["note"] or "")[:50],
-            ]
-            for r in rows
-        ],
-    )
-    return 0
-
-
-def captures_decide(args: argparse.Namespace) -> int:
-    admin, _ = _cli_admin()
-    if args.decision == "approve":
-        row = admin.approve(args.id, via="cli")
-    elif args.decision == "reject":
-        row = admin.reject(args.id, via="cli")
-    else:
-        row = admin.resolve(args.id, captured=args.captured, via="cli")
-    print(f"capture {row.id} is now {row.status}; event {row.event_id} queued to finish")
-    return 0
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ class Api:
 def api(db_url: str, emulator: RunningEmulator) -> Iterator[Api]:
     from dramatiq.brokers.stub import StubBroker
 
-    from carbonhook.commands import admin_for, start_server
+    from carbonhook.admin import admin_for
+    from carbonhook.commands import start_server
     from receiver.app import create_app
     from workers.rules import RulesHolder, parse_rules
     from workers.runtime import build_worker

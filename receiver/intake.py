@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -160,13 +160,27 @@ class PostgresIntake:
             self._pool = None
 
 
+def _as_is(moment: datetime | None) -> datetime | str | None:
+    return moment
+
+
+def _sqlite_text(moment: datetime | None) -> datetime | str | None:
+    """A naive UTC time as SQLite stores the intake's times: the text that sqlite3's default
+    datetime adapter made (`isoformat(" ")`, no fraction when it is 0). Redelivered events are
+    matched on it, so it must never change; written out here because Python 3.12 deprecates
+    that adapter."""
+    return None if moment is None else moment.isoformat(" ")
+
+
 class SqlIntake:
     """The same through a SQLAlchemy async engine (SQLite; PostgreSQL works too, slower)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = _INSERT_OR_FIND_PG if engine.dialect.name == "postgresql" else _INSERT_SQLITE
+        postgres = engine.dialect.name == "postgresql"
+        self._insert = _INSERT_OR_FIND_PG if postgres else _INSERT_SQLITE
         self._utc = UTCDateTime()
+        self._time = _as_is if postgres else _sqlite_text
 
     async def record(self, delivery: Delivery) -> Recorded:
         now = utcnow()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 import threading
+from datetime import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,6 +106,34 @@ def test_identity_is_event_subject_and_timestamp(receiver: Receiver):
     assert len(ids) == 4
     # the same instant written another way is the same delivery
     assert receiver.post(delivery(ts="2026-04-06T16:35:48+02:00")).status_code == 200
+
+
+def test_sqlite_keeps_the_time_format_that_redeliveries_are_matched_on(sqlite_url: str):
+    # Rows stored by earlier versions hold sqlite3's default datetime text (no fraction when it
+    # is 0); a redelivery must still find them, so the intake writes exactly that text.
+    server, receiver = start_receiver(sqlite_url)
+    try:
+        first = receiver.post(delivery()).json()["id"]
+        receiver.post(delivery(subject="crp_frac", ts="2026-04-06T14:35:48.25Z"))
+        stored = receiver.rows("SELECT subject_id, event_ts, typeof(event_ts), received_at FROM events ORDER BY id")
+        assert [row[:3] for row in stored] == [
+            ("crp_5tN8xBmQ", "2026-04-06 14:35:48", "text"),
+            ("crp_frac", "2026-04-06 14:35:48.250000", "text"),
+        ]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?", stored[0][3])
+        # An event stored by an earlier version, through the adapter itself: still a duplicate.
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(
+                "INSERT INTO events (type, subject_id, event_ts, received_at, body, status, attempts,"
+                " available_at, updated_at) VALUES ('crp.generated', 'crp_old', ?, ?, x'7b7d',"
+                " 'succeeded', 1, ?, ?)",
+                (str(datetime(2026, 4, 6, 14, 35, 48)),) * 4,
+            )
+        old = receiver.post(delivery(subject="crp_old"))
+        assert old.status_code == 200 and old.json()["status"] == "duplicate"
+        assert receiver.post(delivery()).json() == {"id": first, "status": "duplicate"}
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import json
 import re
 import sqlite3
 import threading
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx

@@ -188,8 +188,8 @@ class SqlIntake:
         params = {
             "type": delivery.type,
             "subject_id": delivery.subject_id,
-            "event_ts": bind(delivery.timestamp, self.engine.dialect),
-            "now": bind(now, self.engine.dialect),
+            "event_ts": self._time(bind(delivery.timestamp, self.engine.dialect)),
+            "now": self._time(bind(now, self.engine.dialect)),
             "body": delivery.body,
             "status": _first_status(delivery),
         }

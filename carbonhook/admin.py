@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy import Engine
 
 from carbonhook.cli import UsageError, print_json, settings_for
 from carbonhook.tables import print_table, progress
@@ -24,13 +27,30 @@ def admin_for(settings: Settings, broker: Any) -> Admin:
     return Admin(EventStore(engine), Ledger(engine), enqueue)
 
 
-def _cli_admin() -> tuple[Admin, bool]:
+@contextmanager
+def _database() -> Iterator[Engine]:
+    """The event store's engine for one command, closed when the command ends."""
+    engine = create_sync_engine(settings_for().database_url, pool_size=1)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _cli_admin() -> Iterator[tuple[Admin, bool]]:
+    """The admin actions and whether replayed events reach a shared queue; closed at the end."""
     settings = settings_for()
     broker = make_broker(settings.broker_url)
     shared = is_shared(broker)
     # Without a queue this process shares, replayed events stay `pending`, and the sweeper of
     # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.
-    return admin_for(settings, broker if shared else None), shared
+    admin = admin_for(settings, broker if shared else None)
+    try:
+        yield admin, shared
+    finally:
+        admin.store.engine.dispose()
+        broker.close()
 
 
 def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
@@ -40,10 +60,10 @@ def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
 
 def events_list(args: argparse.Namespace) -> int:
     _check_choice(args.status, STATUSES, "status")
-    store = EventStore(create_sync_engine(settings_for().database_url, pool_size=1))
-    rows = store.list_events(
-        EventFilter(status=args.status, type=args.type, since=args.since), limit=args.limit
-    )
+    with _database() as engine:
+        rows = EventStore(engine).list_events(
+            EventFilter(status=args.status, type=args.type, since=args.since), limit=args.limit
+        )
     if args.json:
         print_json(rows)
         return 0
@@ -67,8 +87,8 @@ def events_list(args: argparse.Namespace) -> int:
 
 
 def events_show(args: argparse.Namespace) -> int:
-    store = EventStore(create_sync_engine(settings_for().database_url, pool_size=1))
-    detail = store.get_event(args.id)
+    with _database() as engine:
+        detail = EventStore(engine).get_event(args.id)
     if args.json:
         print_json(detail)
         return 0
@@ -102,20 +122,20 @@ def events_replay(args: argparse.Namespace) -> int:
     _check_choice(args.status, STATUSES, "status")
     if not args.ids and not args.status:
         raise UsageError("name event ids, or --status (e.g. --status failed)")
-    admin, shared = _cli_admin()
-    if args.ids:
-        for event_id in args.ids:
-            previous = admin.replay(event_id, via="cli", reason=args.reason)
-            print(f"replayed event {event_id} (was {previous})")
-    else:
-        filt = EventFilter(status=args.status, type=args.type, since=args.since)
-        total = len(admin.store.matching_ids(filt))
-        done = 0
-        with progress(total, "replaying") as advance:
-            for _ in admin.replay_matching(filt, via="cli", reason=args.reason):
-                done += 1
-                advance()
-        print(f"replayed {done} of {total} events")
+    with _cli_admin() as (admin, shared):
+        if args.ids:
+            for event_id in args.ids:
+                previous = admin.replay(event_id, via="cli", reason=args.reason)
+                print(f"replayed event {event_id} (was {previous})")
+        else:
+            filt = EventFilter(status=args.status, type=args.type, since=args.since)
+            total = len(admin.store.matching_ids(filt))
+            done = 0
+            with progress(total, "replaying") as advance:
+                for _ in admin.replay_matching(filt, via="cli", reason=args.reason):
+                    done += 1
+                    advance()
+            print(f"replayed {done} of {total} events")
     if not shared:
         print(
             "(memory:// broker: the running `carbonhook run` picks them up within its sweep interval)"
@@ -125,8 +145,8 @@ def events_replay(args: argparse.Namespace) -> int:
 
 def captures_list(args: argparse.Namespace) -> int:
     _check_choice(args.status, CAPTURE_STATUSES, "status")
-    ledger = Ledger(create_sync_engine(settings_for().database_url, pool_size=1))
-    rows = ledger.list_captures(status=args.status, limit=args.limit)
+    with _database() as engine:
+        rows = Ledger(engine).list_captures(status=args.status, limit=args.limit)
     if args.json:
         print_json(rows)
         return 0
@@ -166,12 +186,12 @@ def captures_list(args: argparse.Namespace) -> int:
 
 
 def captures_decide(args: argparse.Namespace) -> int:
-    admin, _ = _cli_admin()
-    if args.decision == "approve":
-        row = admin.approve(args.id, via="cli")
-    elif args.decision == "reject":
-        row = admin.reject(args.id, via="cli")
-    else:
-        row = admin.resolve(args.id, captured=args.captured, via="cli")
+    with _cli_admin() as (admin, _):
+        if args.decision == "approve":
+            row = admin.approve(args.id, via="cli")
+        elif args.decision == "reject":
+            row = admin.reject(args.id, via="cli")
+        else:
+            row = admin.resolve(args.id, captured=args.captured, via="cli")
     print(f"capture {row.id} is now {row.status}; event {row.event_id} queued to finish")
     return 0

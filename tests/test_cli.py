@@ -154,6 +154,9 @@ def test_run_at_start_up_hands_over_what_its_queue_cannot_have(sqlite_url: str, 
     monkeypatch.setattr(commands, "enqueue_events", lambda broker, ids: handed.extend(ids))
     # An in-process queue started empty: the queued event's message died with the last process.
     broker = make_broker("memory://") if in_process else object()
-    commands.requeue_pending(store, broker)
+    try:
+        commands.requeue_pending(store, broker)
+    finally:
+        store.engine.dispose()
     assert handed == ([refused, queued] if in_process else [refused])
     assert query(sqlite_url, "SELECT status FROM events ORDER BY id") == [("queued",), ("queued",)]

@@ -7,6 +7,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -127,7 +128,7 @@ def test_sqlite_keeps_the_time_format_that_redeliveries_are_matched_on(sqlite_ur
         ]
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?", stored[0][3])
         # An event stored by an earlier version, through the adapter itself: still a duplicate.
-        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as conn, conn:
             conn.execute(
                 "INSERT INTO events (type, subject_id, event_ts, received_at, body, status, attempts,"
                 " available_at, updated_at) VALUES ('crp.generated', 'crp_old', ?, ?, x'7b7d',"

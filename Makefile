@@ -2,6 +2,9 @@
 # Both create .venv/ (with the `carbonhook` command in it) on first use.
 
 PYTHON ?= python3
+# Only for creating .venv/: bench/run (which the tests call) reads PYTHON as the interpreter to
+# run, and `make PYTHON=python3.12 test` must not hand it a bare one without the dependencies.
+unexport PYTHON
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

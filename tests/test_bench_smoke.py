@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ BENCH_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the bench flushes its datab
 def run_smoke(out: Path, *extra: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONHOOK_")}
     env |= {"CARBONHOOK_BENCH_PG": PG_ADMIN_URL, "CARBONHOOK_BENCH_REDIS": BENCH_REDIS}
+    env["PYTHON"] = sys.executable  # the interpreter running the tests, with every dependency
     done = subprocess.run(
         ["bash", str(ROOT / "bench" / "run"), "--smoke", "--out", str(out), *extra],
         cwd=ROOT,

@@ -50,4 +50,4 @@ lock:
 	@echo "constraints.txt updated: run make test, then commit it"
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-* *.egg-info .pytest_cache .ruff_cache .mypy_cache

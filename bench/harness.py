@@ -37,7 +37,6 @@ CALLS_PER_EVENT = 2
 SECTIONS = ("intake", "listing", "processing", "replay")
 
 
-
 def completion_rate(finished: list[float], counted: int, window_s: float) -> float:
     """Events per second in a window: the least-squares slope of the running count over the
     finish times. Threads that started together finish in waves (one event per thread), so

@@ -160,36 +160,21 @@ class PostgresIntake:
             self._pool = None
 
 
-def _as_is(moment: datetime | None) -> datetime | str | None:
-    return moment
-
-
-def _sqlite_text(moment: datetime | None) -> datetime | str | None:
-    """A naive UTC time as SQLite stores the intake's times: the text that sqlite3's default
-    datetime adapter made (`isoformat(" ")`, no fraction when it is 0). Redelivered events are
-    matched on it, so it must never change; written out here because Python 3.12 deprecates
-    that adapter."""
-    return None if moment is None else moment.isoformat(" ")
-
-
 class SqlIntake:
     """The same through a SQLAlchemy async engine (SQLite; PostgreSQL works too, slower)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        postgres = engine.dialect.name == "postgresql"
-        self._insert = _INSERT_OR_FIND_PG if postgres else _INSERT_SQLITE
+        self._postgres = engine.dialect.name == "postgresql"
+        self._insert = _INSERT_OR_FIND_PG if self._postgres else _INSERT_SQLITE
         self._utc = UTCDateTime()
-        self._time = _as_is if postgres else _sqlite_text
 
     async def record(self, delivery: Delivery) -> Recorded:
-        now = utcnow()
-        bind = self._utc.process_bind_param
         params = {
             "type": delivery.type,
             "subject_id": delivery.subject_id,
-            "event_ts": self._time(bind(delivery.timestamp, self.engine.dialect)),
-            "now": self._time(bind(now, self.engine.dialect)),
+            "event_ts": self._time(delivery.timestamp),
+            "now": self._time(utcnow()),
             "body": delivery.body,
             "status": _first_status(delivery),
         }
@@ -203,6 +188,14 @@ class SqlIntake:
         except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         return _recorded(row)
+
+    def _time(self, moment: datetime) -> datetime | str:
+        """Naive UTC; on SQLite the text that sqlite3's default datetime adapter made
+        (`isoformat(" ")`, no fraction when it is 0). Redelivered events are matched on it, so
+        it must never change; written out here because Python 3.12 deprecates that adapter."""
+        naive = self._utc.process_bind_param(moment, self.engine.dialect)
+        assert naive is not None
+        return naive if self._postgres else naive.isoformat(" ")
 
     async def ping(self) -> None:
         try:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.errors import SignatureError
+from carbonhook.errors import SignatureError
 from receiver.signature import HEADER, verify_signature
 
 
@@ -35,7 +35,7 @@ def create_ceiling_app(secret: bytes) -> Starlette:
 
 
 def serve_options(host: str, port: int) -> dict[str, Any]:
-    """What `carbonhook serve` (carbonhook/commands.py) passes to uvicorn.run with one worker
+    """What `carbonhook serve` (carbonhook/cli/processes.py) passes to uvicorn.run with one worker
     and no TLS: loop and http stay "auto" there (uvloop and httptools when installed)."""
     return {
         "host": host,

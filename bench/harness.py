@@ -461,8 +461,8 @@ class Bench:
 
     def listing(self) -> None:
         """Failed events among the stored ones: the query, the admin API, the CLI."""
-        from receiver.database import create_sync_engine
-        from receiver.store import EventFilter, EventStore
+        from carbonhook.database import create_sync_engine
+        from carbonhook.store import EventFilter, EventStore
 
         config = self.config
         database_url = self.big_url

@@ -23,10 +23,10 @@ from bench import deliveries
 from bench.harness import CP_KEY, IMPACT_KEY, RULES
 from bench.processes import ROOT, Process, free_port
 from bench.stores import PostgresDatabases
+from carbonhook.cli.bootstrap import build_worker
+from carbonhook.settings import Settings
 from receiver.events import parse_delivery
 from receiver.intake import create_intake
-from receiver.settings import Settings
-from workers.runtime import build_worker
 
 DB_STEPS = {"store": ("claim", "finish"), "ledger": ("ensure", "begin_attempt")}
 API_STEPS = {"carbonpass": ("crp",), "impact": ("create",)}

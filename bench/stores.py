@@ -18,9 +18,9 @@ import psycopg
 import redis
 from sqlalchemy import create_engine, text
 
-from receiver.database import sync_url
-from receiver.migrate import upgrade
-from receiver.queue import EVENTS_QUEUE
+from carbonhook.database import sync_url
+from carbonhook.migrate import upgrade
+from carbonhook.queue import EVENTS_QUEUE
 
 PG_ADMIN_URL = os.environ.get(
     "CARBONHOOK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -1,5 +1,5 @@
 import sys
 
-from carbonhook.cli import main
+from carbonhook.cli.arguments import main
 
 sys.exit(main())

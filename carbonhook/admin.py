@@ -1,197 +1,91 @@
-"""The admins' commands: list, show and replay events; list and decide captures."""
+"""What admins do, for every interface (CLI, admin API, dashboard): replay, approve, reject,
+resolve. Each change is recorded on the event and handed to the queue."""
 
 from __future__ import annotations
 
-import argparse
-import functools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine
+from carbonhook.errors import Conflict
+from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.statuses import EventStatus
+from carbonhook.store import EventFilter, EventStore
 
-from carbonhook.cli import UsageError, print_json, settings_for
-from carbonhook.tables import print_table, progress
-from receiver.database import create_sync_engine
-from receiver.queue import enqueue_events, is_shared, make_broker
-from receiver.settings import Settings
-from receiver.store import STATUSES, EventFilter, EventStore
-from workers.admin import Admin
-from workers.ledger import CAPTURE_STATUSES, Ledger
+log = logging.getLogger(__name__)
 
 
-def admin_for(settings: Settings, broker: Any) -> Admin:
-    """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
-    engine = create_sync_engine(settings.database_url, pool_size=2)
-    enqueue = None if broker is None else functools.partial(enqueue_events, broker)
-    return Admin(EventStore(engine), Ledger(engine), enqueue)
+class Admin:
+    """`enqueue` hands ids to the workers' queue; None when this process reaches no queue
+    the workers read (replayed events then wait as `pending` for a sweeper)."""
 
+    def __init__(
+        self,
+        store: EventStore,
+        ledger: Ledger,
+        enqueue: Callable[[Sequence[int]], None] | None,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.enqueue = enqueue
 
-@contextmanager
-def _database() -> Iterator[Engine]:
-    """The event store's engine for one command, closed when the command ends."""
-    engine = create_sync_engine(settings_for().database_url, pool_size=1)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+    def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
+        """Replay one event; returns the status it had."""
+        previous = self.store.replay(event_id, via=via, reason=reason, status=self._replayed())
+        self._hand_off([event_id])
+        return previous
 
+    def replay_matching(
+        self, filt: EventFilter, *, via: str, reason: str | None, batch: int = 500
+    ) -> Iterator[int]:
+        """Replay every event matching `filt`, yielding each id as it is done."""
+        ids = self.store.matching_ids(filt)
+        for start in range(0, len(ids), batch):
+            # Those that changed state since they were listed are left as they are.
+            done = self.store.replay_many(
+                ids[start : start + batch], via=via, reason=reason, status=self._replayed()
+            )
+            self._hand_off(done)
+            yield from done
 
-@contextmanager
-def _cli_admin() -> Iterator[tuple[Admin, bool]]:
-    """The admin actions and whether replayed events reach a shared queue; closed at the end."""
-    settings = settings_for()
-    broker = make_broker(settings.broker_url)
-    shared = is_shared(broker)
-    # Without a queue this process shares, replayed events stay `pending`, and the sweeper of
-    # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.
-    admin = admin_for(settings, broker if shared else None)
-    try:
-        yield admin, shared
-    finally:
-        admin.store.engine.dispose()
-        broker.close()
+    def list_captures(
+        self, *, status: str | None, limit: int, before_id: int | None
+    ) -> list[dict[str, Any]]:
+        return self.ledger.list_captures(status=status, limit=limit, before_id=before_id)
 
+    def approve(self, capture_id: int, *, via: str) -> CaptureRow:
+        row = self.ledger.approve(capture_id)
+        self._requeue(row, via, f"capture {capture_id} approved")
+        return row
 
-def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
-    if value is not None and value not in choices:
-        raise UsageError(f"unknown {what} {value!r}; one of: {', '.join(choices)}")
+    def reject(self, capture_id: int, *, via: str) -> CaptureRow:
+        row = self.ledger.reject(capture_id)
+        self._requeue(row, via, f"capture {capture_id} rejected")
+        return row
 
+    def resolve(self, capture_id: int, *, captured: bool, via: str) -> CaptureRow:
+        row = self.ledger.resolve(capture_id, captured=captured)
+        word = "captured" if captured else "not captured"
+        self._requeue(row, via, f"capture {capture_id} resolved as {word}")
+        return row
 
-def events_list(args: argparse.Namespace) -> int:
-    _check_choice(args.status, STATUSES, "status")
-    with _database() as engine:
-        rows = EventStore(engine).list_events(
-            EventFilter(status=args.status, type=args.type, since=args.since), limit=args.limit
-        )
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
-        f"{len(rows)} events",
-        ["id", "type", "subject", "status", "attempts", "received", "last error / note"],
-        [
-            [
-                r["id"],
-                r["type"],
-                r["subject_id"],
-                r["status"],
-                r["attempts"],
-                r["received_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                (r["last_error"] or r["note"] or "")[:60],
-            ]
-            for r in rows
-        ],
-    )
-    return 0
+    def _replayed(self) -> str:
+        # Stored as handed over, like a new delivery: a second write per event to say so
+        # would cost as much as the replay itself.
+        return EventStatus.PENDING if self.enqueue is None else EventStatus.QUEUED
 
+    def _hand_off(self, ids: Sequence[int]) -> None:
+        if self.enqueue is None or not ids:
+            return
+        try:
+            self.enqueue(ids)
+        except Exception:
+            self.store.mark_pending(ids)  # the sweeper hands them over once the queue is back
+            raise
 
-def events_show(args: argparse.Namespace) -> int:
-    with _database() as engine:
-        detail = EventStore(engine).get_event(args.id)
-    if args.json:
-        print_json(detail)
-        return 0
-    for key in (
-        "id",
-        "type",
-        "subject_id",
-        "event_ts",
-        "received_at",
-        "status",
-        "attempts",
-        "last_error",
-        "note",
-    ):
-        print(f"{key:12} {detail[key]}")
-    print(f"{'body':12} {detail['body']}")
-    for title, key, fields in (
-        ("attempts", "attempt_history", ["started_at", "outcome", "http_status", "error"]),
-        ("replays", "replays", ["at", "via", "previous_status", "reason"]),
-        (
-            "captures",
-            "captures",
-            ["id", "rule", "part", "action", "amount", "status", "user_id", "time_utc", "error"],
-        ),
-    ):
-        print_table(title, fields, [[row[f] for f in fields] for row in detail[key]])
-    return 0
-
-
-def events_replay(args: argparse.Namespace) -> int:
-    _check_choice(args.status, STATUSES, "status")
-    if not args.ids and not args.status:
-        raise UsageError("name event ids, or --status (e.g. --status failed)")
-    with _cli_admin() as (admin, shared):
-        if args.ids:
-            for event_id in args.ids:
-                previous = admin.replay(event_id, via="cli", reason=args.reason)
-                print(f"replayed event {event_id} (was {previous})")
-        else:
-            filt = EventFilter(status=args.status, type=args.type, since=args.since)
-            total = len(admin.store.matching_ids(filt))
-            done = 0
-            with progress(total, "replaying") as advance:
-                for _ in admin.replay_matching(filt, via="cli", reason=args.reason):
-                    done += 1
-                    advance()
-            print(f"replayed {done} of {total} events")
-    if not shared:
-        print(
-            "(memory:// broker: the running `carbonhook run` picks them up within its sweep interval)"
-        )
-    return 0
-
-
-def captures_list(args: argparse.Namespace) -> int:
-    _check_choice(args.status, CAPTURE_STATUSES, "status")
-    with _database() as engine:
-        rows = Ledger(engine).list_captures(status=args.status, limit=args.limit)
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
-        f"{len(rows)} captures",
-        [
-            "id",
-            "event",
-            "rule",
-            "subject",
-            "part",
-            "action",
-            "amount",
-            "status",
-            "user_id",
-            "time_utc",
-            "error / note",
-        ],
-        [
-            [
-                r["id"],
-                r["event_id"],
-                r["rule"],
-                r["subject_id"],
-                r["part"],
-                r["action"],
-                r["amount"],
-                r["status"],
-                r["user_id"] or "",
-                r["time_utc"] or "",
-                (r["error"] or r["note"] or "")[:50],
-            ]
-            for r in rows
-        ],
-    )
-    return 0
-
-
-def captures_decide(args: argparse.Namespace) -> int:
-    with _cli_admin() as (admin, _):
-        if args.decision == "approve":
-            row = admin.approve(args.id, via="cli")
-        elif args.decision == "reject":
-            row = admin.reject(args.id, via="cli")
-        else:
-            row = admin.resolve(args.id, captured=args.captured, via="cli")
-    print(f"capture {row.id} is now {row.status}; event {row.event_id} queued to finish")
-    return 0
+    def _requeue(self, row: CaptureRow, via: str, reason: str) -> None:
+        """Let the event finish now that a capture was decided (if it is not already running)."""
+        try:
+            self.replay(row.event_id, via=via, reason=reason)
+        except Conflict as exc:
+            log.info("event %s not requeued: %s", row.event_id, exc)

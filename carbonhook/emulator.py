@@ -1,6 +1,6 @@
 """An emulator of the CarbonPass and 1ClickImpact APIs, with fault injection, for sandbox and tests.
 
-Shapes follow the providers' documents (`/work/shared/seeds` 003 and 000): CarbonPass lives under
+Shapes follow the providers' documents as docs/providers.md summarises them: CarbonPass lives under
 `/api/v1`, 1ClickImpact at the root, and `/_emulator` is an unauthenticated control API.
 Nothing is built at import: call `create_emulator_app()` or `serve_emulator()`.
 """

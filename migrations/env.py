@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from receiver.database import sync_url
-from receiver.schema import Base
+from carbonhook.database import sync_url
+from carbonhook.schema import Base
 
 config = context.config
 url = sync_url(config.get_main_option("sqlalchemy.url") or "")

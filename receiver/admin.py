@@ -14,16 +14,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.errors import Conflict, NotFound
+from carbonhook.errors import BadRequest, NotFound
+from carbonhook.statuses import EventStatus
+from carbonhook.store import EventFilter, EventStore
 from receiver.events import parse_timestamp
 from receiver.lockout import Lockout, client_address, retry_after
-from receiver.store import STATUSES, EventFilter, EventStore
 
 MAX_PAGE = 500
 
 
 class AdminOperations(Protocol):
-    """What the admin surfaces call; the composition root passes workers.admin.Admin."""
+    """What the admin surfaces call; the composition root passes carbonhook.admin.Admin."""
 
     store: EventStore
 
@@ -37,10 +38,6 @@ class AdminOperations(Protocol):
     def list_captures(
         self, *, status: str | None, limit: int, before_id: int | None
     ) -> list[dict[str, Any]]: ...
-
-
-class BadRequest(Exception):
-    pass
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -90,14 +87,7 @@ def _guarded(token: str, lockout: Lockout, handler: Handler) -> Handler:
             lockout.wrong(address)
             return _unauthorized()
         lockout.right(address)
-        try:
-            return await handler(request)
-        except NotFound as exc:
-            return JSONResponse({"error": "not_found", "message": str(exc)}, status_code=404)
-        except Conflict as exc:
-            return JSONResponse({"error": "conflict", "message": str(exc)}, status_code=409)
-        except BadRequest as exc:
-            return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
+        return await handler(request)  # our errors become answers in receiver/app.py
 
     return guarded
 
@@ -111,8 +101,8 @@ def _unauthorized() -> Response:
 def event_filter(params: dict[str, Any]) -> EventFilter:
     """A filter from query or body parameters; unknown values are a `BadRequest`."""
     status = params.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise BadRequest(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+    if status is not None and status not in tuple(EventStatus):
+        raise BadRequest(f"unknown status {status!r}; one of {', '.join(tuple(EventStatus))}")
     since = params.get("since") or None
     try:
         since_at = parse_timestamp(since) if since else None

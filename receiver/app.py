@@ -1,10 +1,10 @@
-"""The receiver: one place that wires the Starlette app."""
+"""The receiver: the Starlette app, its routes, and how our errors become HTTP answers."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,17 +16,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from carbonhook.errors import (
+    BodyTooLarge,
+    CarbonhookError,
+    InvalidDelivery,
+    SignatureError,
+    StoreUnavailable,
+)
+from carbonhook.metrics import Limits, StoreCollector, exposition, metrics
+from carbonhook.queue import Enqueuer, RedisEnqueuer, ping_broker
+from carbonhook.settings import Settings
+from carbonhook.store import EventStore
 from receiver.admin import AdminOperations, admin_api_routes
-from receiver.database import create_sync_engine
-from receiver.errors import InvalidDelivery, SignatureError, StoreUnavailable
 from receiver.events import parse_delivery
-from receiver.intake import Intake, create_intake
+from receiver.intake import Intake
 from receiver.lockout import Lockout
-from receiver.metrics import Limits, StoreCollector, exposition, metrics
-from receiver.queue import Enqueuer, RedisEnqueuer, make_broker, make_enqueuer, ping_broker
-from receiver.settings import Settings
 from receiver.signature import HEADER, verify_signature
-from receiver.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,13 @@ DELIVERY_OUTCOMES = (
     "too_large",
     "unavailable",
 )
-
-
-class BodyTooLarge(Exception):
-    pass
+# The outcome counted for each way a delivery is refused.
+_REFUSALS: dict[type[CarbonhookError], str] = {
+    BodyTooLarge: "too_large",
+    SignatureError: "bad_signature",
+    InvalidDelivery: "invalid",
+    StoreUnavailable: "unavailable",
+}
 
 
 @dataclass
@@ -66,20 +74,33 @@ class Services:
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than `limit` bytes without buffering the rest."""
     declared = request.headers.get("content-length")
+    too_large = BodyTooLarge(f"body exceeds {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+async def answer_error(request: Request, exc: Exception) -> Response:
+    """Every `CarbonhookError` a route lets through becomes its answer here, and only here:
+    JSON `{"error", "message"}` with the error's status, or the page a dashboard route set."""
+    assert isinstance(exc, CarbonhookError)
+    status = exc.http_status or 500
+    if status == 500:
+        log.error("request failed: %s: %s", type(exc).__name__, exc)
+    page: Callable[[CarbonhookError, int], Response] | None = getattr(
+        request.state, "error_page", None
+    )
+    if page is not None:
+        return page(exc, status)
+    message = "internal error" if status == 500 else exc.public_message or str(exc)
+    return JSONResponse({"error": exc.code, "message": message}, status_code=status)
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -89,23 +110,14 @@ async def receive_webhook(request: Request) -> Response:
     outcomes = services.outcomes
     try:
         body = await read_body(request, settings.max_body_bytes)
-    except BodyTooLarge:
-        outcomes["too_large"].inc()
-        return _error(413, "too_large", f"body exceeds {settings.max_body_bytes} bytes")
-    try:
         verify_signature(body, request.headers.get(HEADER), secrets=settings.secret_bytes)
         delivery = parse_delivery(body)
         recorded = await services.intake.record(delivery)
-    except SignatureError as exc:
-        outcomes["bad_signature"].inc()
-        return _error(401, "invalid_signature", str(exc))
-    except InvalidDelivery as exc:
-        outcomes["invalid"].inc()
-        return _error(400, "invalid_delivery", str(exc))
-    except StoreUnavailable:
-        outcomes["unavailable"].inc()
-        log.warning("event store unavailable; answered 503")
-        return _error(503, "unavailable", "event store unavailable, retry later")
+    except tuple(_REFUSALS) as exc:
+        outcomes[_REFUSALS[type(exc)]].inc()
+        if isinstance(exc, StoreUnavailable):
+            log.warning("event store unavailable; answered 503")
+        raise
     if not recorded.created:
         outcomes["duplicate"].inc()
         return JSONResponse({"id": recorded.id, "status": "duplicate"}, status_code=200)
@@ -147,35 +159,15 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
 
-def build_services(
-    settings: Settings, *, broker: dramatiq.Broker | None = None, limits: Limits | None = None
-) -> Services:
-    """The real adapters for `settings`."""
-    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
-    store = EventStore(engine)
-    broker = broker if broker is not None else make_broker(settings.broker_url)
-    intake = create_intake(settings.database_url, pool_size=settings.intake_pool_size)
-    return Services(
-        settings=settings,
-        intake=intake,
-        store=store,
-        broker=broker,
-        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_pending),
-        limits=limits or (lambda: (None, None)),
-    )
-
-
 def create_app(
     settings: Settings,
+    services: Callable[[], Services],
     *,
-    services: Services | None = None,
-    broker: dramatiq.Broker | None = None,
     admin: AdminOperations | None = None,
     routes: list[BaseRoute] | None = None,
-    limits: Limits | None = None,
     lockout: Lockout | None = None,
 ) -> Starlette:
-    """Build the receiver; resources open in the lifespan, so building it does no I/O.
+    """Build the receiver; `services` is called in the lifespan, so building it does no I/O.
 
     The admin API exists only when CARBONHOOK_ADMIN_TOKEN is set and `admin` is given; give
     it the dashboard's `lockout`, so that wrong tokens count the same on both.
@@ -183,16 +175,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        built = services or build_services(settings, broker=broker, limits=limits)
+        built = services()
         app.state.services = built
         built.enqueuer.start()
         try:
             yield
         finally:
             await built.enqueuer.stop()
-            if services is None:
-                await built.intake.close()
-                built.store.engine.dispose()
+            await built.intake.close()
+            built.store.engine.dispose()
 
     all_routes: list[Any] = [
         Route("/webhooks/carbonpass", receive_webhook, methods=["POST"]),
@@ -205,4 +196,8 @@ def create_app(
         all_routes += admin_api_routes(
             admin, settings.admin_token.get_secret_value(), lockout or Lockout()
         )
-    return Starlette(routes=all_routes, lifespan=lifespan)
+    return Starlette(
+        routes=all_routes,
+        lifespan=lifespan,
+        exception_handlers={CarbonhookError: answer_error},
+    )

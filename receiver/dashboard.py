@@ -2,7 +2,7 @@
 
 Signing in with CARBONHOOK_ADMIN_TOKEN sets a signed session cookie (receiver/sessions.py);
 every POST must carry the session's CSRF token. Pages only read and call `AdminOperations`;
-the overview's figures come from receiver/reports.py.
+the overview's figures come from carbonhook/reports.py.
 """
 
 from __future__ import annotations
@@ -23,28 +23,19 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from receiver import reports
-from receiver.admin import AdminOperations, BadRequest, token_matches
-from receiver.errors import Conflict, NotFound
-from receiver.events import BILL_CONFIRMED, CRP_GENERATED
+from carbonhook import reports
+from carbonhook.actions import ACTIONS
+from carbonhook.errors import BadRequest, CarbonhookError, Conflict
+from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
+from carbonhook.schema import utcnow
+from carbonhook.statuses import REPLAYABLE_EVENTS, CaptureStatus, EventStatus
+from carbonhook.store import EventFilter
+from receiver.admin import AdminOperations, token_matches
 from receiver.lockout import Lockout, client_address, retry_after
-from receiver.schema import utcnow
 from receiver.sessions import COOKIE, Session, Sessions
-from receiver.store import REPLAYABLE, STATUSES, EventFilter
 
-# The ledger's states (workers.ledger.CAPTURE_STATUSES; the receiver does not import workers,
-# a test keeps the two equal).
-CAPTURE_STATUSES = (
-    "pending",
-    "captured",
-    "failed",
-    "unknown",
-    "held",
-    "rejected",
-    "skipped",
-    "dry_run",
-)
 VIA = "dashboard"
+ERROR_TITLES = {400: "Bad request", 404: "Not found", 409: "Refused", 500: "Error"}
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -112,7 +103,7 @@ def safe_next(value: str | None, default: str = "/admin") -> str:
 def event_filter(params: Mapping[str, str]) -> EventFilter:
     """Filters from the events page's query: status, type, received from/to (UTC days)."""
     status = params.get("status") or None
-    if status is not None and status not in STATUSES:
+    if status is not None and status not in tuple(EventStatus):
         raise BadRequest(f"unknown status {status!r}")
     return EventFilter(
         status=status,
@@ -148,13 +139,11 @@ def _pretty_json(text: str) -> str:
         return text
 
 
-UNITS = {"capture_carbon": "lbs carbon", "plant_tree": "trees", "clean_ocean": "lbs plastic"}
-
-
 def _amount(capture: Mapping[str, Any]) -> str:
     """A capture's amount in its action's unit: 500 lbs carbon, 3 trees, 10 lbs plastic."""
     amount = int(capture["amount"])
-    unit = UNITS.get(capture["action"], capture["action"])
+    spec = ACTIONS.get(capture["action"])
+    unit = spec.unit if spec else capture["action"]
     return f"{amount:,} {'tree' if unit == 'trees' and amount == 1 else unit}"
 
 
@@ -219,6 +208,18 @@ class Dashboard:
     def refuse(self, request: Request, code: int, message: str) -> Response:
         return self.render(request, None, "error.html", code, title="Refused", message=message)
 
+    def error_page(
+        self, request: Request, session: Session
+    ) -> Callable[[CarbonhookError, int], Response]:
+        """How receiver/app.py answers our errors on a page: the error page, signed in."""
+
+        def page(exc: CarbonhookError, status: int) -> Response:
+            title = ERROR_TITLES.get(status, "Refused")
+            message = "Something went wrong; the log says more." if status == 500 else str(exc)
+            return self.render(request, session, "error.html", status, title=title, message=message)
+
+        return page
+
     def view(self, handler: View) -> Callable[[Request], Awaitable[Response]]:
         """A page for signed-in admins; anyone else is sent to sign in."""
 
@@ -227,16 +228,8 @@ class Dashboard:
             if session is None or not session.signed_in:
                 target = "/admin/login" + _query({"next": _here(request)})
                 return RedirectResponse(target, status_code=303, headers=HEADERS)
-            try:
-                return await handler(request, session)
-            except NotFound as exc:
-                return self.render(
-                    request, session, "error.html", 404, title="Not found", message=str(exc)
-                )
-            except BadRequest as exc:
-                return self.render(
-                    request, session, "error.html", 400, title="Bad request", message=str(exc)
-                )
+            request.state.error_page = self.error_page(request, session)
+            return await handler(request, session)
 
         return endpoint
 
@@ -252,14 +245,12 @@ class Dashboard:
             if not session.csrf_matches(fields.get("csrf")):
                 return self.refuse(request, 403, "The form's CSRF token is missing or wrong.")
             back = safe_next(fields.get("next"))
+            request.state.error_page = self.error_page(request, session)
             try:
                 return await handler(request, session, fields)
             except (Conflict, BadRequest) as exc:
+                # A refused decision is shown on the page the admin came from.
                 return self.redirect(request, session, back, "error", str(exc))
-            except NotFound as exc:
-                return self.render(
-                    request, session, "error.html", 404, title="Not found", message=str(exc)
-                )
 
         return endpoint
 
@@ -320,8 +311,8 @@ class Dashboard:
             request,
             session,
             "overview.html",
-            statuses=STATUSES,
-            capture_statuses=CAPTURE_STATUSES,
+            statuses=tuple(EventStatus),
+            capture_statuses=tuple(CaptureStatus),
             counts=counts,
             figures=figures,
             today=today,
@@ -356,7 +347,7 @@ class Dashboard:
             session,
             "events.html",
             rows=rows,
-            statuses=STATUSES,
+            statuses=tuple(EventStatus),
             types=(CRP_GENERATED, BILL_CONFIRMED),
             params=kept,
             paged=cursor is not None,
@@ -374,8 +365,8 @@ class Dashboard:
             "event.html",
             event=detail,
             payload=_pretty_json(detail["body"]),
-            replayable=detail["status"] in REPLAYABLE,
-            can_replay=REPLAYABLE,
+            replayable=detail["status"] in REPLAYABLE_EVENTS,
+            can_replay=REPLAYABLE_EVENTS,
         )
 
     async def replay(self, request: Request, session: Session, form: dict[str, str]) -> Response:
@@ -409,7 +400,7 @@ class Dashboard:
 
     async def captures(self, request: Request, session: Session) -> Response:
         status = request.query_params.get("status") or None
-        if status is not None and status not in CAPTURE_STATUSES:
+        if status is not None and status not in tuple(CaptureStatus):
             raise BadRequest(f"unknown capture status {status!r}")
         cursor = _cursor(request.query_params.get("before"))
         rows = await run_in_threadpool(
@@ -426,7 +417,7 @@ class Dashboard:
             session,
             "captures.html",
             rows=rows,
-            statuses=CAPTURE_STATUSES,
+            statuses=tuple(CaptureStatus),
             status=status or "",
             paged=cursor is not None,
             newest="/admin/captures" + _query({"status": status}),

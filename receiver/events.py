@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from receiver.errors import InvalidDelivery
-
-CRP_GENERATED = "crp.generated"
-BILL_CONFIRMED = "bill.confirmed"
-PROCESSED_TYPES = frozenset({CRP_GENERATED, BILL_CONFIRMED})
+from carbonhook.errors import InvalidDelivery
+from carbonhook.event_types import PROCESSED_TYPES
 
 MAX_TYPE_LENGTH = 100
 MAX_ID_LENGTH = 255
-# The workers only ever build a URL from an id of this form (the core issue's rule).
-SUBJECT_ID = re.compile(r"(crp|bill)_[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)

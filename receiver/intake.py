@@ -18,11 +18,11 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from receiver.database import create_intake_engine, is_sqlite
-from receiver.errors import InvalidDelivery, StoreUnavailable
+from carbonhook.database import create_intake_engine, is_sqlite
+from carbonhook.errors import InvalidDelivery, StoreUnavailable
+from carbonhook.schema import UTCDateTime, utcnow
+from carbonhook.statuses import EventStatus
 from receiver.events import Delivery
-from receiver.schema import UTCDateTime, utcnow
-from receiver.store import IGNORED, QUEUED
 
 
 def _first_status(delivery: Delivery) -> str:
@@ -30,7 +30,7 @@ def _first_status(delivery: Delivery) -> str:
     insert commits, and marks it `pending` only if that fails. Marking every event `queued`
     once the broker had it cost a second write of the row and its five indexes
     (bench/FINDINGS.md)."""
-    return QUEUED if delivery.is_processed else IGNORED
+    return EventStatus.QUEUED if delivery.is_processed else EventStatus.IGNORED
 
 
 _COLUMNS = (

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-from receiver.errors import SignatureError
+from carbonhook.errors import SignatureError
 
 HEADER = "X-CarbonPass-Signature"
 _PREFIX = "sha256="

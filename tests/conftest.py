@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 def _migrate(url: str) -> None:
-    from receiver.migrate import upgrade
+    from carbonhook.migrate import upgrade
 
     upgrade(url)
 
@@ -131,7 +131,7 @@ class RunningEmulator:
 @pytest.fixture
 def emulator() -> Iterator[RunningEmulator]:
     """Both APIs over real HTTP on a loopback port, in this process."""
-    from carbonhook.commands import start_server
+    from carbonhook.cli.lifecycle import start_server
     from carbonhook.emulator import EmulatorState, create_emulator_app
 
     state = EmulatorState()
@@ -141,7 +141,7 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 def settings_for_test(db: str, emulator: RunningEmulator | None = None, **overrides: Any) -> Any:
-    from receiver.settings import Settings
+    from carbonhook.settings import Settings
 
     values: dict[str, Any] = {
         "database_url": db,
@@ -266,7 +266,7 @@ def store_delivery(db: str, body: bytes) -> int:
 def query(db: str, sql: str) -> list[tuple[Any, ...]]:
     from sqlalchemy import create_engine, text
 
-    from receiver.database import sync_url
+    from carbonhook.database import sync_url
 
     engine = create_engine(sync_url(db))
     try:

@@ -1,4 +1,4 @@
-"""What admins do, whatever the interface (workers/admin.py): replays and the queue hand-off."""
+"""What admins do, whatever the interface (carbonhook/admin.py): replays and the queue hand-off."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 from sqlalchemy import Engine
 
-from receiver.database import create_sync_engine
-from receiver.store import EventFilter, EventStore
+from carbonhook.admin import Admin
+from carbonhook.database import create_sync_engine
+from carbonhook.ledger import Ledger
+from carbonhook.store import EventFilter, EventStore
 from tests.conftest import make_body, query, store_delivery
-from workers.admin import Admin
-from workers.ledger import Ledger
 
 
 @pytest.fixture

@@ -28,19 +28,17 @@ class Api:
 def api(db_url: str, emulator: RunningEmulator) -> Iterator[Api]:
     from dramatiq.brokers.stub import StubBroker
 
-    from carbonhook.admin import admin_for
-    from carbonhook.commands import start_server
-    from receiver.app import create_app
+    from carbonhook.cli.bootstrap import build_admin, build_receiver_app, build_worker
+    from carbonhook.cli.lifecycle import start_server
     from workers.rules import RulesHolder, parse_rules
-    from workers.runtime import build_worker
 
     broker = StubBroker()
     settings = settings_for_test(db_url, emulator, admin_token=TOKEN)
     rules = '[limits]\nmax_lbs_per_day = 500\n[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 400\n'
     runtime = build_worker(settings, broker=broker, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
     runtime.processor.enqueue = lambda event_id, delay: None
-    admin = admin_for(settings, broker)
-    server = start_server(create_app(settings, broker=broker, admin=admin), "127.0.0.1", 0, lifespan="on")
+    admin = build_admin(settings, broker)
+    server = start_server(build_receiver_app(settings, broker=broker, admin=admin), "127.0.0.1", 0, lifespan="on")
     yield Api(f"http://127.0.0.1:{server.port}", db_url, runtime.processor)
     server.stop()
     runtime.close()

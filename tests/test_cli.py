@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonhook.cli import main
+from carbonhook.cli.arguments import main
 from tests.conftest import ROOT, make_body, query, store_delivery
 
 
@@ -31,7 +31,7 @@ def fail_event(db: str, subject: str) -> int:
     event_id = store_delivery(db, make_body(subject=subject))
     from sqlalchemy import create_engine, text
 
-    from receiver.database import sync_url
+    from carbonhook.database import sync_url
 
     engine = create_engine(sync_url(db))
     with engine.begin() as conn:
@@ -141,21 +141,21 @@ def test_migrate_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.parametrize("in_process", [True, False])
 def test_run_at_start_up_hands_over_what_its_queue_cannot_have(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, in_process: bool):
-    from carbonhook import commands
-    from receiver.database import create_sync_engine
-    from receiver.queue import make_broker
-    from receiver.store import EventStore
+    from carbonhook.cli import processes
+    from carbonhook.database import create_sync_engine
+    from carbonhook.queue import make_broker
+    from carbonhook.store import EventStore
 
     store = EventStore(create_sync_engine(sqlite_url))
     refused = store_delivery(sqlite_url, make_body(subject="crp_refused"))
     store.mark_pending([refused])
     queued = store_delivery(sqlite_url, make_body(subject="crp_queued"))
     handed: list[int] = []
-    monkeypatch.setattr(commands, "enqueue_events", lambda broker, ids: handed.extend(ids))
+    monkeypatch.setattr(processes, "enqueue_events", lambda broker, ids: handed.extend(ids))
     # An in-process queue started empty: the queued event's message died with the last process.
     broker = make_broker("memory://") if in_process else object()
     try:
-        commands.requeue_pending(store, broker)
+        processes.requeue_pending(store, broker)
     finally:
         store.engine.dispose()
     assert handed == ([refused, queued] if in_process else [refused])

@@ -15,8 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, insert
 
+from carbonhook.reports import DayTotal, overview
+from carbonhook.schema import Capture, Event, Spend, utcnow
 from receiver.dashboard import (
-    CAPTURE_STATUSES,
     RulesInfo,
     chart_bars,
     dashboard_routes,
@@ -25,8 +26,6 @@ from receiver.dashboard import (
     share,
 )
 from receiver.lockout import WRONG_TOKENS, Lockout
-from receiver.reports import DayTotal, overview
-from receiver.schema import Capture, Event, Spend, utcnow
 from receiver.sessions import COOKIE, Sessions
 from tests.conftest import (
     ROOT,
@@ -181,12 +180,6 @@ def test_the_date_filters_are_whole_utc_days():
     assert filt.until == datetime(2026, 3, 3, tzinfo=UTC)
 
 
-def test_the_dashboard_knows_every_capture_status_the_ledger_has():
-    from workers.ledger import CAPTURE_STATUSES as LEDGER
-
-    assert CAPTURE_STATUSES == LEDGER
-
-
 def cookie_for(sessions: Sessions, session: Any) -> str:
     from starlette.responses import Response
 
@@ -212,7 +205,7 @@ def test_a_session_is_signed_with_a_key_from_the_token_and_expires():
 
 
 def test_the_overview_reads_spend_captured_pounds_per_day_and_the_latest_failures(db_url: str):
-    from receiver.database import create_sync_engine
+    from carbonhook.database import create_sync_engine
 
     engine = create_sync_engine(db_url, pool_size=1)
     try:
@@ -275,13 +268,13 @@ class Site:
         page_size: int = 25,
         emulator: RunningEmulator | None = None,
     ) -> None:
-        from carbonhook.commands import start_server
-        from receiver.app import create_app
-        from receiver.database import create_sync_engine
-        from receiver.queue import make_broker
-        from receiver.store import EventStore
-        from workers.admin import Admin
-        from workers.ledger import Ledger
+        from carbonhook.admin import Admin
+        from carbonhook.cli.bootstrap import build_receiver_app
+        from carbonhook.cli.lifecycle import start_server
+        from carbonhook.database import create_sync_engine
+        from carbonhook.ledger import Ledger
+        from carbonhook.queue import make_broker
+        from carbonhook.store import EventStore
 
         self.db = db
         self.engine = create_sync_engine(db, pool_size=2)
@@ -292,7 +285,7 @@ class Site:
             self.admin, token=TOKEN, rules_info=lambda: rules, lockout=lockout, page_size=page_size
         )
         settings = settings_for_test(db, emulator, admin_token=TOKEN)
-        app = create_app(settings, broker=make_broker("memory://"), admin=self.admin, routes=routes, lockout=lockout)
+        app = build_receiver_app(settings, broker=make_broker("memory://"), admin=self.admin, routes=routes, lockout=lockout)
         self.server = start_server(app, "127.0.0.1", 0, lifespan="on")
         self.base = f"http://127.0.0.1:{self.server.port}"
         self.http = httpx.Client(base_url=self.base, timeout=10)
@@ -682,8 +675,8 @@ def test_an_admin_signs_in_replays_a_failed_event_and_approves_a_held_capture(
 ):
     from dramatiq.brokers.stub import StubBroker
 
+    from carbonhook.cli.bootstrap import build_worker
     from workers.rules import RulesHolder, load_rules
-    from workers.runtime import build_worker
 
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text(RULES)

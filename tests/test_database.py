@@ -1,4 +1,4 @@
-"""Statements run on the driver's connection (receiver/database.py: DriverStatement)."""
+"""Statements run on the driver's connection (carbonhook/database.py: DriverStatement)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import bindparam, exc, insert, select, update
 
-from receiver.database import DriverStatement, create_sync_engine
-from receiver.schema import Event, Spend
+from carbonhook.database import DriverStatement, create_sync_engine
+from carbonhook.schema import Event, Spend
 from tests.conftest import query
 
 WHEN = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)

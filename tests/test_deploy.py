@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from receiver.settings import ENV_PREFIX, Settings
+from carbonhook.settings import ENV_PREFIX, Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SYSTEMD = DEPLOY / "systemd"
@@ -346,7 +346,7 @@ def _dockerignored(path: str) -> bool:
     [
         "pyproject.toml",
         "README.md",
-        "receiver/settings.py",
+        "carbonhook/settings.py",
         "workers/x.py",
         "migrations/env.py",
         "carbonhook/__init__.py",

@@ -15,7 +15,6 @@ from receiver.signature import sign
 from tests.conftest import (
     CP_KEY,
     IMPACT_KEY,
-    ROOT,
     SECRET,
     free_port,
     make_body,
@@ -113,8 +112,18 @@ def test_the_sandbox_runs_on_embedded_defaults_with_no_keys(tmp_path: Path):
     assert proc.returncode == 0, output
 
 
-def test_the_package_runs_from_its_source_tree():
-    assert (ROOT / "carbonhook" / "sandbox_rules.toml").exists()
+def test_the_sandbox_rules_ship_with_the_package_and_cover_both_event_types():
+    import importlib.resources
+
+    from carbonhook.cli.bootstrap import SANDBOX_RULES
+    from workers.rules import load_rules
+
+    shipped = importlib.resources.files("carbonhook.cli").joinpath("sandbox_rules.toml")
+    assert shipped.read_text(encoding="utf-8") == SANDBOX_RULES.read_text(encoding="utf-8")
+    ruleset = load_rules(SANDBOX_RULES)
+    assert {rule.on for rule in ruleset.rules} == {"crp.generated", "bill.confirmed"}
+    assert all(rule.customer_email is None or "@" in rule.customer_email for rule in ruleset.rules)
+    assert ruleset.file.limits.max_lbs_per_day is not None  # the demo shows a limit at work
 
 
 @pytest.mark.slow
@@ -139,7 +148,7 @@ def test_sighup_reloads_the_rules_and_refuses_an_invalid_file(sqlite_url: str, r
     worker.popen.send_signal(signal.SIGHUP)
     wait_until(lambda: "rules not reloaded" in worker.output(), timeout=10, what="refusal")
 
-    from receiver.queue import enqueue_event, make_broker
+    from carbonhook.queue import enqueue_event, make_broker
 
     event_id = store_delivery(sqlite_url, make_body(subject="crp_reload"))
     broker = make_broker(redis_url)

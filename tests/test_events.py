@@ -3,8 +3,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from receiver.errors import InvalidDelivery
-from receiver.events import SUBJECT_ID, parse_delivery
+from carbonhook.errors import InvalidDelivery
+from carbonhook.event_types import SUBJECT_ID
+from receiver.events import parse_delivery
 
 
 def body(**overrides):

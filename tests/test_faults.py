@@ -324,7 +324,7 @@ def test_deliveries_while_redis_is_down_are_accepted_and_each_processed_once_whe
 def test_the_intake_answers_503_while_postgres_is_down_and_accepts_again_when_it_returns(
     private_postgres: PrivatePostgres, procs: Any
 ):
-    from receiver.migrate import upgrade
+    from carbonhook.migrate import upgrade
 
     upgrade(private_postgres.url)
     port = free_port()

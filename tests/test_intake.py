@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from receiver.database import sync_url
+from carbonhook.database import sync_url
 from receiver.signature import sign
 from tests.conftest import SECRET, settings_for_test
 
@@ -47,13 +47,13 @@ class Receiver:
 
 
 def start_receiver(db: str, **overrides: Any) -> tuple[Any, Receiver]:
-    from carbonhook.commands import start_server
-    from receiver.app import create_app
-    from receiver.queue import make_broker
+    from carbonhook.cli.bootstrap import build_receiver_app
+    from carbonhook.cli.lifecycle import start_server
+    from carbonhook.queue import make_broker
 
     broker = make_broker("memory://")
     settings = settings_for_test(db, **overrides)
-    server = start_server(create_app(settings, broker=broker), "127.0.0.1", 0, lifespan="on")
+    server = start_server(build_receiver_app(settings, broker=broker), "127.0.0.1", 0, lifespan="on")
     return server, Receiver(f"http://127.0.0.1:{server.port}", db, broker)
 
 
@@ -65,7 +65,7 @@ def receiver(db_url: str) -> Iterator[Receiver]:
 
 
 def queued_ids(rec: Receiver) -> list[int]:
-    from receiver.queue import EVENTS_QUEUE
+    from carbonhook.queue import EVENTS_QUEUE
 
     queue = rec.broker.queues[EVENTS_QUEUE]
     return sorted(json.loads(m)["args"][0] for m in list(queue.queue))

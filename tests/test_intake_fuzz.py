@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, text
 
-from receiver.database import sync_url
+from carbonhook.database import sync_url
 from receiver.signature import HEADER, sign
 from tests.conftest import (
     CP_KEY,
@@ -72,10 +72,10 @@ class RunningIntake:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def intake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIntake]:
     """The receiver on a loopback port (memory broker), its database empty."""
-    from carbonhook.commands import start_server
-    from receiver.app import create_app
-    from receiver.migrate import upgrade
-    from receiver.queue import make_broker
+    from carbonhook.cli.bootstrap import build_receiver_app
+    from carbonhook.cli.lifecycle import start_server
+    from carbonhook.migrate import upgrade
+    from carbonhook.queue import make_broker
 
     if request.param == "sqlite":
         db = f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/carbonhook.db"
@@ -87,7 +87,7 @@ def intake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     settings = settings_for_test(db, max_body_bytes=LIMIT)
-    server = start_server(create_app(settings, broker=make_broker("memory://")), "127.0.0.1", 0, lifespan="on")
+    server = start_server(build_receiver_app(settings, broker=make_broker("memory://")), "127.0.0.1", 0, lifespan="on")
     running = RunningIntake(f"http://127.0.0.1:{server.port}", db)
     yield running
     running.close()

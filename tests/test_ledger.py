@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from carbonhook.captures import PlannedCapture
+from carbonhook.ledger import Ledger
 from tests.conftest import (
     RunningEmulator,
     make_body,
@@ -15,13 +17,12 @@ from tests.conftest import (
     settings_for_test,
     store_delivery,
 )
-from workers.ledger import Ledger
-from workers.planning import DeltaPlan, PlannedCapture
+from workers.planning import DeltaPlan
 from workers.rules import Limits, parse_rules
 
 
 def engine_for(db: str) -> Any:
-    from receiver.database import create_sync_engine
+    from carbonhook.database import create_sync_engine
 
     return create_sync_engine(db, pool_size=25)
 
@@ -183,8 +184,8 @@ class Worker:
     def __init__(self, db: str, emulator: RunningEmulator, rules: str) -> None:
         from dramatiq.brokers.stub import StubBroker
 
+        from carbonhook.cli.bootstrap import build_worker
         from workers.rules import RulesHolder
-        from workers.runtime import build_worker
 
         settings = settings_for_test(db, emulator)
         self.runtime = build_worker(settings, broker=StubBroker(), rules=RulesHolder(settings.rules_file, parse_rules(rules)))
@@ -206,7 +207,7 @@ def worker_factory(db_url: str, emulator: RunningEmulator) -> Any:
 
 
 def test_over_the_limit_is_held_then_approved_and_sent_exactly_once(db_url: str, emulator: RunningEmulator, worker_factory: Any):
-    from workers.admin import Admin
+    from carbonhook.admin import Admin
 
     w = worker_factory('[limits]\nmax_lbs_per_day = 600\n[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 500\n')
     first = store_delivery(db_url, make_body(subject="crp_l1"))
@@ -226,7 +227,7 @@ def test_over_the_limit_is_held_then_approved_and_sent_exactly_once(db_url: str,
 
 
 def test_a_rejected_capture_is_never_sent(db_url: str, emulator: RunningEmulator, worker_factory: Any):
-    from workers.admin import Admin
+    from carbonhook.admin import Admin
 
     w = worker_factory('[limits]\nmax_lbs_per_month = 100\n[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 500\n')
     event_id = store_delivery(db_url, make_body(subject="crp_r1"))
@@ -239,7 +240,7 @@ def test_a_rejected_capture_is_never_sent(db_url: str, emulator: RunningEmulator
 
 
 def test_dry_run_records_without_sending_and_switching_it_off_sends_nothing_later(db_url: str, emulator: RunningEmulator, worker_factory: Any):
-    from workers.admin import Admin
+    from carbonhook.admin import Admin
 
     rules = '[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 5\n'
     dry = worker_factory("dry_run = true\n" + rules)

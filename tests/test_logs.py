@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.logs import JsonFormatter, configure_logging
+from carbonhook.logs import JsonFormatter, configure_logging
 from receiver.signature import sign
 from tests.conftest import free_port, make_body, query, wait_http, wait_until
 

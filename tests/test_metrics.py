@@ -32,7 +32,7 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_deliveries_events_captures_and_spend(sqlite_url: str, emulator: RunningEmulator):
-    from workers.runtime import build_worker
+    from carbonhook.cli.bootstrap import build_worker
 
     server, rec = start_receiver(sqlite_url, max_body_bytes=2000)
     settings = settings_for_test(sqlite_url, emulator)

@@ -2,10 +2,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from carbonhook.errors import PlanError
 from workers.planning import (
     _MISSING,
     MAX_PER_CALL,
-    PlanError,
     Resources,
     check,
     explain,

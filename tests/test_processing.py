@@ -38,7 +38,7 @@ class Harness:
     def __init__(self, db: str, emulator: RunningEmulator, rules: str, **overrides: Any) -> None:
         from dramatiq.brokers.stub import StubBroker
 
-        from workers.runtime import build_worker
+        from carbonhook.cli.bootstrap import build_worker
 
         self.db = db
         self.emulator = emulator
@@ -59,7 +59,7 @@ class Harness:
         """Let the retry delay pass at once."""
         from sqlalchemy import create_engine, text
 
-        from receiver.database import sync_url
+        from carbonhook.database import sync_url
 
         engine = create_engine(sync_url(self.db))
         with engine.begin() as conn:
@@ -96,10 +96,9 @@ def test_on_postgresql_an_event_with_one_capture_costs_four_statements(pg_url: s
 
 
 def test_a_worker_whose_lease_was_taken_over_still_records_the_answer_it_got(harness: Harness):
-    from receiver.store import SUCCEEDED
-    from workers.impact import Impact
-    from workers.ledger import captured_columns
-    from workers.planning import PlannedCapture
+    from carbonhook.captures import Impact, PlannedCapture
+    from carbonhook.ledger import captured_columns
+    from carbonhook.statuses import EventStatus
 
     event_id = harness.deliver(make_body())
     store, ledger = harness.processor.store, harness.processor.ledger
@@ -110,7 +109,7 @@ def test_a_worker_whose_lease_was_taken_over_still_records_the_answer_it_got(har
     query_engine_update(harness.db, f"UPDATE events SET attempts = attempts + 1 WHERE id = {event_id}")  # another worker's attempt
 
     answer = Impact(user_id="u_1", time_utc="2026-11-30T11:00:00Z", amount=500)
-    store.finish(event, SUCCEEDED, capture=(row.id, captured_columns(answer)))
+    store.finish(event, EventStatus.SUCCEEDED, capture=(row.id, captured_columns(answer)))
 
     assert query(harness.db, "SELECT status, user_id, time_utc FROM captures") == [("captured", "u_1", "2026-11-30T11:00:00Z")]
     assert harness.status(event_id)[0] == "processing"  # the event is the newer attempt's
@@ -120,7 +119,7 @@ def test_a_worker_whose_lease_was_taken_over_still_records_the_answer_it_got(har
 def query_engine_update(db: str, sql: str) -> None:
     from sqlalchemy import create_engine, text
 
-    from receiver.database import sync_url
+    from carbonhook.database import sync_url
 
     engine = create_engine(sync_url(db))
     with engine.begin() as conn:
@@ -212,7 +211,7 @@ def test_a_5xx_on_a_read_backs_off_exponentially_then_gives_up(db_url: str, emul
 
 
 def test_a_refused_capture_fails_the_event_and_a_replay_tries_it_again(harness: Harness):
-    from workers.admin import Admin
+    from carbonhook.admin import Admin
 
     harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 400, "times": 1})
     event_id = harness.deliver(make_body())
@@ -265,7 +264,7 @@ def test_an_unknown_capture_that_never_happened_is_sent_after_the_settle_delay(h
 
 
 def test_a_worker_whose_lease_was_taken_over_cannot_end_the_newer_attempt(harness: Harness):
-    from receiver.store import SUCCEEDED
+    from carbonhook.statuses import EventStatus
 
     store = harness.processor.store
     event_id = harness.deliver(make_body(subject="crp_lease"))
@@ -274,7 +273,7 @@ def test_a_worker_whose_lease_was_taken_over_cannot_end_the_newer_attempt(harnes
     time.sleep(0.05)  # the lease runs out; another worker takes the event over
     second = store.claim(event_id, lease_s=300)
     assert second is not None and second.attempts == first.attempts + 1
-    store.finish(first, SUCCEEDED, note="late")
+    store.finish(first, EventStatus.SUCCEEDED, note="late")
     assert query(harness.db, f"SELECT status, attempts FROM events WHERE id = {event_id}") == [("processing", 2)]
     assert query(harness.db, f"SELECT count(*) FROM event_attempts WHERE event_id = {event_id}") == [(0,)]
     store.retry_later(second, delay_s=5, error="503", http_status=503)

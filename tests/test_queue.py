@@ -17,7 +17,7 @@ from tests.conftest import free_port
 def hand_off(
     url: str, ids: list[int], marked: list[int], timeout_s: float = 5.0, stop_s: float = 30
 ) -> None:
-    from receiver.queue import RedisEnqueuer, make_broker
+    from carbonhook.queue import RedisEnqueuer, make_broker
 
     broker = make_broker(url)
 
@@ -32,7 +32,7 @@ def hand_off(
 
 
 def test_each_id_becomes_one_dramatiq_message_and_none_is_given_back(redis_url: str):
-    from receiver.queue import EVENTS_QUEUE, PROCESS_EVENT, make_broker
+    from carbonhook.queue import EVENTS_QUEUE, PROCESS_EVENT, make_broker
 
     ids = list(range(1, 181))
     marked: list[int] = []
@@ -59,7 +59,7 @@ def test_with_redis_unreachable_all_are_marked_pending_at_once_and_nothing_waits
 ):
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     marked: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="receiver.queue"):
+    with caplog.at_level(logging.WARNING, logger="carbonhook.queue"):
         hand_off(url, list(range(1, 501)), marked, timeout_s=1.0)
     assert sorted(marked) == list(range(1, 501))
     warnings = [r.getMessage() for r in caplog.records if "marked pending" in r.getMessage()]
@@ -85,7 +85,7 @@ def test_a_broker_that_hangs_at_shutdown_gets_its_events_marked_pending():
 
 
 def test_the_thread_hand_off_marks_pending_what_the_broker_refused():
-    from receiver.queue import Enqueuer, make_broker
+    from carbonhook.queue import Enqueuer, make_broker
 
     broker = make_broker("memory://")
 

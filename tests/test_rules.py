@@ -1,6 +1,7 @@
 import pytest
 
-from workers.rules import RulesError, RulesHolder, load_rules, parse_rules
+from carbonhook.errors import RulesError
+from workers.rules import RulesHolder, load_rules, parse_rules
 
 CORE_EXAMPLE = '''
 [[rule]]

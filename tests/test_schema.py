@@ -1,12 +1,12 @@
-"""The models in receiver/schema.py match what the migrations build (receiver/schema.py's promise)."""
+"""The models in carbonhook/schema.py match what the migrations build (carbonhook/schema.py's promise)."""
 
 from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from receiver.database import create_sync_engine
-from receiver.schema import Base
+from carbonhook.database import create_sync_engine
+from carbonhook.schema import Base
 
 
 def test_the_migrations_build_the_tables_the_models_describe(db_url: str):

@@ -1,6 +1,7 @@
 import pytest
 
-from receiver.settings import SettingsError, load_settings
+from carbonhook.errors import SettingsError
+from carbonhook.settings import load_settings
 
 
 def test_defaults_are_the_embedded_ones(monkeypatch, tmp_path):

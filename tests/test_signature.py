@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.errors import SignatureError
+from carbonhook.errors import SignatureError
 from receiver.signature import sign, verify_signature
 
 BODY = b'{"event":"crp.generated","timestamp":"2026-04-06T14:35:48Z","data":{"id":"crp_5tN8xBmQ","status":"draft"}}'

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from receiver.queue import enqueue_event, make_broker
+from carbonhook.queue import enqueue_event, make_broker
 from tests.conftest import (
     AMQP_URL,
     RunningEmulator,
@@ -25,7 +25,7 @@ RULES = '[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 42\n'
 
 
 def run_worker(db: str, emulator: RunningEmulator, broker_url: str) -> Iterator[Any]:
-    from workers.runtime import build_worker
+    from carbonhook.cli.bootstrap import build_worker
 
     settings = settings_for_test(db, emulator, broker_url=broker_url, worker_threads=2)
     runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(RULES)))
@@ -90,7 +90,7 @@ def test_the_in_process_broker_serves_carbonhook_run(sqlite_url: str, emulator: 
 
 
 def test_the_sweeper_finds_events_the_queue_never_saw(sqlite_url: str, emulator: RunningEmulator):
-    from workers.runtime import build_worker
+    from carbonhook.cli.bootstrap import build_worker
 
     settings = settings_for_test(sqlite_url, emulator, sweep_interval_s=0.2, lease_s=3.0, worker_threads=1)
     runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(RULES)))
@@ -116,8 +116,8 @@ def test_the_sweeper_finds_events_the_queue_never_saw(sqlite_url: str, emulator:
 
 
 def test_one_sweep_hands_its_whole_batch_to_the_broker_at_once(sqlite_url: str):
-    from receiver.database import create_sync_engine
-    from receiver.store import EventStore
+    from carbonhook.database import create_sync_engine
+    from carbonhook.store import EventStore
     from workers.sweeper import Sweeper
 
     store = EventStore(create_sync_engine(sqlite_url))

@@ -6,7 +6,7 @@ from typing import Any
 
 import dramatiq
 
-from receiver.queue import EVENTS_QUEUE, PROCESS_EVENT
+from carbonhook.queue import EVENTS_QUEUE, PROCESS_EVENT
 from workers.processing import Processor
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from receiver.errors import PermanentError, RetryableError
-from receiver.events import SUBJECT_ID
+from carbonhook.errors import PermanentError, RetryableError
+from carbonhook.event_types import SUBJECT_ID
 from workers.http import Api, send
 
 SITE_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -56,15 +56,16 @@ class CarbonPassClient:
     ) -> dict[str, Any]:
         request = self.http.request("GET", path, params=params)
         response = send(self.http, request, what=what, side_effect=False, endpoint=endpoint)
-        try:
-            body = response.json()
-        except ValueError:
-            raise RetryableError(
-                f"{what}: answer is not JSON", status=response.status_code
-            ) from None
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, dict):
-            raise RetryableError(
-                f"{what}: answer has no 'data' object", status=response.status_code
-            )
-        return data
+        return decipher_data(response, what=what)
+
+
+def decipher_data(response: httpx.Response, *, what: str) -> dict[str, Any]:
+    """The object a 2xx answer wraps in `{"data": …}` (pure); anything else may pass later."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise RetryableError(f"{what}: answer is not JSON", status=response.status_code) from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise RetryableError(f"{what}: answer has no 'data' object", status=response.status_code)
+    return data

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from receiver.errors import AmbiguousError, PermanentError, RetryableError
-from receiver.metrics import metrics
+from carbonhook.errors import AmbiguousError, PermanentError, RetryableError
+from carbonhook.metrics import metrics
 
 
 class Api:
@@ -136,10 +136,18 @@ def send(
         raise cls(f"{what}: {type(exc).__name__} after sending") from None
     finally:
         observed.api_seconds.labels(api.name, endpoint).observe(time.perf_counter() - started)
+    observed.api_requests.labels(api.name, endpoint, str(response.status_code)).inc()
+    decipher_response(response, what=what, side_effect=side_effect)
+    return response
+
+
+def decipher_response(response: httpx.Response, *, what: str, side_effect: bool) -> None:
+    """What an answer means, apart from how it came (pure): return for a 2xx, else raise the
+    error that says what a retry may do. With `side_effect`, a 5xx may have done the work:
+    `AmbiguousError`, so the caller checks before it calls again."""
     status = response.status_code
-    observed.api_requests.labels(api.name, endpoint, str(status)).inc()
     if status < 300:
-        return response
+        return
     message = f"{what}: HTTP {status} {error_message(response)}"
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -4,35 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import httpx
 
-from receiver.errors import AmbiguousError
+from carbonhook.actions import ACTIONS, Action
+from carbonhook.captures import Impact
+from carbonhook.errors import AmbiguousError
 from workers.http import Api, send
 
-# action → (path, the key of the amount in answers and records)
-ACTIONS: dict[str, tuple[str, str]] = {
-    "capture_carbon": ("/v1/capture_carbon", "carbon_captured"),
-    "plant_tree": ("/v1/plant_tree", "tree_planted"),
-    "clean_ocean": ("/v1/clean_ocean", "waste_removed"),
-}
 MAX_AMOUNT = 10_000_000
 RECORDS_PAGE = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Impact:
-    """What 1ClickImpact says it did: `(user_id, time_utc)` identifies it."""
-
-    user_id: str
-    time_utc: str
-    amount: int
-    customer_id: str | None = None
-    customer_email: str | None = None
-    metadata: dict[str, str] | None = None
 
 
 class ImpactClient:
@@ -68,7 +51,8 @@ class ImpactClient:
         metadata: dict[str, str] | None = None,
     ) -> Impact:
         """Create one impact. Raises `AmbiguousError` when it may or may not have happened."""
-        path, key = ACTIONS[action]
+        spec = ACTIONS[Action(action)]
+        path = spec.path
         body: dict[str, Any] = {"amount": amount}
         if customer_email:
             body["customer_email"] = customer_email
@@ -80,14 +64,7 @@ class ImpactClient:
             body["metadata"] = metadata
         request = self.http.request("POST", path, json=body)
         response = send(self.http, request, what=f"POST {path}", side_effect=True, endpoint=action)
-        try:
-            answer = response.json()
-            return _impact(answer, key)
-        except (ValueError, KeyError, TypeError):
-            # A 2xx we cannot read: it most likely happened; reconciliation decides.
-            raise AmbiguousError(
-                f"POST {path}: unreadable answer", status=response.status_code
-            ) from None
+        return decipher_created(response, spec.amount_key, what=f"POST {path}")
 
     def records(
         self,
@@ -98,7 +75,7 @@ class ImpactClient:
         customer_email: str | None = None,
     ) -> Iterator[Impact]:
         """Every record of `action` since `since`, following the cursor."""
-        _, key = ACTIONS[action]
+        key = ACTIONS[Action(action)].amount_key
         path = "/v1/customer_records" if customers else "/v1/records"
         params: dict[str, Any] = {
             "filter_by": key,
@@ -125,6 +102,15 @@ class ImpactClient:
             if not cursor or not items:
                 return
             params["cursor"] = cursor
+
+
+def decipher_created(response: httpx.Response, key: str, *, what: str) -> Impact:
+    """The impact a 2xx create answer says was made (pure). A 2xx we cannot read most likely
+    did the work: `AmbiguousError`, and reconciliation decides."""
+    try:
+        return _impact(response.json(), key)
+    except (ValueError, KeyError, TypeError):
+        raise AmbiguousError(f"{what}: unreadable answer", status=response.status_code) from None
 
 
 def _impact(answer: dict[str, Any], key: str) -> Impact:

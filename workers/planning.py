@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from receiver.events import CRP_GENERATED
+from carbonhook.captures import PlannedCapture
+from carbonhook.errors import PlanError
+from carbonhook.event_types import CRP_GENERATED
 from workers.rules import PLACEHOLDER, Rule, RuleSet, _source
 
 LBS_PER_TONNE = Decimal("2204.62262")
@@ -15,10 +17,6 @@ MAX_PER_CALL = 10_000_000
 # A plan this large is a mistake in the rules or the data, not an intent: refuse it.
 MAX_PARTS = 100
 _MISSING = object()
-
-
-class PlanError(Exception):
-    """A rule cannot be applied to this event (a placeholder or an amount has no value)."""
 
 
 @dataclass(frozen=True)
@@ -32,21 +30,6 @@ class Resources:
 
 
 @dataclass(frozen=True)
-class PlannedCapture:
-    """One call to make (or not: `skipped` under 1 lb, `dry_run`); `part` splits big amounts."""
-
-    rule: str
-    part: int
-    action: str
-    amount: int
-    customer_email: str | None
-    customer_name: str | None
-    notify: bool
-    dry_run: bool
-    skipped: bool = False
-
-
-@dataclass(frozen=True)
 class DeltaPlan:
     """An `offset_delta` rule's input: the amount depends on what was offset before."""
 
@@ -57,6 +40,14 @@ class DeltaPlan:
     dry_run: bool
     customer_email: str | None
     customer_name: str | None
+
+    @property
+    def rule_name(self) -> str:
+        return self.rule.name
+
+    def captures_after(self, offset_before: float) -> tuple[list[PlannedCapture], float]:
+        """The captures to make given the tonnes offset before, and the new mark."""
+        return delta_captures(self, offset_before)
 
 
 @dataclass

@@ -9,25 +9,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from receiver.errors import AmbiguousError, PermanentError, RetryableError
-from receiver.events import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
-from receiver.metrics import metrics
-from receiver.schema import utcnow
-from receiver.settings import Settings
-from receiver.store import FAILED, HELD, SUCCEEDED, ClaimedEvent, EventStore
+from carbonhook.captures import Impact
+from carbonhook.errors import AmbiguousError, PermanentError, PlanError, RetryableError
+from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
+from carbonhook.ledger import CaptureRow, Ledger, captured_columns
+from carbonhook.metrics import metrics
+from carbonhook.schema import utcnow
+from carbonhook.settings import Settings
+from carbonhook.statuses import SETTLED_CAPTURES, CaptureStatus, EventStatus
+from carbonhook.store import ClaimedEvent, EventStore
 from workers.carbonpass import CarbonPassClient
-from workers.impact import Impact, ImpactClient
-from workers.ledger import (
-    CAPTURED,
-    DRY_RUN,
-    PENDING,
-    SETTLED,
-    CaptureRow,
-    Ledger,
-    captured_columns,
-)
-from workers.ledger import HELD as CAPTURE_HELD
-from workers.planning import PlanError, Resources, explain, needed_sources
+from workers.impact import ImpactClient
+from workers.planning import Resources, explain, needed_sources
 from workers.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -110,15 +103,15 @@ class Processor:
         metrics().processing_seconds.labels(event.type, status).observe(max(0.0, elapsed))
 
     def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
-        self.store.finish(event, FAILED, error=error, http_status=http_status)
-        self._observe(event, FAILED)
+        self.store.finish(event, EventStatus.FAILED, error=error, http_status=http_status)
+        self._observe(event, EventStatus.FAILED)
         log.warning(
             "event %s failed: %s",
             event.id,
             error,
-            extra={"event_id": event.id, "outcome": FAILED},
+            extra={"event_id": event.id, "outcome": EventStatus.FAILED},
         )
-        return FAILED
+        return EventStatus.FAILED
 
     def _retry(self, event: ClaimedEvent, exc: RetryableError) -> str:
         if event.attempts > self.settings.max_retries:
@@ -167,15 +160,15 @@ class Processor:
         for n, row in enumerate(rows):
             status, answer = self._settle(row, event, ruleset, last=n == len(rows) - 1)
             statuses.append(status)
-        if CAPTURE_HELD in statuses:
-            held = statuses.count(CAPTURE_HELD)
-            return HELD, f"{held} capture(s) held over a spend limit", answer
+        if CaptureStatus.HELD in statuses:
+            held = statuses.count(CaptureStatus.HELD)
+            return EventStatus.HELD, f"{held} capture(s) held over a spend limit", answer
         if not rows:
-            return SUCCEEDED, "no rule matched", None
-        if DRY_RUN in statuses:
-            dry = statuses.count(DRY_RUN)
-            return SUCCEEDED, f"dry run: {dry} capture(s) recorded, not sent", answer
-        return SUCCEEDED, None, answer
+            return EventStatus.SUCCEEDED, "no rule matched", None
+        if CaptureStatus.DRY_RUN in statuses:
+            dry = statuses.count(CaptureStatus.DRY_RUN)
+            return EventStatus.SUCCEEDED, f"dry run: {dry} capture(s) recorded, not sent", answer
+        return EventStatus.SUCCEEDED, None, answer
 
     def _fetch(self, event: ClaimedEvent, ruleset: RuleSet) -> Resources:
         needed = needed_sources(ruleset, event.type)
@@ -194,9 +187,11 @@ class Processor:
     ) -> tuple[str, Answer | None]:
         """Bring one ledger row to a settled state, or raise to try the event again later.
         With `last`, a new answer is returned for the caller to write, not written."""
-        if row.status in SETTLED or row.status == CAPTURE_HELD:
+        if row.status in SETTLED_CAPTURES or row.status == CaptureStatus.HELD:
             return row.status, None
-        if (row.status == PENDING and row.attempted_at is None) or row.status == FAILED:
+        if (
+            row.status == CaptureStatus.PENDING and row.attempted_at is None
+        ) or row.status == CaptureStatus.FAILED:
             return self._call(row, event, ruleset, last=last)
         # unknown, or pending with an attempt under way or cut short: ask 1ClickImpact first.
         assert row.attempted_at is not None
@@ -205,7 +200,7 @@ class Processor:
             self.ledger.captured(row.id, found, note="found by reconciliation")
             metrics().captures.labels(row.rule, "reconciled").inc()
             metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
-            return CAPTURED, None
+            return CaptureStatus.CAPTURED, None
         age = (utcnow() - row.attempted_at).total_seconds()
         if age < self.settings.reconcile_after_s:
             wait = self.settings.reconcile_after_s - age
@@ -221,8 +216,8 @@ class Processor:
         decision = self.ledger.begin_attempt(row, ruleset.file.limits)
         counted = metrics().captures
         if decision == "held":
-            counted.labels(row.rule, CAPTURE_HELD).inc()
-            return CAPTURE_HELD, None
+            counted.labels(row.rule, CaptureStatus.HELD).inc()
+            return CaptureStatus.HELD, None
         if decision == "busy":
             raise RetryableError(
                 f"capture {row.id} changed under us; looking again", retry_after=1.0
@@ -255,7 +250,7 @@ class Processor:
             raise
         if not last:
             self.ledger.captured(row.id, impact)
-        counted.labels(row.rule, CAPTURED).inc()
+        counted.labels(row.rule, CaptureStatus.CAPTURED).inc()
         metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
         log.info(
             "capture %s: %s %s",
@@ -266,10 +261,10 @@ class Processor:
                 "event_id": event.id,
                 "capture_id": row.id,
                 "rule": row.rule,
-                "outcome": CAPTURED,
+                "outcome": CaptureStatus.CAPTURED,
             },
         )
-        return CAPTURED, (row.id, captured_columns(impact)) if last else None
+        return CaptureStatus.CAPTURED, (row.id, captured_columns(impact)) if last else None
 
     def _reconcile(self, row: CaptureRow) -> Impact | None:
         """The 1ClickImpact record of this capture, if there is one (metadata, else amount/customer/time)."""

@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from receiver.events import BILL_CONFIRMED, CRP_GENERATED
+from carbonhook.errors import RulesError
+from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists")
 SOURCES = ("event", "crp", "company", "emissions")
@@ -26,10 +27,6 @@ Scope = Literal["total", "scope1", "scope2", "scope3"]
 Action = Literal["capture_carbon", "plant_tree", "clean_ocean"]
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 EMAIL = re.compile(r"[^@\s{}]+@[^@\s{}]+\.[^@\s{}]+|.*\{.+\}.*")
-
-
-class RulesError(Exception):
-    """The rules file is invalid; the message names the rule, the field and the line."""
 
 
 class _Strict(BaseModel):

@@ -6,8 +6,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from receiver.metrics import metrics
-from receiver.store import EventStore
+from carbonhook.metrics import metrics
+from carbonhook.store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
-from receiver.settings import SettingsError
+from carbonhook.errors import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from receiver.schema import Capture, Event, Spend
+from carbonhook.actions import LIMITED_ACTION
+from carbonhook.schema import Capture, Event, Spend
+from carbonhook.statuses import CaptureStatus, EventStatus
 
-# Mirrors workers.ledger: only captured `capture_carbon` rows are pounds of carbon, and a
-# row's `spend_day` is the UTC day its pounds were reserved against the daily limit.
-CAPTURED = "captured"
-CARBON_ACTION = "capture_carbon"
-FAILED_EVENT = "failed"
+# Only captured `capture_carbon` rows are pounds of carbon, and a row's `spend_day` is the UTC
+# day its pounds were reserved against the daily limit (carbonhook/spend.py).
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +57,8 @@ def _lbs_per_day(conn: Connection, today: date, days: int) -> list[DayTotal]:
     rows = conn.execute(
         select(Capture.spend_day, func.sum(Capture.amount))
         .where(
-            Capture.status == CAPTURED,
-            Capture.action == CARBON_ACTION,
+            Capture.status == CaptureStatus.CAPTURED,
+            Capture.action == LIMITED_ACTION,
             Capture.spend_day >= first.isoformat(),
             Capture.spend_day <= today.isoformat(),
         )
@@ -78,7 +77,7 @@ def _captures_by_status(conn: Connection) -> dict[str, int]:
 def _latest_failures(conn: Connection, limit: int) -> list[dict[str, Any]]:
     rows = conn.execute(
         select(Event.id, Event.type, Event.subject_id, Event.updated_at, Event.last_error)
-        .where(Event.status == FAILED_EVENT)
+        .where(Event.status == EventStatus.FAILED)
         .order_by(Event.updated_at.desc(), Event.id.desc())
         .limit(limit)
     )

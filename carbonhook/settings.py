@@ -8,14 +8,12 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from carbonhook.errors import SettingsError
+
 ENV_PREFIX = "CARBONHOOK_"
 # The admin token is a bearer password for replays and approvals, which spend money: refuse one
 # short enough to guess (the lockout slows guessing per address, not per token).
 ADMIN_TOKEN_MIN_CHARS = 16
-
-
-class SettingsError(Exception):
-    """A setting is missing or malformed; the message names the variable."""
 
 
 class Settings(BaseSettings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -18,36 +18,29 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from receiver.database import DriverStatement
-from receiver.errors import Conflict, NotFound
-from receiver.schema import Capture, DeltaMark, Spend, UTCDateTime, utcnow
-from receiver.store import record_capture
-from workers.impact import Impact
-from workers.planning import DeltaPlan, PlannedCapture, delta_captures
-from workers.rules import Limits
-
-# Capture states (DESIGN.md): pending → captured | failed | unknown; held → approved → pending
-# or rejected; skipped (< 1 lb); dry_run.
-PENDING, CAPTURED, FAILED, UNKNOWN = "pending", "captured", "failed", "unknown"
-HELD, REJECTED, SKIPPED, DRY_RUN = "held", "rejected", "skipped", "dry_run"
-CAPTURE_STATUSES = (
-    PENDING,
-    CAPTURED,
-    FAILED,
-    UNKNOWN,
-    HELD,
-    REJECTED,
-    SKIPPED,
-    DRY_RUN,
-)
-SETTLED = (CAPTURED, SKIPPED, DRY_RUN, REJECTED)
-LIMITED_ACTION = "capture_carbon"  # limits count pounds of carbon
+from carbonhook import spend
+from carbonhook.actions import LIMITED_ACTION
+from carbonhook.captures import Impact, PlannedCapture
+from carbonhook.database import DriverStatement, insert_ignore, insert_ignore_statement
+from carbonhook.errors import Conflict, NotFound
+from carbonhook.schema import Capture, DeltaMark, UTCDateTime, utcnow
+from carbonhook.spend import SpendLimits
+from carbonhook.statuses import CaptureStatus
+from carbonhook.store import record_capture
 
 
 @dataclass(frozen=True, slots=True)
 class CaptureRow:
+    """One ledger row as a worker reads it: unique per (rule, subject_id, part).
+
+    Its `status` moves through the capture state machine (carbonhook/statuses.py): `pending`
+    is written before the call, so every call has an owner; `captured`, `failed` or `unknown`
+    record the answer (or its absence); `held` waits for an admin over a spend limit;
+    `skipped` and `dry_run` are never sent. `spend_day` is the UTC day whose windows hold its
+    reserved pounds (None: nothing reserved).
+    """
+
     id: int
     event_id: int
     rule: str
@@ -70,11 +63,35 @@ class CaptureRow:
 _ROW_COLUMNS = [getattr(Capture, name) for name in CaptureRow.__slots__]  # type: ignore[attr-defined]
 
 
-class OverLimit(Exception):
-    pass
+class _OverLimit(Exception):
+    """Raised inside a reservation's transaction to roll it back."""
+
+
+class DeltaPlan(Protocol):
+    """An `offset_delta` rule's plan: its amount depends on what it offset before."""
+
+    @property
+    def rule_name(self) -> str: ...
+    @property
+    def site_id(self) -> str: ...
+    @property
+    def period(self) -> str: ...
+    @property
+    def current_tco2e(self) -> float: ...
+    def captures_after(self, offset_before: float) -> tuple[list[PlannedCapture], float]:
+        """The captures to make given the tonnes offset before, and the new mark."""
+        ...
 
 
 class Ledger:
+    """The capture ledger over the event store's database.
+
+    Every call to 1ClickImpact has a row written before it (`ensure`), an attempt begun under a
+    conditional update that also reserves spend (`begin_attempt`: "go", "held" or "busy"), and
+    its answer recorded (`captured`, `failed`, `unknown`). Admins decide held and unknown rows
+    (`approve`, `reject`, `resolve`). The state machine is in carbonhook/statuses.py.
+    """
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -97,16 +114,16 @@ class Ledger:
         """Rows for an `offset_delta` rule, serialised per rule + site + period."""
         now = utcnow()
         key = and_(
-            DeltaMark.rule == plan.rule.name,
+            DeltaMark.rule == plan.rule_name,
             DeltaMark.site_id == plan.site_id,
             DeltaMark.period == plan.period,
         )
         with self.engine.begin() as conn:
-            _insert_ignore(
+            insert_ignore(
                 conn,
                 DeltaMark,
                 {
-                    "rule": plan.rule.name,
+                    "rule": plan.rule_name,
                     "site_id": plan.site_id,
                     "period": plan.period,
                     "offset_tco2e": 0.0,
@@ -118,12 +135,12 @@ class Ledger:
             conn.execute(update(DeltaMark).where(key).values(updated_at=now))
             existing = self._rows(
                 conn,
-                and_(Capture.rule == plan.rule.name, Capture.subject_id == subject_id),
+                and_(Capture.rule == plan.rule_name, Capture.subject_id == subject_id),
             )
             if existing:
                 return existing
             before = conn.execute(select(DeltaMark.offset_tco2e).where(key)).scalar_one()
-            planned, mark = delta_captures(plan, before)
+            planned, mark = plan.captures_after(before)
             extra = {
                 "site_id": plan.site_id,
                 "period": plan.period,
@@ -131,21 +148,21 @@ class Ledger:
             }
             for capture in planned:
                 values = _planned_values(event_id, subject_id, capture, rules_hash)
-                _insert_ignore(conn, Capture, values | extra)
+                insert_ignore(conn, Capture, values | extra)
             conn.execute(update(DeltaMark).where(key).values(offset_tco2e=mark))
             return self._rows(
                 conn,
-                and_(Capture.rule == plan.rule.name, Capture.subject_id == subject_id),
+                and_(Capture.rule == plan.rule_name, Capture.subject_id == subject_id),
             )
 
     # -- one attempt ----------------------------------------------------------------------
 
-    def begin_attempt(self, row: CaptureRow, limits: Limits) -> str:
+    def begin_attempt(self, row: CaptureRow, limits: SpendLimits) -> str:
         """Claim the right to call for `row`: "go", "held" (over a limit) or "busy"."""
         now = utcnow()
         reserve = row.spend_day is None and row.action == LIMITED_ACTION
         day = now.date().isoformat()
-        windows = _spend_windows(day, None if row.approved else limits)
+        windows = spend.spend_windows(day, None if row.approved else limits)
         first = row.attempted_at is None
         params = {
             "capture_id": row.id,
@@ -161,7 +178,7 @@ class Ledger:
             # The usual case in one round trip: while a transaction (BEGIN, three UPDATEs,
             # COMMIT) held the spend rows, every other capture of the day queued behind it.
             answer = _BEGIN_AND_RESERVE.run(
-                self.engine, params | _limit_params(row.amount, windows)
+                self.engine, params | spend.limit_params(row.amount, windows)
             )
             seen, started = answer.rows[0]
             if started:
@@ -175,8 +192,9 @@ class Ledger:
                 stmt = _begin_attempt_statement(first=first, reserve=True)
                 if conn.execute(stmt, params).rowcount == 0:
                     return "busy"
-                _reserve(conn, row.amount, windows)
-        except OverLimit:
+                if not spend.reserve(conn, row.amount, windows):
+                    raise _OverLimit
+        except _OverLimit:
             with self.engine.begin() as conn:
                 held = conn.execute(_hold_statement(first), params)
                 return "held" if held.rowcount else "busy"
@@ -188,12 +206,12 @@ class Ledger:
     def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
         """A definite refusal: nothing happened, so the reserved spend is released."""
         with self.engine.begin() as conn:
-            self._release(conn, capture_id)
+            spend.release(conn, capture_id)
             conn.execute(
                 update(Capture)
                 .where(Capture.id == capture_id)
                 .values(
-                    status=FAILED,
+                    status=CaptureStatus.FAILED,
                     error=error,
                     http_status=http_status,
                     updated_at=utcnow(),
@@ -207,7 +225,7 @@ class Ledger:
                 update(Capture)
                 .where(Capture.id == capture_id)
                 .values(
-                    status=UNKNOWN,
+                    status=CaptureStatus.UNKNOWN,
                     error=error,
                     http_status=http_status,
                     updated_at=utcnow(),
@@ -229,9 +247,9 @@ class Ledger:
         """A held capture may be sent once, past the limits."""
         return self._decide(
             capture_id,
-            HELD,
+            CaptureStatus.HELD,
             {
-                "status": PENDING,
+                "status": CaptureStatus.PENDING,
                 "approved": True,
                 "attempted_at": None,
                 "note": "approved past the limits",
@@ -239,23 +257,27 @@ class Ledger:
         )
 
     def reject(self, capture_id: int) -> CaptureRow:
-        return self._decide(capture_id, HELD, {"status": REJECTED, "note": "rejected by an admin"})
+        return self._decide(
+            capture_id,
+            CaptureStatus.HELD,
+            {"status": CaptureStatus.REJECTED, "note": "rejected by an admin"},
+        )
 
     def resolve(self, capture_id: int, *, captured: bool) -> CaptureRow:
         """An admin's answer for an `unknown` capture after checking 1ClickImpact."""
         if captured:
             return self._decide(
                 capture_id,
-                (UNKNOWN, PENDING),
-                {"status": CAPTURED, "note": "resolved by an admin: captured"},
+                (CaptureStatus.UNKNOWN, CaptureStatus.PENDING),
+                {"status": CaptureStatus.CAPTURED, "note": "resolved by an admin: captured"},
             )
         with self.engine.begin() as conn:
-            self._release(conn, capture_id)
+            spend.release(conn, capture_id)
         return self._decide(
             capture_id,
-            (UNKNOWN, PENDING),
+            (CaptureStatus.UNKNOWN, CaptureStatus.PENDING),
             {
-                "status": FAILED,
+                "status": CaptureStatus.FAILED,
                 "attempted_at": None,
                 "note": "resolved by an admin: not captured",
             },
@@ -309,7 +331,7 @@ class Ledger:
     def spent(self, window: str) -> int:
         """Pounds reserved in `day:YYYY-MM-DD` or `month:YYYY-MM`."""
         with self.engine.connect() as conn:
-            return int(conn.execute(select(Spend.lbs).where(Spend.window == window)).scalar() or 0)
+            return spend.spent(conn, window)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -331,23 +353,11 @@ class Ledger:
             )
         ]
 
-    def _release(self, conn: Connection, capture_id: int) -> None:
-        row = conn.execute(
-            select(Capture.amount, Capture.spend_day).where(Capture.id == capture_id)
-        ).first()
-        if row is None or row.spend_day is None:
-            return
-        for window in _spend_windows(row.spend_day, None):
-            conn.execute(
-                update(Spend).where(Spend.window == window).values(lbs=Spend.lbs - row.amount)
-            )
-        conn.execute(update(Capture).where(Capture.id == capture_id).values(spend_day=None))
-
 
 def captured_columns(impact: Impact, *, note: str | None = None) -> dict[str, Any]:
     """The columns that record 1ClickImpact's answer on a capture."""
     values: dict[str, Any] = {
-        "status": CAPTURED,
+        "status": CaptureStatus.CAPTURED,
         "user_id": impact.user_id,
         "time_utc": impact.time_utc,
         "customer_id": impact.customer_id,
@@ -360,52 +370,22 @@ def captured_columns(impact: Impact, *, note: str | None = None) -> dict[str, An
     return values
 
 
-def _spend_windows(day: str, limits: Limits | None) -> dict[str, int | None]:
-    """The day's and its month's spend windows (`day:2026-11-25`, `month:2026-11`), in the
-    order they are locked, each with its limit (None: no limit, or `limits` is None)."""
-    return {
-        f"day:{day}": limits.max_lbs_per_day if limits else None,
-        f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
-    }
-
-
-def _reserve(conn: Connection, amount: int, windows: dict[str, int | None]) -> None:
-    """Add `amount` to the spend `windows`, or raise `OverLimit` (caller rolls back).
-
-    Every capture goes through these two rows. They are updated one at a time, always the day
-    first: one UPDATE for both would lock them in whatever order PostgreSQL finds them, and
-    two reservations taking them in opposite orders deadlock.
-    """
-    for window, limit in windows.items():
-        # With a limit, checked and added in one statement: concurrent workers cannot overshoot.
-        stmt = _ADD_SPEND if limit is None else _ADD_SPEND_WITHIN
-        params = {"spend_window": window, "amount": amount, "limit": limit}
-        if conn.execute(stmt, params).rowcount == 0:
-            # No row yet (the first capture of a day or month), or over the limit.
-            _insert_ignore(conn, Spend, {"window": window, "lbs": 0})
-            if conn.execute(stmt, params).rowcount == 0:
-                raise OverLimit(window)
-
-
-def _limit_params(amount: int, windows: dict[str, int | None]) -> dict[str, Any]:
-    """`_BEGIN_AND_RESERVE`'s parameters for the spend `windows` (`NO_LIMIT` for no limit)."""
-    (day_window, day_limit), (month_window, month_limit) = windows.items()
-    return {
-        "amount": amount,
-        "day_window": day_window,
-        "month_window": month_window,
-        "day_limit": NO_LIMIT if day_limit is None else day_limit,
-        "month_limit": NO_LIMIT if month_limit is None else month_limit,
-    }
-
-
 def _planned_values(
     event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
 ) -> dict[str, Any]:
     """A new ledger row for `planned`, as `_INSERT_PLANNED`'s parameters."""
     now = utcnow()
-    status = SKIPPED if planned.skipped else DRY_RUN if planned.dry_run else PENDING
-    notes = {DRY_RUN: "dry run: not sent", SKIPPED: "under 1 lb: not sent"}
+    status = (
+        CaptureStatus.SKIPPED
+        if planned.skipped
+        else CaptureStatus.DRY_RUN
+        if planned.dry_run
+        else CaptureStatus.PENDING
+    )
+    notes = {
+        CaptureStatus.DRY_RUN: "dry run: not sent",
+        CaptureStatus.SKIPPED: "under 1 lb: not sent",
+    }
     return {
         "event_id": event_id,
         "rule": planned.rule,
@@ -425,24 +405,6 @@ def _planned_values(
         "updated_at": now,
     }
 
-
-def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
-    """INSERT … ON CONFLICT DO NOTHING of one row."""
-    conn.execute(_insert_ignore_statement(model, conn.dialect.name), values)
-
-
-# The statements of every capture, built once: building one costs more CPU than sending it
-# (bench/FINDINGS.md). A parameter named like a column of the table an UPDATE writes would be
-# taken for a value to set: hence `new_…`, `spend_window`, `seen_…`.
-_ADD_SPEND = (
-    update(Spend)
-    .where(Spend.window == bindparam("spend_window"))
-    .values(lbs=Spend.lbs + bindparam("amount"))
-)
-_ADD_SPEND_WITHIN = _ADD_SPEND.where(Spend.lbs + bindparam("amount") <= bindparam("limit"))
-
-
-NO_LIMIT = 2**63 - 1  # the largest BIGINT
 
 # PostgreSQL: mark a capture attempted and reserve its pounds in one statement, only if it is
 # unchanged since it was read, both spend rows exist and both stay within their limits;
@@ -486,7 +448,7 @@ _BEGIN_AND_RESERVE = DriverStatement(
         bindparam("amount", type_=BigInteger()),
         bindparam("day_limit", type_=BigInteger()),
         bindparam("month_limit", type_=BigInteger()),
-        bindparam("pending", value=PENDING),
+        bindparam("pending", value=CaptureStatus.PENDING),
     )
 )
 
@@ -506,7 +468,7 @@ def _unchanged(first: bool) -> Any:
 def _begin_attempt_statement(*, first: bool, reserve: bool) -> Update:
     """Mark a capture attempted if nobody changed it since it was read."""
     values: dict[str, Any] = {
-        "status": PENDING,
+        "status": CaptureStatus.PENDING,
         "attempted_at": bindparam("now"),
         "attempts": Capture.attempts + 1,
         "error": None,
@@ -524,7 +486,9 @@ def _hold_statement(first: bool) -> Update:
         update(Capture)
         .where(_unchanged(first))
         .values(
-            status=HELD, note="over a spend limit: approve or reject", updated_at=bindparam("now")
+            status=CaptureStatus.HELD,
+            note="over a spend limit: approve or reject",
+            updated_at=bindparam("now"),
         )
     )
 
@@ -535,18 +499,11 @@ def _begin_attempt_alone(first: bool) -> DriverStatement:
     return DriverStatement(lambda _: _begin_attempt_statement(first=first, reserve=False))
 
 
-@functools.cache
-def _insert_ignore_statement(model: Any, dialect_name: str) -> Any:
-    """The columns come from the parameters of each execution."""
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    return dialect.insert(model).on_conflict_do_nothing()
-
-
 # A new ledger row (`_planned_values`; a column it leaves out is NULL), and the row back if
 # there was none.
 _INSERT_PLANNED = DriverStatement(
     lambda dialect_name: (
-        _insert_ignore_statement(Capture, dialect_name)
+        insert_ignore_statement(Capture, dialect_name)
         .values(
             {
                 column.key: bindparam(column.key, required=False)

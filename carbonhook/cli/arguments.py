@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from receiver.errors import CarbonhookError
-from receiver.settings import Settings, SettingsError, load_settings
-from workers.rules import RulesError
+from carbonhook.errors import CarbonhookError
 
-SANDBOX_SECRET = "sandbox-secret"
-SANDBOX_RULES = Path(__file__).with_name("sandbox_rules.toml")
 DEFAULT_URL = "http://127.0.0.1:8000/webhooks/carbonpass"
-
-
-class UsageError(Exception):
-    """Bad arguments: one line on stderr, exit 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (SettingsError, RulesError, CarbonhookError, UsageError) as exc:
+    except CarbonhookError as exc:
         print(f"carbonhook: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -42,12 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int | None]:
-    """`name` in carbonhook/`module`.py, imported only when the command runs: the admins'
+    """`name` in carbonhook/cli/`module`.py, imported only when the command runs: the admins'
     commands then load neither the web server, nor the workers, nor the migrations."""
 
     def handler(args: argparse.Namespace) -> int | None:
         function: Callable[[argparse.Namespace], int | None]
-        function = getattr(importlib.import_module(f"carbonhook.{module}"), name)
+        function = getattr(importlib.import_module(f"carbonhook.cli.{module}"), name)
         return function(args)
 
     return handler
@@ -68,36 +56,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=port)
 
-    p = add("run", _command("commands", "run"), "receiver and in-process workers in one process")
+    p = add("run", _command("processes", "run"), "receiver and in-process workers in one process")
     host_port(p, 8000)
     p.add_argument(
         "--sandbox", action="store_true", help="also start the API emulator and use demo settings"
     )
 
-    p = add("serve", _command("commands", "serve"), "the receiver alone (uvicorn)")
+    p = add("serve", _command("processes", "serve"), "the receiver alone (uvicorn)")
     host_port(p, 8000)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
     p.add_argument("--forwarded-allow-ips", help="proxies whose X-Forwarded-* headers are trusted")
 
-    p = add("worker", _command("commands", "worker"), "Dramatiq worker processes")
+    p = add("worker", _command("processes", "worker"), "Dramatiq worker processes")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
-    add("migrate", _command("commands", "migrate"), "apply database migrations")
+    add("migrate", _command("processes", "migrate"), "apply database migrations")
 
     p = add(
         "emulate",
-        _command("commands", "emulate"),
+        _command("processes", "emulate"),
         "a local emulator of the CarbonPass and 1ClickImpact APIs",
     )
     host_port(p, 8900)
 
     p = add(
         "send-test-event",
-        _command("commands", "send_test_event"),
+        _command("sample", "send_test_event"),
         "send a correctly signed sample delivery",
     )
     p.add_argument("type", choices=["crp.generated", "bill.confirmed"])
@@ -111,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     rules = add("rules", _needs_subcommand(parser), "check or explain the rules file")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     p = rules_sub.add_parser("check", help="validate the rules file and print it as a table")
-    p.set_defaults(handler=_command("commands", "rules_check"))
+    p.set_defaults(handler=_command("rules", "rules_check"))
     p.add_argument("file", nargs="?", type=Path)
     p = rules_sub.add_parser("explain", help="which rules match an event and what they would send")
-    p.set_defaults(handler=_command("commands", "rules_explain"))
+    p.set_defaults(handler=_command("rules", "rules_explain"))
     p.add_argument("event", type=Path, help="a delivery body (JSON file)")
     for name in ("crp", "company", "emissions"):
         p.add_argument(f"--{name}", type=Path, help=f"the {name} as JSON (default: the sandbox's)")
@@ -179,27 +167,3 @@ def _iso(value: str) -> datetime:
         return parse_timestamp(value)
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
-
-
-def settings_for(sandbox: bool = False, **overrides: Any) -> Settings:
-    """The settings from the environment, with the sandbox's demo values where asked."""
-    if sandbox:
-        base = load_settings()
-        overrides.setdefault("webhook_secrets", base.webhook_secrets or (SANDBOX_SECRET,))
-        overrides.setdefault("rules_file", SANDBOX_RULES)
-    return load_settings(**overrides)
-
-
-def wait_for_signal(on_reload: Callable[[], None] | None = None) -> None:
-    """Block until SIGTERM or SIGINT; SIGHUP calls `on_reload`."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if on_reload is not None:
-        signal.signal(signal.SIGHUP, lambda *_: on_reload())
-    while not stop.wait(1):
-        pass
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, default=str, indent=2))

@@ -25,15 +25,11 @@ from sqlalchemy import (
     update,
 )
 
-from receiver.database import DriverStatement
-from receiver.errors import Conflict, NotFound
-from receiver.schema import Capture, Event, EventAttempt, Replay, UTCDateTime, utcnow
+from carbonhook.database import DriverStatement
+from carbonhook.errors import Conflict, NotFound
+from carbonhook.schema import Capture, Event, EventAttempt, Replay, UTCDateTime, utcnow
+from carbonhook.statuses import REPLAYABLE_EVENTS, EventStatus
 
-PENDING, QUEUED, PROCESSING = "pending", "queued", "processing"
-SUCCEEDED, FAILED, HELD, IGNORED = "succeeded", "failed", "held", "ignored"
-STATUSES = (PENDING, QUEUED, PROCESSING, SUCCEEDED, FAILED, HELD, IGNORED)
-REPLAYABLE = (FAILED, SUCCEEDED, HELD)
-FINAL = (SUCCEEDED, FAILED, HELD)
 # A delayed message may arrive a little before the time we computed (another host's clock).
 CLOCK_SLACK_S = 0.5
 
@@ -83,12 +79,12 @@ class EventStore:
 
     def mark_queued(self, ids: Sequence[int]) -> None:
         """Record that these pending events were handed to the broker."""
-        self._move(ids, PENDING, QUEUED)
+        self._move(ids, EventStatus.PENDING, EventStatus.QUEUED)
 
     def mark_pending(self, ids: Sequence[int]) -> None:
         """The intake stored these events as queued, but could not hand them to the broker:
         the sweeper takes pending events back after one sweep interval, not a lease."""
-        self._move(ids, QUEUED, PENDING)
+        self._move(ids, EventStatus.QUEUED, EventStatus.PENDING)
 
     def _move(self, ids: Sequence[int], from_status: str, to_status: str) -> None:
         if not ids:
@@ -109,10 +105,14 @@ class EventStore:
         """
         now = utcnow()
         lost = or_(
-            and_(Event.status == PENDING, Event.available_at <= now - _s(pending_after_s)),
-            and_(Event.status == QUEUED, Event.available_at <= now - _s(queued_after_s)),
             and_(
-                Event.status == PROCESSING,
+                Event.status == EventStatus.PENDING, Event.available_at <= now - _s(pending_after_s)
+            ),
+            and_(
+                Event.status == EventStatus.QUEUED, Event.available_at <= now - _s(queued_after_s)
+            ),
+            and_(
+                Event.status == EventStatus.PROCESSING,
                 Event.lease_until < now,
                 Event.available_at <= now - _s(pending_after_s),
             ),
@@ -187,12 +187,14 @@ class EventStore:
     ) -> None:
         """End an attempt that will be tried again after `delay_s`."""
         extra = {"lease_until": None, "available_at": utcnow() + _s(delay_s)}
-        self._end_attempt(event, QUEUED, error, http_status, extra, outcome="retry")
+        self._end_attempt(event, EventStatus.QUEUED, error, http_status, extra, outcome="retry")
 
     def release(self, event: ClaimedEvent) -> None:
         """Give an event back unfinished (the worker is stopping)."""
         extra = {"lease_until": None, "available_at": utcnow()}
-        self._end_attempt(event, QUEUED, "worker stopped", None, extra, outcome="released")
+        self._end_attempt(
+            event, EventStatus.QUEUED, "worker stopped", None, extra, outcome="released"
+        )
 
     def _end_attempt(
         self,
@@ -230,7 +232,9 @@ class EventStore:
             if conn.execute(_end_attempt_statement(tuple(values)), params).rowcount:
                 conn.execute(_RECORD_ATTEMPT, {"event_id": event.id, **attempt})
 
-    def waiting_ids(self, statuses: Sequence[str] = (PENDING,), limit: int = 100_000) -> list[int]:
+    def waiting_ids(
+        self, statuses: Sequence[str] = (EventStatus.PENDING,), limit: int = 100_000
+    ) -> list[int]:
         """Events waiting for a worker in one of `statuses` (start-up re-enqueue): `pending`
         ones were never handed to a queue; `queued` ones were, and an in-process queue lost
         them when its process ended."""
@@ -273,15 +277,17 @@ class EventStore:
             detail["captures"] = _rows(conn, by_subject.order_by(Capture.id))
         return detail
 
-    def replay(self, event_id: int, *, via: str, reason: str | None, status: str = PENDING) -> str:
+    def replay(
+        self, event_id: int, *, via: str, reason: str | None, status: str = EventStatus.PENDING
+    ) -> str:
         """Reset a replayable event to `status` (`queued`: the caller hands it to the queue;
         `pending`: a sweeper will) and record why; returns its previous status."""
         with self.engine.begin() as conn:
             row = conn.execute(select(Event.status).where(Event.id == event_id)).first()
             if row is None:
                 raise NotFound(f"event {event_id} not found")
-            if row.status not in REPLAYABLE:
-                allowed = "/".join(REPLAYABLE)
+            if row.status not in REPLAYABLE_EVENTS:
+                allowed = "/".join(REPLAYABLE_EVENTS)
                 raise Conflict(f"event {event_id} is {row.status}; only {allowed} can be replayed")
             _reset_for_replay(conn, {event_id: row.status}, status, via=via, reason=reason)
         return str(row.status)
@@ -292,7 +298,7 @@ class EventStore:
         *,
         via: str,
         reason: str | None,
-        status: str = PENDING,
+        status: str = EventStatus.PENDING,
     ) -> list[int]:
         """`replay` for many events in one transaction; returns the ids that were replayable
         (the others changed state since they were listed, or never could be replayed)."""
@@ -300,7 +306,7 @@ class EventStore:
             return []
         replayable = (
             select(Event.id, Event.status)
-            .where(Event.id.in_(event_ids), Event.status.in_(REPLAYABLE))
+            .where(Event.id.in_(event_ids), Event.status.in_(REPLAYABLE_EVENTS))
             .order_by(Event.id)  # two bulk replays at once lock shared rows in the same order
         )
         if self.engine.dialect.name == "postgresql":
@@ -339,7 +345,7 @@ def _reset_for_replay(
 ) -> None:
     """Set these events (id → the status they had) back to `status` and record the replay,
     or raise `Conflict` (the caller's transaction rolls back) if one changed meanwhile."""
-    assert status in (PENDING, QUEUED)
+    assert status in (EventStatus.PENDING, EventStatus.QUEUED)
     now = utcnow()
     reset = conn.execute(
         update(Event)
@@ -385,14 +391,14 @@ _CLAIM = DriverStatement(
             Event.id == bindparam("event_id"),
             or_(
                 and_(
-                    or_(Event.status == PENDING, Event.status == QUEUED),
+                    or_(Event.status == EventStatus.PENDING, Event.status == EventStatus.QUEUED),
                     Event.available_at <= bindparam("due"),
                 ),
-                and_(Event.status == PROCESSING, Event.lease_until < bindparam("now")),
+                and_(Event.status == EventStatus.PROCESSING, Event.lease_until < bindparam("now")),
             ),
         )
         .values(
-            status=PROCESSING,
+            status=EventStatus.PROCESSING,
             lease_until=bindparam("until"),
             available_at=bindparam("now"),
             attempts=Event.attempts + 1,
@@ -410,7 +416,7 @@ _CLAIM = DriverStatement(
 )
 _DUE_AT = DriverStatement(
     lambda _: select(Event.available_at).where(
-        Event.id == bindparam("event_id"), Event.status == QUEUED
+        Event.id == bindparam("event_id"), Event.status == EventStatus.QUEUED
     )
 )
 _RECORD_ATTEMPT = insert(EventAttempt)
@@ -423,7 +429,7 @@ def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
         update(Event)
         .where(
             Event.id == bindparam("event_id"),
-            Event.status == PROCESSING,
+            Event.status == EventStatus.PROCESSING,
             Event.attempts == bindparam("attempt"),
         )
         .values({column: bindparam(f"new_{column}") for column in columns})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,3 +29,7 @@ def progress(total: int, label: str) -> Iterator[Callable[[], None]]:
     with Progress(console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, indent=2))

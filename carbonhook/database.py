@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import BindParameter
 
-from receiver.settings import SettingsError
+from carbonhook.errors import SettingsError
 
 _SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -119,56 +121,8 @@ class DriverStatement:
     def run(self, engine: Engine, params: Mapping[str, Any]) -> DriverResult:
         dialect = engine.dialect
         plan = self._compiled.get(dialect.name) or self._compile(dialect)
-        values: Any = {}
-        for param in plan.params:
-            if param.key in params:
-                value = params[param.key]
-            elif param.bind.required:
-                raise InvalidRequestError(f"A value is required for bind parameter {param.key!r}")
-            else:
-                value = param.bind.effective_value
-            values[param.name] = value if param.to_driver is None else param.to_driver(value)
-        if plan.positions is not None:
-            values = tuple(values[name] for name in plan.positions)
-        connection = engine.raw_connection()
-        cursor = None
-        try:
-            driver = connection.dbapi_connection
-            assert driver is not None  # a connection just checked out of the pool
-            dialect.set_isolation_level(driver, "AUTOCOMMIT")
-            cursor = connection.cursor()
-            cursor.execute(plan.sql, values)
-            rows = cursor.fetchall() if cursor.description else []
-            rowcount = cursor.rowcount
-            cursor.close()
-            dialect.reset_isolation_level(driver)
-        except BaseException as error:
-            # Its autocommit may still be on: it must never serve a transaction again.
-            connection.invalidate(error if isinstance(error, Exception) else None)
-            if not isinstance(error, dialect.loaded_dbapi.Error):
-                raise
-            dropped = dialect.is_disconnect(error, driver, cursor)
-            if dropped:  # the server went away: so did every other pooled connection
-                engine.dispose(close=False)
-            raise DBAPIError.instance(
-                plan.sql,
-                values,
-                error,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=dropped,
-                dialect=dialect,
-            ) from error
-        finally:
-            connection.close()
-        if any(plan.results):
-            rows = [
-                tuple(
-                    value if convert is None else convert(value)
-                    for convert, value in zip(plan.results, row, strict=True)
-                )
-                for row in rows
-            ]
-        return DriverResult(rows, rowcount)
+        rows, rowcount = _execute(engine, plan.sql, _bind(plan, params))
+        return DriverResult(_convert(plan, rows), rowcount)
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         statement = self._build(dialect.name)
@@ -202,6 +156,72 @@ class DriverStatement:
         return plan
 
 
+def _bind(plan: _Compiled, params: Mapping[str, Any]) -> Any:
+    """The driver's parameters: the caller's values (or the statement's own), each converted
+    by its column type, as a dict or, for a positional driver, a tuple."""
+    values: Any = {}
+    for param in plan.params:
+        if param.key in params:
+            value = params[param.key]
+        elif param.bind.required:
+            raise InvalidRequestError(f"A value is required for bind parameter {param.key!r}")
+        else:
+            value = param.bind.effective_value
+        values[param.name] = value if param.to_driver is None else param.to_driver(value)
+    if plan.positions is not None:
+        values = tuple(values[name] for name in plan.positions)
+    return values
+
+
+def _execute(engine: Engine, sql: str, values: Any) -> tuple[Sequence[Any], int]:
+    """Run `sql` in autocommit on a pooled driver connection; the rows and the row count."""
+    dialect = engine.dialect
+    connection = engine.raw_connection()
+    cursor = None
+    try:
+        driver = connection.dbapi_connection
+        assert driver is not None  # a connection just checked out of the pool
+        dialect.set_isolation_level(driver, "AUTOCOMMIT")
+        cursor = connection.cursor()
+        cursor.execute(sql, values)
+        rows = cursor.fetchall() if cursor.description else []
+        rowcount = cursor.rowcount
+        cursor.close()
+        dialect.reset_isolation_level(driver)
+    except BaseException as error:
+        # Its autocommit may still be on: it must never serve a transaction again.
+        connection.invalidate(error if isinstance(error, Exception) else None)
+        if not isinstance(error, dialect.loaded_dbapi.Error):
+            raise
+        dropped = dialect.is_disconnect(error, driver, cursor)
+        if dropped:  # the server went away: so did every other pooled connection
+            engine.dispose(close=False)
+        raise DBAPIError.instance(
+            sql,
+            values,
+            error,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dropped,
+            dialect=dialect,
+        ) from error
+    finally:
+        connection.close()
+    return rows, rowcount
+
+
+def _convert(plan: _Compiled, rows: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    """The rows with each column converted by its type (UTCDateTime: naive -> aware)."""
+    if not any(plan.results):
+        return rows
+    return [
+        tuple(
+            value if convert is None else convert(value)
+            for convert, value in zip(plan.results, row, strict=True)
+        )
+        for row in rows
+    ]
+
+
 def create_intake_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """The intake's engine: async, autocommit, so an insert is one round trip and committed."""
     if is_sqlite(url):
@@ -218,3 +238,15 @@ def create_intake_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_timeout=5,
         connect_args={"timeout": 5, "command_timeout": 10},
     )
+
+
+def insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING of one row."""
+    conn.execute(insert_ignore_statement(model, conn.dialect.name), values)
+
+
+@functools.cache
+def insert_ignore_statement(model: Any, dialect_name: str) -> Any:
+    """The columns come from the parameters of each execution."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(model).on_conflict_do_nothing()

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine, func, select
 
-from receiver.schema import Capture, Event, Spend
+from carbonhook.schema import Capture, Event, Spend
 
 Limits = Callable[[], tuple[int | None, int | None]]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

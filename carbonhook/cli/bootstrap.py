@@ -1,0 +1,217 @@
+"""The one composition root: every process's parts are built here, from settings.
+
+`serve`, `worker`, `run` and the admins' commands ask this module for what they run; tests
+pass their own broker, rules or routes where they need to. Nothing below the command line
+builds its own engine, broker or client.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from carbonhook.admin import Admin
+from carbonhook.database import create_sync_engine
+from carbonhook.errors import RulesError
+from carbonhook.ledger import Ledger
+from carbonhook.queue import enqueue_event, enqueue_events, make_broker, make_enqueuer
+from carbonhook.settings import Settings, load_settings
+from carbonhook.store import EventStore
+
+if TYPE_CHECKING:
+    import dramatiq
+    from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
+
+    from carbonhook.metrics import Limits
+    from receiver.app import Services
+    from receiver.dashboard import RulesInfo
+    from receiver.lockout import Lockout
+    from workers.rules import RulesHolder
+    from workers.runtime import WorkerRuntime
+
+# The receiver's and the workers' modules are imported by the functions that build them: the
+# admins' commands (events list, captures approve, …) then load neither the web server nor
+# the workers.
+
+log = logging.getLogger("carbonhook")
+
+SANDBOX_SECRET = "sandbox-secret"
+SANDBOX_RULES = Path(__file__).with_name("sandbox_rules.toml")
+
+
+def settings_for(sandbox: bool = False, **overrides: Any) -> Settings:
+    """The settings from the environment, with the sandbox's demo values where asked."""
+    if sandbox:
+        base = load_settings()
+        overrides.setdefault("webhook_secrets", base.webhook_secrets or (SANDBOX_SECRET,))
+        overrides.setdefault("rules_file", SANDBOX_RULES)
+    return load_settings(**overrides)
+
+
+# -- workers --------------------------------------------------------------------------------
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker | None = None,
+    rules: RulesHolder | None = None,
+    threads: int | None = None,
+) -> WorkerRuntime:
+    """Everything a worker needs, from settings (loud about what is missing)."""
+    from workers.actors import declare_actors
+    from workers.carbonpass import CarbonPassClient
+    from workers.impact import ImpactClient
+    from workers.processing import Processor
+    from workers.rules import RulesHolder
+    from workers.runtime import WorkerRuntime
+    from workers.sweeper import Sweeper
+
+    settings.require("carbonpass_api_key", "impact_api_key")
+    rules = rules or RulesHolder(settings.rules_file)
+    broker = broker or make_broker(settings.broker_url)
+    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
+    assert settings.carbonpass_api_key is not None and settings.impact_api_key is not None
+
+    def enqueue(event_id: int, delay_s: float = 0) -> None:
+        enqueue_event(broker, event_id, delay_s=delay_s)
+
+    processor = Processor(
+        settings=settings,
+        store=EventStore(engine),
+        ledger=Ledger(engine),
+        carbonpass=CarbonPassClient(
+            settings.carbonpass_api_url,
+            settings.carbonpass_api_key.get_secret_value(),
+            timeout_s=settings.http_timeout_s,
+        ),
+        impact=ImpactClient(
+            settings.impact_api_url,
+            settings.impact_api_key.get_secret_value(),
+            timeout_s=settings.http_timeout_s,
+        ),
+        rules=rules,
+        enqueue=enqueue,
+    )
+    declare_actors(broker, processor, time_limit_s=max(600.0, settings.lease_s))
+    sweeper = Sweeper(
+        processor.store,
+        lambda ids: enqueue_events(broker, ids),
+        interval_s=settings.sweep_interval_s,
+        lease_s=settings.lease_s,
+    )
+    return WorkerRuntime(
+        processor=processor,
+        broker=broker,
+        sweeper=sweeper,
+        rules=rules,
+        threads=threads or settings.worker_threads,
+    )
+
+
+# -- admins ---------------------------------------------------------------------------------
+
+
+def build_admin(settings: Settings, broker: dramatiq.Broker | None) -> Admin:
+    """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
+    engine = create_sync_engine(settings.database_url, pool_size=2)
+    enqueue = None if broker is None else functools.partial(enqueue_events, broker)
+    return Admin(EventStore(engine), Ledger(engine), enqueue)
+
+
+# -- the receiver ---------------------------------------------------------------------------
+
+
+def build_receiver_services(
+    settings: Settings, *, broker: dramatiq.Broker | None = None, limits: Limits | None = None
+) -> Services:
+    """The receiver's adapters for `settings`: opened when its lifespan starts."""
+    from receiver.app import Services
+    from receiver.intake import create_intake
+
+    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
+    store = EventStore(engine)
+    broker = broker if broker is not None else make_broker(settings.broker_url)
+    intake = create_intake(settings.database_url, pool_size=settings.intake_pool_size)
+    return Services(
+        settings=settings,
+        intake=intake,
+        store=store,
+        broker=broker,
+        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_pending),
+        limits=limits or (lambda: (None, None)),
+    )
+
+
+def build_receiver_app(
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker | None = None,
+    admin: Admin | None = None,
+    routes: list[BaseRoute] | None = None,
+    limits: Limits | None = None,
+    lockout: Lockout | None = None,
+) -> Starlette:
+    """The receiver app over real adapters; building it does no I/O."""
+    from receiver.app import create_app
+
+    return create_app(
+        settings,
+        lambda: build_receiver_services(settings, broker=broker, limits=limits),
+        admin=admin,
+        routes=routes,
+        lockout=lockout,
+    )
+
+
+def build_receiver(
+    settings: Settings, broker: dramatiq.Broker, rules: RulesHolder | None = None
+) -> Starlette:
+    """The receiver app with its admin API and pages, and the rules' limits for /metrics.
+
+    The receiver does not need the rules to take deliveries: without a valid file it still
+    starts, and the pages say no rules are loaded. SIGHUP reloads them (in `run`, together
+    with the workers' copy).
+    """
+    from carbonhook.cli.lifecycle import install_reload
+    from receiver.dashboard import RulesInfo, dashboard_routes
+    from receiver.lockout import Lockout
+    from workers.rules import RulesHolder
+
+    if rules is None:
+        try:
+            rules = RulesHolder(settings.rules_file)
+        except RulesError as exc:
+            log.warning("rules not loaded for the admin pages and metrics: %s", exc)
+        else:
+            install_reload(rules)
+    admin = build_admin(settings, broker)
+
+    def rules_info() -> RulesInfo | None:
+        if rules is None:
+            return None
+        ruleset = rules()
+        try:
+            text = Path(ruleset.path).read_text(encoding="utf-8")
+        except OSError:
+            text = "(the file can no longer be read)"
+        limits = ruleset.file.limits
+        return RulesInfo(
+            ruleset.path, ruleset.sha256, text, limits.max_lbs_per_day, limits.max_lbs_per_month
+        )
+
+    def limits() -> tuple[int | None, int | None]:
+        info = rules_info()
+        return (info.max_lbs_per_day, info.max_lbs_per_month) if info else (None, None)
+
+    routes: list[BaseRoute] = []
+    lockout = Lockout()  # wrong tokens count the same on the pages and the API
+    if settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+        routes = dashboard_routes(admin, token=token, rules_info=rules_info, lockout=lockout)
+    return build_receiver_app(
+        settings, broker=broker, admin=admin, routes=routes, limits=limits, lockout=lockout
+    )

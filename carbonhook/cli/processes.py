@@ -1,0 +1,221 @@
+"""The long-running commands: `run`, `serve`, `worker`, `migrate`, `emulate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import dramatiq
+import uvicorn
+
+from carbonhook.cli.bootstrap import SANDBOX_SECRET, build_receiver, build_worker, settings_for
+from carbonhook.cli.lifecycle import (
+    exit_quietly_after_shutdown,
+    freeze_start_up_objects,
+    install_reload,
+    reload_rules,
+    start_server,
+    wait_for_signal,
+)
+from carbonhook.errors import UsageError
+from carbonhook.logs import configure_logging
+from carbonhook.migrate import upgrade
+from carbonhook.queue import enqueue_events, is_shared, make_broker
+from carbonhook.statuses import EventStatus
+from carbonhook.store import EventStore
+
+log = logging.getLogger("carbonhook")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Receiver plus in-process workers; with --sandbox, the emulator and demo settings too."""
+    overrides: dict[str, Any] = {}
+    emulator = None
+    if args.sandbox:
+        from carbonhook.emulator import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, create_emulator_app
+
+        emulator = start_server(create_emulator_app(), "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{emulator.port}"
+        overrides = {
+            "carbonpass_api_url": f"{base}/api/v1",
+            "carbonpass_api_key": DEMO_CARBONPASS_KEY,
+            "impact_api_url": base,
+            "impact_api_key": DEMO_IMPACT_KEY,
+        }
+    settings = settings_for(args.sandbox, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    settings.require("webhook_secrets")
+    upgrade(settings.database_url)
+    runtime = build_worker(settings)
+    runtime.start()
+    requeue_pending(runtime.processor.store, runtime.broker)
+    app = build_receiver(settings, runtime.broker, runtime.rules)
+    if args.sandbox:
+        assert emulator is not None
+        url = f"http://{args.host}:{args.port}/webhooks/carbonpass"
+        print(
+            f"carbonhook sandbox: receiver on http://{args.host}:{args.port}, "
+            f"API emulator on http://127.0.0.1:{emulator.port}\n"
+            f"  send a test event:  .venv/bin/carbonhook send-test-event crp.generated --url {url}\n"
+            f"  webhook secret:     {SANDBOX_SECRET}   rules: {settings.rules_file}\n"
+            f"  then look:          .venv/bin/carbonhook events list; .venv/bin/carbonhook captures list",
+            flush=True,
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    )
+    install_reload(runtime.rules)
+    exit_quietly_after_shutdown()
+    freeze_start_up_objects()
+    try:
+        server.run()
+    finally:
+        runtime.stop()
+        if emulator is not None:
+            emulator.stop()
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The receiver alone."""
+    settings = settings_for()
+    configure_logging(settings.log_level, settings.log_format)
+    settings.require("webhook_secrets")
+    if args.workers > 1:
+        app: Any = "carbonhook.cli.processes:receiver_app"
+        factory = True
+    else:
+        app = build_receiver(settings, make_broker(settings.broker_url))
+        factory = False
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "factory": factory,
+        "log_level": "warning",
+        "ssl_certfile": args.ssl_certfile,
+        "ssl_keyfile": args.ssl_keyfile,
+        "proxy_headers": True,
+        "server_header": False,
+    }
+    if args.forwarded_allow_ips:
+        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    exit_quietly_after_shutdown()
+    freeze_start_up_objects()
+    uvicorn.run(app, **options)
+    return 0
+
+
+def receiver_app() -> Any:
+    """App factory for `serve --workers N` (each uvicorn process builds its own)."""
+    settings = settings_for()
+    configure_logging(settings.log_level, settings.log_format)
+    app = build_receiver(settings, make_broker(settings.broker_url))
+    freeze_start_up_objects()
+    return app
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Dramatiq workers: one process here, or N child processes."""
+    settings = settings_for()
+    configure_logging(settings.log_level, settings.log_format)
+    broker = make_broker(settings.broker_url)
+    if not is_shared(broker):
+        raise UsageError(
+            "carbonhook worker needs a shared broker: set CARBONHOOK_BROKER_URL to redis://… or amqp://… "
+            "(memory:// only works inside `carbonhook run`)"
+        )
+    if args.processes > 1:
+        return supervise(args.processes, args.threads, args.metrics_port)
+    runtime = build_worker(settings, broker=broker, threads=args.threads)
+    runtime.start()
+    if args.metrics_port:
+        serve_metrics(args.metrics_port)
+    freeze_start_up_objects()  # first: from "worker started" on, SIGHUP must find its handler
+    log.info("worker started (%d threads)", runtime.threads)
+    wait_for_signal(on_reload=lambda: reload_rules(runtime.rules))
+    log.info("worker stopping")
+    runtime.stop(timeout_s=max(10.0, settings.http_timeout_s * 3))
+    return 0
+
+
+def serve_metrics(port: int) -> None:
+    """Serve this process's metrics (or every process's, in multi-process mode) on `port`."""
+    import prometheus_client
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = prometheus_client.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    prometheus_client.start_http_server(port, registry=registry)
+
+
+def supervise(processes: int, threads: int | None, metrics_port: int | None) -> int:
+    """Run `processes` single-process workers; forward SIGTERM/SIGINT; exit when all exit."""
+    command = [sys.executable, "-m", "carbonhook", "worker", "--processes", "1"]
+    if threads:
+        command += ["--threads", str(threads)]
+    env = dict(os.environ)
+    if metrics_port and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The children share counters through files here; this process serves their sum.
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="carbonhook-metrics-")
+    children = [subprocess.Popen(command, env=env) for _ in range(processes)]
+    if metrics_port:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = env["PROMETHEUS_MULTIPROC_DIR"]
+        serve_metrics(metrics_port)
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    codes = [child.wait() for child in children]
+    return 0 if stopping.is_set() else max(codes)
+
+
+def migrate(args: argparse.Namespace) -> int:
+    settings = settings_for()
+    upgrade(settings.database_url)
+    print("database is up to date")
+    return 0
+
+
+def emulate(args: argparse.Namespace) -> int:
+    from carbonhook.emulator import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, serve_emulator
+
+    print(
+        f"emulator on http://{args.host}:{args.port}: CarbonPass at /api/v1 (Bearer {DEMO_CARBONPASS_KEY}), "
+        f"1ClickImpact at /v1 (x-api-key {DEMO_IMPACT_KEY}), faults at /_emulator",
+        flush=True,
+    )
+    serve_emulator(args.host, args.port)
+    return 0
+
+
+def requeue_pending(store: EventStore, broker: dramatiq.Broker) -> None:
+    """At start-up, hand the queue every event stored but never handed over; an in-process
+    queue starts empty, so there also every event it held when the last process ended."""
+    statuses = (
+        (EventStatus.PENDING,) if is_shared(broker) else (EventStatus.PENDING, EventStatus.QUEUED)
+    )
+    ids = store.waiting_ids(statuses)
+    enqueue_events(broker, ids)
+    store.mark_queued(ids)
+    if ids:
+        log.info("re-enqueued %d waiting events", len(ids))

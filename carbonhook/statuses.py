@@ -1,0 +1,49 @@
+"""The two state machines' statuses, defined once; the stored values are the enums' values.
+
+An event: `pending` (stored, not yet handed to the queue) → `queued` → `processing` (a worker
+holds it under a lease) → `succeeded` | `failed` | `held`; `ignored` when no rule takes its type.
+A replay takes `failed`, `succeeded` and `held` back to `queued`.
+
+A capture (one ledger row per rule + subject + part): `pending` (written before the call) →
+`captured` | `failed` (a definite refusal, or nothing left the machine) | `unknown` (the request
+left and no answer came); `held` (over a spend limit) → approved → `pending`, or `rejected`;
+`skipped` (under 1 lb) and `dry_run` are never sent.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    HELD = "held"
+    IGNORED = "ignored"
+
+
+class CaptureStatus(StrEnum):
+    PENDING = "pending"
+    CAPTURED = "captured"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    HELD = "held"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    DRY_RUN = "dry_run"
+
+
+# An admin may send these events through the workers again.
+REPLAYABLE_EVENTS = (EventStatus.FAILED, EventStatus.SUCCEEDED, EventStatus.HELD)
+# An attempt ends an event in one of these.
+FINAL_EVENTS = (EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.HELD)
+# Nothing more will be sent for a capture in one of these.
+SETTLED_CAPTURES = (
+    CaptureStatus.CAPTURED,
+    CaptureStatus.SKIPPED,
+    CaptureStatus.DRY_RUN,
+    CaptureStatus.REJECTED,
+)

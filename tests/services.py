@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, service_missing
+from tests.support import free_port, service_missing
 
 
 class PrivateRedis:

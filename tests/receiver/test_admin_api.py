@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningEmulator, make_body, query, settings_for_test, store_delivery
+from tests.support import RunningEmulator, make_body, query, settings_for_test, store_delivery
 
 TOKEN = "admin-secret-token"
 

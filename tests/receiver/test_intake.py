@@ -13,48 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from carbonhook.database import sync_url
 from receiver.signature import sign
-from tests.conftest import SECRET, settings_for_test
+from tests.support import SECRET, Receiver, signed, start_receiver
 
 
 def delivery(event="crp.generated", subject="crp_5tN8xBmQ", ts="2026-04-06T14:35:48Z", **data: Any) -> bytes:
     return json.dumps({"event": event, "timestamp": ts, "data": {"id": subject, **data}}).encode()
-
-
-def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"X-CarbonPass-Signature": sign(body, secret=secret.encode()), "Content-Type": "application/json"}
-
-
-class Receiver:
-    def __init__(self, base: str, db: str, broker: Any) -> None:
-        self.base = base
-        self.url = f"{base}/webhooks/carbonpass"
-        self.db = db
-        self.broker = broker
-
-    def post(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-        return httpx.post(self.url, content=body, headers=signed(body) if headers is None else headers, timeout=10)
-
-    def rows(self, sql: str = "SELECT id, type, subject_id, status FROM events ORDER BY id") -> list[tuple[Any, ...]]:
-        engine = create_engine(sync_url(self.db))
-        with engine.connect() as conn:
-            found = [tuple(r) for r in conn.execute(text(sql))]
-        engine.dispose()
-        return found
-
-
-def start_receiver(db: str, **overrides: Any) -> tuple[Any, Receiver]:
-    from carbonhook.cli.bootstrap import build_receiver_app
-    from carbonhook.cli.lifecycle import start_server
-    from carbonhook.queue import make_broker
-
-    broker = make_broker("memory://")
-    settings = settings_for_test(db, **overrides)
-    server = start_server(build_receiver_app(settings, broker=broker), "127.0.0.1", 0, lifespan="on")
-    return server, Receiver(f"http://127.0.0.1:{server.port}", db, broker)
 
 
 @pytest.fixture
@@ -72,7 +37,7 @@ def queued_ids(rec: Receiver) -> list[int]:
 
 
 def test_a_new_delivery_is_accepted_stored_and_enqueued_by_id(receiver: Receiver):
-    from tests.conftest import wait_until
+    from tests.support import wait_until
 
     response = receiver.post(delivery())
     assert response.status_code == 202
@@ -86,7 +51,7 @@ def test_a_new_delivery_is_accepted_stored_and_enqueued_by_id(receiver: Receiver
 
 
 def test_the_same_delivery_again_is_a_duplicate_and_not_enqueued_again(receiver: Receiver):
-    from tests.conftest import wait_until
+    from tests.support import wait_until
 
     first = receiver.post(delivery()).json()["id"]
     wait_until(lambda: queued_ids(receiver), what="first enqueue")
@@ -193,7 +158,7 @@ def test_health_and_readiness(receiver: Receiver):
 
 
 def test_an_unreachable_database_is_503_never_2xx(tmp_path):
-    from tests.conftest import free_port
+    from tests.support import free_port
 
     down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     server, rec = start_receiver(down)

@@ -11,7 +11,7 @@ from carbonhook.admin import Admin
 from carbonhook.database import create_sync_engine
 from carbonhook.ledger import Ledger
 from carbonhook.store import EventFilter, EventStore
-from tests.conftest import make_body, query, store_delivery
+from tests.support import make_body, query, store_delivery
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from carbonhook.cli.arguments import main
-from tests.conftest import ROOT, make_body, query, store_delivery
+from tests.support import ROOT, make_body, query, store_delivery
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import yaml
 
 from carbonhook.settings import ENV_PREFIX, Settings
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SYSTEMD = DEPLOY / "systemd"
 K8S = DEPLOY / "k8s"
 

@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from receiver.signature import sign
-from tests.conftest import SECRET, free_port, make_body, wait_http
+from tests.support import SECRET, free_port, make_body, wait_http
 
 
 @pytest.mark.slow

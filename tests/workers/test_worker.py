@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from carbonhook.queue import enqueue_event, make_broker
-from tests.conftest import (
+from tests.support import (
     AMQP_URL,
     RunningEmulator,
     make_body,

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from carbonhook.database import sync_url
 from receiver.signature import HEADER, sign
-from tests.conftest import (
+from tests.support import (
     CP_KEY,
     IMPACT_KEY,
     ROOT,

@@ -30,7 +30,7 @@ def test_the_core_issue_example_is_valid():
 def test_the_repository_example_file_is_valid():
     from pathlib import Path
 
-    ruleset = load_rules(Path(__file__).parent.parent / "rules.example.toml")
+    ruleset = load_rules(Path(__file__).resolve().parents[2] / "rules.example.toml")
     assert ruleset.rules
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from carbonhook.logs import JsonFormatter, configure_logging
 from receiver.signature import sign
-from tests.conftest import free_port, make_body, query, wait_http, wait_until
+from tests.support import free_port, make_body, query, wait_http, wait_until
 
 WEBHOOK_SECRET = "whsec_Sup3rS3cretValue"
 CP_KEY = "cp_live_L34kM3IfY0uCan"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from tests.support import (
     RunningEmulator,
     make_body,
     query,

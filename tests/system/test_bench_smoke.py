@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, REDIS_URL, ROOT, service_missing
+from tests.support import PG_ADMIN_URL, REDIS_URL, ROOT, service_missing
 
 BENCH_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the bench flushes its database
 

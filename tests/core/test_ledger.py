@@ -9,7 +9,7 @@ import pytest
 
 from carbonhook.captures import PlannedCapture
 from carbonhook.ledger import Ledger
-from tests.conftest import (
+from tests.support import (
     RunningEmulator,
     make_body,
     query,

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, exc, insert, select, update
 
 from carbonhook.database import DriverStatement, create_sync_engine
 from carbonhook.schema import Event, Spend
-from tests.conftest import query
+from tests.support import query
 
 WHEN = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
 

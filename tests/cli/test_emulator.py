@@ -33,7 +33,7 @@ from carbonhook.emulator import (
 CARBONPASS = {"Authorization": f"Bearer {DEMO_CARBONPASS_KEY}"}
 IMPACT = {"x-api-key": DEMO_IMPACT_KEY}
 START = datetime(2026, 4, 6, 14, 35, 48, tzinfo=UTC)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.signature import sign
-from tests.conftest import SECRET, RunningEmulator, make_body, settings_for_test
-from tests.test_intake import start_receiver
+from tests.support import SECRET, RunningEmulator, make_body, settings_for_test, start_receiver
 from workers.rules import RulesHolder, parse_rules
 
 RULES = '[limits]\nmax_lbs_per_day = 1000\n[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 300\n'

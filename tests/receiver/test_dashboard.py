@@ -27,7 +27,7 @@ from receiver.dashboard import (
 )
 from receiver.lockout import WRONG_TOKENS, Lockout
 from receiver.sessions import COOKIE, Sessions
-from tests.conftest import (
+from tests.support import (
     ROOT,
     RunningEmulator,
     make_body,

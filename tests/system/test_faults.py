@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from receiver.signature import HEADER, sign
-from tests.conftest import (
+from tests.support import (
     CP_KEY,
     IMPACT_KEY,
     ROOT,

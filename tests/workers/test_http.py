@@ -53,16 +53,49 @@ def test_every_phase_of_a_request_has_the_timeout():
     assert timeouts == [{"connect": 7, "read": 7, "write": 7, "pool": 7}]
 
 
-def test_a_redirect_is_answered_not_followed():
-    calls: list[str] = []
+def test_a_redirect_from_a_real_server_is_a_permanent_error_and_is_not_followed():
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, RedirectResponse, Response
+    from starlette.routing import Route
 
-    def api(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        return httpx.Response(302, headers={"Location": "https://elsewhere.example/"})
+    from carbonhook.cli.lifecycle import start_server
+    from carbonhook.errors import PermanentError
+    from workers.carbonpass import CarbonPassClient
+    from workers.impact import ImpactClient
 
-    with_api = api_answering(api)
-    assert with_api.send(with_api.request("POST", "/v1/capture_carbon", json={})).status_code == 302
-    assert calls == ["/v1/capture_carbon"]
+    hits: list[str] = []
+
+    async def moved(request: Request) -> Response:
+        hits.append(request.url.path)
+        return RedirectResponse("/elsewhere", status_code=302)
+
+    async def elsewhere(request: Request) -> Response:
+        hits.append(request.url.path)
+        return JSONResponse({"user_id": "U1", "time_utc": "2026-01-01T00:00:00.000Z", "carbon_captured": 1})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/capture_carbon", moved, methods=["POST"]),
+            Route("/api/v1/company", moved),
+            Route("/elsewhere", elsewhere, methods=["GET", "POST"]),
+        ]
+    )
+    server = start_server(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    impact = ImpactClient(base, "test_key", timeout_s=5)
+    carbonpass = CarbonPassClient(f"{base}/api/v1", "cp_live_key", timeout_s=5)
+    try:
+        with pytest.raises(PermanentError) as created:
+            impact.create("capture_carbon", 1)
+        with pytest.raises(PermanentError) as fetched:
+            carbonpass.company()
+    finally:
+        impact.close()
+        carbonpass.close()
+        server.stop()
+    assert created.value.status == 302 and fetched.value.status == 302
+    assert hits == ["/v1/capture_carbon", "/api/v1/company"]  # never the Location
 
 
 @pytest.mark.parametrize(

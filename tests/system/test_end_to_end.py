@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from receiver.signature import sign
-from tests.conftest import (
+from tests.support import (
     CP_KEY,
     IMPACT_KEY,
     SECRET,
@@ -130,7 +130,7 @@ def test_the_sandbox_rules_ship_with_the_package_and_cover_both_event_types():
 def test_sighup_reloads_the_rules_and_refuses_an_invalid_file(sqlite_url: str, redis_url: str, procs: Any, tmp_path: Path):
     import signal
 
-    from tests.conftest import store_delivery
+    from tests.support import store_delivery
 
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)

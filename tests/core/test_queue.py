@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support import free_port
 
 
 def hand_off(

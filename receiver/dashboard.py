@@ -2,21 +2,17 @@
 
 Signing in with CARBONHOOK_ADMIN_TOKEN sets a signed session cookie (receiver/sessions.py);
 every POST must carry the session's CSRF token. Pages only read and call `AdminOperations`;
-the overview's figures come from carbonhook/reports.py.
+the overview's figures come from carbonhook/reports.py. How the pages look is
+receiver/pages.py; what their query strings mean is receiver/params.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode
 
-import jinja2
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -24,14 +20,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from carbonhook import reports
-from carbonhook.actions import ACTIONS
 from carbonhook.errors import BadRequest, CarbonhookError, Conflict
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
 from carbonhook.schema import utcnow
 from carbonhook.statuses import REPLAYABLE_EVENTS, CaptureStatus, EventStatus
-from carbonhook.store import EventFilter
 from receiver.admin import AdminOperations, token_matches
 from receiver.lockout import Lockout, client_address, retry_after
+from receiver.pages import RulesInfo, chart_bars, environment, pretty_json, share
+from receiver.params import event_filter, here, page_cursor, query_string, safe_next
 from receiver.sessions import COOKIE, Session, Sessions
 
 VIA = "dashboard"
@@ -47,116 +43,8 @@ HEADERS = {
 }
 
 
-@dataclass(frozen=True)
-class RulesInfo:
-    """The rules file as the dashboard shows it."""
-
-    path: str
-    sha256: str
-    text: str
-    max_lbs_per_day: int | None
-    max_lbs_per_month: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    x: float
-    y: float
-    width: float
-    height: float
-    day: date
-    lbs: int
-
-
 View = Callable[[Request, Session], Awaitable[Response]]
 Action = Callable[[Request, Session, dict[str, str]], Awaitable[Response]]
-
-
-def chart_bars(days: Sequence[reports.DayTotal], *, height: float = 100) -> list[Bar]:
-    """One bar per day in a viewBox `len(days) * 10` wide and `height` high."""
-    top = max((d.lbs for d in days), default=0) or 1
-    bars = []
-    for n, d in enumerate(days):
-        h = d.lbs / top * (height - 4)
-        bars.append(Bar(x=n * 10 + 1.5, y=height - h, width=7, height=h, day=d.day, lbs=d.lbs))
-    return bars
-
-
-def share(used: int, limit: int | None) -> int | None:
-    """`used` as a whole percentage of `limit` (None when there is no limit)."""
-    return None if not limit else round(used * 100 / limit)
-
-
-def safe_next(value: str | None, default: str = "/admin") -> str:
-    """A redirect target that stays on this site's dashboard (no open redirect)."""
-    if (
-        value
-        and value.startswith("/admin")
-        and not value.startswith("//")
-        and "\\" not in value
-        and value.isprintable()
-    ):
-        return value
-    return default
-
-
-def event_filter(params: Mapping[str, str]) -> EventFilter:
-    """Filters from the events page's query: status, type, received from/to (UTC days)."""
-    status = params.get("status") or None
-    if status is not None and status not in tuple(EventStatus):
-        raise BadRequest(f"unknown status {status!r}")
-    return EventFilter(
-        status=status,
-        type=(params.get("type") or "").strip() or None,
-        since=_day_start(params.get("from"), "from"),
-        until=_day_start(params.get("to"), "to", next_day=True),
-    )
-
-
-def _day_start(value: str | None, name: str, *, next_day: bool = False) -> datetime | None:
-    if not value:
-        return None
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name!r} is not a date (YYYY-MM-DD): {value!r}") from None
-    return datetime.combine(day + timedelta(days=next_day), time(), tzinfo=UTC)
-
-
-def _query(params: Mapping[str, Any]) -> str:
-    given = {k: v for k, v in params.items() if v not in (None, "")}
-    return f"?{urlencode(given)}" if given else ""
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def _pretty_json(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
-        return text
-
-
-def _amount(capture: Mapping[str, Any]) -> str:
-    """A capture's amount in its action's unit: 500 lbs carbon, 3 trees, 10 lbs plastic."""
-    amount = int(capture["amount"])
-    spec = ACTIONS.get(capture["action"])
-    unit = spec.unit if spec else capture["action"]
-    return f"{amount:,} {'tree' if unit == 'trees' and amount == 1 else unit}"
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("receiver", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["when"] = _when
-    env.filters["lbs"] = lambda n: f"{int(n or 0):,}"
-    env.filters["amount"] = _amount
-    return env
 
 
 class Dashboard:
@@ -177,7 +65,7 @@ class Dashboard:
         self.lockout = lockout
         self.rules_info = rules_info
         self.page_size = page_size
-        self.templates = _environment()
+        self.templates = environment()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -190,7 +78,7 @@ class Dashboard:
             signed_in=bool(session and session.signed_in),
             flash=flash,
             path=request.url.path,
-            here=_here(request),
+            here=here(request),
             **ctx,
         )
         response = HTMLResponse(html, status_code=code, headers=HEADERS)
@@ -226,7 +114,7 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             session = self.sessions.read(request.cookies.get(COOKIE))
             if session is None or not session.signed_in:
-                target = "/admin/login" + _query({"next": _here(request)})
+                target = "/admin/login" + query_string({"next": here(request)})
                 return RedirectResponse(target, status_code=303, headers=HEADERS)
             request.state.error_page = self.error_page(request, session)
             return await handler(request, session)
@@ -333,7 +221,7 @@ class Dashboard:
     async def events(self, request: Request, session: Session) -> Response:
         params = request.query_params
         filt = event_filter(params)
-        cursor = _cursor(params.get("before"))
+        cursor = page_cursor(params.get("before"))
         rows = await run_in_threadpool(
             lambda: self.admin.store.list_events(filt, limit=self.page_size + 1, before_id=cursor)
         )
@@ -341,7 +229,7 @@ class Dashboard:
         older = None
         if len(rows) > self.page_size:
             rows = rows[: self.page_size]
-            older = "/admin/events" + _query({**kept, "before": rows[-1]["id"]})
+            older = "/admin/events" + query_string({**kept, "before": rows[-1]["id"]})
         return self.render(
             request,
             session,
@@ -351,9 +239,9 @@ class Dashboard:
             types=(CRP_GENERATED, BILL_CONFIRMED),
             params=kept,
             paged=cursor is not None,
-            newest="/admin/events" + _query(kept),
+            newest="/admin/events" + query_string(kept),
             older=older,
-            replay_failed="/admin/events/replay-failed" + _query({**kept, "status": None}),
+            replay_failed="/admin/events/replay-failed" + query_string({**kept, "status": None}),
         )
 
     async def event(self, request: Request, session: Session) -> Response:
@@ -364,7 +252,7 @@ class Dashboard:
             session,
             "event.html",
             event=detail,
-            payload=_pretty_json(detail["body"]),
+            payload=pretty_json(detail["body"]),
             replayable=detail["status"] in REPLAYABLE_EVENTS,
             can_replay=REPLAYABLE_EVENTS,
         )
@@ -402,7 +290,7 @@ class Dashboard:
         status = request.query_params.get("status") or None
         if status is not None and status not in tuple(CaptureStatus):
             raise BadRequest(f"unknown capture status {status!r}")
-        cursor = _cursor(request.query_params.get("before"))
+        cursor = page_cursor(request.query_params.get("before"))
         rows = await run_in_threadpool(
             lambda: self.admin.list_captures(
                 status=status, limit=self.page_size + 1, before_id=cursor
@@ -411,7 +299,7 @@ class Dashboard:
         older = None
         if len(rows) > self.page_size:
             rows = rows[: self.page_size]
-            older = "/admin/captures" + _query({"status": status, "before": rows[-1]["id"]})
+            older = "/admin/captures" + query_string({"status": status, "before": rows[-1]["id"]})
         return self.render(
             request,
             session,
@@ -420,7 +308,7 @@ class Dashboard:
             statuses=tuple(CaptureStatus),
             status=status or "",
             paged=cursor is not None,
-            newest="/admin/captures" + _query({"status": status}),
+            newest="/admin/captures" + query_string({"status": status}),
             older=older,
         )
 
@@ -451,18 +339,6 @@ class Dashboard:
         if info is not None:
             stale = hashlib.sha256(info.text.encode()).hexdigest() != info.sha256
         return self.render(request, session, "rules.html", info=info, stale=stale)
-
-
-def _cursor(value: str | None) -> int | None:
-    if not value:
-        return None
-    if not value.isdigit():
-        raise BadRequest("'before' must be an event or capture id")
-    return int(value)
-
-
-def _here(request: Request) -> str:
-    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
 def _https(request: Request) -> bool:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
     from carbonhook.metrics import Limits
     from receiver.app import Services
-    from receiver.dashboard import RulesInfo
     from receiver.lockout import Lockout
+    from receiver.pages import RulesInfo
     from workers.rules import RulesHolder
     from workers.runtime import WorkerRuntime
 
@@ -177,8 +177,9 @@ def build_receiver(
     with the workers' copy).
     """
     from carbonhook.cli.lifecycle import install_reload
-    from receiver.dashboard import RulesInfo, dashboard_routes
+    from receiver.dashboard import dashboard_routes
     from receiver.lockout import Lockout
+    from receiver.pages import RulesInfo
     from workers.rules import RulesHolder
 
     if rules is None:

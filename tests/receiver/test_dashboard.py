@@ -17,15 +17,10 @@ from sqlalchemy import Engine, insert
 
 from carbonhook.reports import DayTotal, overview
 from carbonhook.schema import Capture, Event, Spend, utcnow
-from receiver.dashboard import (
-    RulesInfo,
-    chart_bars,
-    dashboard_routes,
-    event_filter,
-    safe_next,
-    share,
-)
+from receiver.dashboard import dashboard_routes
 from receiver.lockout import WRONG_TOKENS, Lockout
+from receiver.pages import RulesInfo, chart_bars, share
+from receiver.params import event_filter, safe_next
 from receiver.sessions import COOKIE, Sessions
 from tests.support import (
     ROOT,

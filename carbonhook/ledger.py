@@ -1,33 +1,33 @@
-"""The capture ledger: a row before every call, spend reserved atomically, never two calls."""
+"""The capture ledger: a row before every call, attempts fenced by their token, spend reserved
+atomically, every decision one conditional update."""
 
 from __future__ import annotations
 
-import functools
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import (
-    BigInteger,
-    Connection,
-    Engine,
-    Update,
-    and_,
-    bindparam,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 
 from carbonhook import spend
-from carbonhook.actions import LIMITED_ACTION
+from carbonhook.attempts import (
+    BEGIN_AND_RESERVE,
+    begin_attempt_alone,
+    begin_attempt_statement,
+    hold_statement,
+    planned_values,
+    same_signature,
+    signature_params,
+)
 from carbonhook.captures import Impact, PlannedCapture
+from carbonhook.clock import db_now, seconds_since
 from carbonhook.database import DriverStatement, insert_ignore, insert_ignore_statement
 from carbonhook.errors import Conflict, NotFound
-from carbonhook.schema import Capture, DeltaMark, UTCDateTime, utcnow
+from carbonhook.schema import Capture, DeltaMark, Deployment, Reversal, utcnow
 from carbonhook.spend import SpendLimits
 from carbonhook.statuses import CaptureStatus
-from carbonhook.store import record_capture
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,11 @@ class CaptureRow:
     Its `status` moves through the capture state machine (carbonhook/statuses.py): `pending`
     is written before the call, so every call has an owner; `captured`, `failed` or `unknown`
     record the answer (or its absence); `held` waits for an admin over a spend limit;
-    `skipped` and `dry_run` are never sent. `spend_day` is the UTC day whose windows hold its
-    reserved pounds (None: nothing reserved).
+    `skipped` and `dry_run` are never sent; `superseded` was never sent and is no longer
+    planned. `attempt_token` names the attempt under way or last made: every write of an
+    attempt's outcome is conditional on it, so a worker that lost its lease cannot overwrite a
+    newer attempt. `spend_day` is the UTC day whose windows hold its reserved amount (None:
+    nothing reserved).
     """
 
     id: int
@@ -58,13 +61,56 @@ class CaptureRow:
     spend_day: str | None
     user_id: str | None
     time_utc: str | None
+    attempt_token: str | None
+
+    @property
+    def in_flight(self) -> bool:
+        """A call may have left for this row and its outcome is not known."""
+        return self.status == CaptureStatus.UNKNOWN or (
+            self.status == CaptureStatus.PENDING and self.attempt_token is not None
+        )
 
 
-_ROW_COLUMNS = [getattr(Capture, name) for name in CaptureRow.__slots__]  # type: ignore[attr-defined]
+ROW_COLUMNS = [getattr(Capture, name) for name in CaptureRow.__slots__]  # type: ignore[attr-defined]
+
+# A new ledger row (`planned_values`; a column it leaves out is NULL), and the row back if
+# there was none.
+INSERT_PLANNED = DriverStatement(
+    lambda dialect_name: (
+        insert_ignore_statement(Capture, dialect_name)
+        .values(
+            {
+                column.key: bindparam(column.key, required=False)
+                for column in Capture.__table__.columns
+                if column.key != "id"
+            }
+        )
+        .returning(*ROW_COLUMNS)
+    )
+)
 
 
-class _OverLimit(Exception):
-    """Raised inside a reservation's transaction to roll it back."""
+# 1ClickImpact's answer for one attempt, in one statement that commits by itself.
+_RECORD_CAPTURED = DriverStatement(
+    lambda _: (
+        update(Capture)
+        .where(
+            Capture.id == bindparam("capture_id"),
+            Capture.attempt_token == bindparam("token"),
+            (Capture.status == CaptureStatus.PENDING) | (Capture.status == CaptureStatus.UNKNOWN),
+        )
+        .values(
+            status=CaptureStatus.CAPTURED,
+            user_id=bindparam("new_user_id"),
+            time_utc=bindparam("new_time_utc"),
+            customer_id=bindparam("new_customer_id"),
+            note=func.coalesce(bindparam("new_note"), Capture.note),
+            error=None,
+            http_status=None,
+            updated_at=db_now(),
+        )
+    )
+)
 
 
 class DeltaPlan(Protocol):
@@ -83,17 +129,40 @@ class DeltaPlan(Protocol):
         ...
 
 
+class AttemptStart(NamedTuple):
+    """What `begin_attempt` decided: "go" with the new attempt's token, "held" (over a spend
+    limit) or "busy" (the row changed since it was read, or a twin of its signature is
+    unknown)."""
+
+    decision: str
+    token: str | None = None
+
+
+class _OverLimit(Exception):
+    """Raised inside a reservation's transaction to roll it back."""
+
+
 class Ledger:
     """The capture ledger over the event store's database.
 
     Every call to 1ClickImpact has a row written before it (`ensure`), an attempt begun under a
-    conditional update that also reserves spend (`begin_attempt`: "go", "held" or "busy"), and
-    its answer recorded (`captured`, `failed`, `unknown`). Admins decide held and unknown rows
-    (`approve`, `reject`, `resolve`). The state machine is in carbonhook/statuses.py.
+    conditional update that also reserves spend (`begin_attempt`: a new token, "held" or
+    "busy"), and its answer recorded under that token (`captured`, `failed`, `unknown`). A row
+    no longer planned is `supersede`d. Admins decide held and unknown rows (`approve`,
+    `reject`, `resolve`), each one conditional update. The state machine is in
+    carbonhook/statuses.py; reservations and limits in carbonhook/spend.py.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._deployment: str | None = None
+
+    def deployment_id(self) -> str:
+        """This deployment's id (made once by the migrations), part of every capture's tag."""
+        if self._deployment is None:
+            with self.engine.connect() as conn:
+                self._deployment = str(conn.execute(select(Deployment.id)).scalar_one())
+        return self._deployment
 
     # -- planning -----------------------------------------------------------------------
 
@@ -101,12 +170,19 @@ class Ledger:
         self, event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
     ) -> CaptureRow:
         """The ledger row for `planned`, written now if it is new; an existing row wins."""
-        values = _planned_values(event_id, subject_id, planned, rules_hash)
-        new = _INSERT_PLANNED.run(self.engine, values).first()  # insert-if-absent, then read
+        values = planned_values(event_id, subject_id, planned, rules_hash)
+        new = INSERT_PLANNED.run(self.engine, values).first()  # insert-if-absent, then read
         if new is not None:
             return CaptureRow(*new)
         with self.engine.connect() as conn:
-            return self._get(conn, planned.rule, subject_id, planned.part)
+            return self._rows(
+                conn,
+                and_(
+                    Capture.rule == planned.rule,
+                    Capture.subject_id == subject_id,
+                    Capture.part == planned.part,
+                ),
+            )[0]
 
     def ensure_delta(
         self, event_id: int, subject_id: str, plan: DeltaPlan, rules_hash: str
@@ -118,128 +194,207 @@ class Ledger:
             DeltaMark.site_id == plan.site_id,
             DeltaMark.period == plan.period,
         )
+        mark = {
+            "rule": plan.rule_name,
+            "site_id": plan.site_id,
+            "period": plan.period,
+            "offset_tco2e": 0.0,
+            "updated_at": now,
+        }
+        ours = and_(Capture.rule == plan.rule_name, Capture.subject_id == subject_id)
         with self.engine.begin() as conn:
-            insert_ignore(
-                conn,
-                DeltaMark,
-                {
-                    "rule": plan.rule_name,
-                    "site_id": plan.site_id,
-                    "period": plan.period,
-                    "offset_tco2e": 0.0,
-                    "updated_at": now,
-                },
-            )
+            insert_ignore(conn, DeltaMark, mark)
             # This UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite): a second
             # bill of the same site waits here and then sees the new mark.
             conn.execute(update(DeltaMark).where(key).values(updated_at=now))
-            existing = self._rows(
-                conn,
-                and_(Capture.rule == plan.rule_name, Capture.subject_id == subject_id),
-            )
+            existing = self._rows(conn, ours)
             if existing:
                 return existing
             before = conn.execute(select(DeltaMark.offset_tco2e).where(key)).scalar_one()
-            planned, mark = plan.captures_after(before)
+            planned, after = plan.captures_after(before)
             extra = {
                 "site_id": plan.site_id,
                 "period": plan.period,
                 "basis_tco2e": plan.current_tco2e,
             }
             for capture in planned:
-                values = _planned_values(event_id, subject_id, capture, rules_hash)
+                values = planned_values(event_id, subject_id, capture, rules_hash)
                 insert_ignore(conn, Capture, values | extra)
-            conn.execute(update(DeltaMark).where(key).values(offset_tco2e=mark))
-            return self._rows(
-                conn,
-                and_(Capture.rule == plan.rule_name, Capture.subject_id == subject_id),
-            )
+            conn.execute(update(DeltaMark).where(key).values(offset_tco2e=after))
+            return self._rows(conn, ours)
+
+    def rows_of_event(self, event_id: int) -> list[CaptureRow]:
+        """Every row `event_id` ever planned, whatever its rules say now."""
+        with self.engine.connect() as conn:
+            return self._rows(conn, Capture.event_id == event_id)
 
     # -- one attempt ----------------------------------------------------------------------
 
-    def begin_attempt(self, row: CaptureRow, limits: SpendLimits) -> str:
-        """Claim the right to call for `row`: "go", "held" (over a limit) or "busy"."""
-        now = utcnow()
-        reserve = row.spend_day is None and row.action == LIMITED_ACTION
-        day = now.date().isoformat()
-        windows = spend.spend_windows(day, None if row.approved else limits)
-        first = row.attempted_at is None
+    def begin_attempt(self, row: CaptureRow, limits: SpendLimits) -> AttemptStart:
+        """Claim the right to call for `row`, if nobody changed it since it was read and no
+        other capture of its signature is `unknown`. The attempt's time is the database's."""
+        token = uuid.uuid4().hex
+        reserve = row.spend_day is None
+        day = utcnow().date().isoformat()
+        windows = spend.spend_windows(row.action, day, None if row.approved else limits)
         params = {
             "capture_id": row.id,
             "seen_status": row.status,
-            "seen_attempted_at": row.attempted_at,
-            "now": now,
+            "seen_token": row.attempt_token,
+            "token": token,
             "day": day,
-        }
+        } | signature_params(row.action, row.amount, row.customer_email)
         if not reserve:  # one statement: no transaction needed
-            started = _begin_attempt_alone(first).run(self.engine, params).rowcount
-            return "go" if started else "busy"
+            started = begin_attempt_alone().run(self.engine, params).rowcount
+            return AttemptStart("go", token) if started else AttemptStart("busy")
         if self.engine.dialect.name == "postgresql":
             # The usual case in one round trip: while a transaction (BEGIN, three UPDATEs,
             # COMMIT) held the spend rows, every other capture of the day queued behind it.
-            answer = _BEGIN_AND_RESERVE.run(
+            answer = BEGIN_AND_RESERVE.run(
                 self.engine, params | spend.limit_params(row.amount, windows)
             )
             seen, started = answer.rows[0]
             if started:
-                return "go"
+                return AttemptStart("go", token)
             if not seen:
-                return "busy"
+                return AttemptStart("busy")
             # A spend row to create (the first capture of a day or month) or a limit reached:
             # the transaction below decides.
         try:
             with self.engine.begin() as conn:
-                stmt = _begin_attempt_statement(first=first, reserve=True)
-                if conn.execute(stmt, params).rowcount == 0:
-                    return "busy"
+                if conn.execute(begin_attempt_statement(reserve=True), params).rowcount == 0:
+                    return AttemptStart("busy")
                 if not spend.reserve(conn, row.amount, windows):
                     raise _OverLimit
         except _OverLimit:
             with self.engine.begin() as conn:
-                held = conn.execute(_hold_statement(first), params)
-                return "held" if held.rowcount else "busy"
-        return "go"
+                held = conn.execute(hold_statement(), params)
+                return AttemptStart("held" if held.rowcount else "busy")
+        return AttemptStart("go", token)
 
-    def captured(self, capture_id: int, impact: Impact, *, note: str | None = None) -> None:
-        record_capture(self.engine, capture_id, captured_columns(impact, note=note))
-
-    def failed(self, capture_id: int, error: str, http_status: int | None) -> None:
-        """A definite refusal: nothing happened, so the reserved spend is released."""
-        with self.engine.begin() as conn:
-            spend.release(conn, capture_id)
-            conn.execute(
-                update(Capture)
-                .where(Capture.id == capture_id)
-                .values(
-                    status=CaptureStatus.FAILED,
-                    error=error,
-                    http_status=http_status,
-                    updated_at=utcnow(),
-                )
-            )
-
-    def unknown(self, capture_id: int, error: str, http_status: int | None) -> None:
-        """The call may have happened: keep the spend, reconcile before any retry."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(Capture)
-                .where(Capture.id == capture_id)
-                .values(
-                    status=CaptureStatus.UNKNOWN,
-                    error=error,
-                    http_status=http_status,
-                    updated_at=utcnow(),
-                )
-            )
-
-    def is_attributed(self, user_id: str, time_utc: str) -> bool:
+    def signature_unknown(self, row: CaptureRow) -> bool:
+        """Another capture of `row`'s action, amount and customer is `unknown`."""
         with self.engine.connect() as conn:
             found = conn.execute(
                 select(Capture.id)
-                .where(Capture.user_id == user_id, Capture.time_utc == time_utc)
+                .where(
+                    Capture.status == CaptureStatus.UNKNOWN,
+                    Capture.id != row.id,
+                    same_signature(row.action, row.amount, row.customer_email),
+                )
                 .limit(1)
             ).first()
         return found is not None
+
+    def signature_in_flight(self, row: CaptureRow) -> bool:
+        """Another capture of `row`'s signature may have a call out whose outcome is unknown."""
+        open_attempt = (Capture.status == CaptureStatus.UNKNOWN) | (
+            (Capture.status == CaptureStatus.PENDING) & Capture.attempt_token.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(Capture.id)
+                .where(
+                    open_attempt,
+                    Capture.id != row.id,
+                    same_signature(row.action, row.amount, row.customer_email),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
+
+    def captured(
+        self, capture_id: int, impact: Impact, *, token: str, note: str | None = None
+    ) -> bool:
+        """Record 1ClickImpact's answer for the attempt `token`; False if a newer attempt (or
+        an admin) has changed the row since, or another row already claims this impact."""
+        values: dict[str, Any] = {
+            "capture_id": capture_id,
+            "token": token,
+            "new_user_id": impact.user_id,
+            "new_time_utc": impact.time_utc,
+            "new_customer_id": impact.customer_id,
+            "new_note": note,
+        }
+        try:
+            return bool(_RECORD_CAPTURED.run(self.engine, values).rowcount)
+        except IntegrityError:
+            return False  # the impact is another row's: the database refuses a second claim
+
+    def failed(self, capture_id: int, error: str, http_status: int | None, *, token: str) -> bool:
+        """A definite refusal, or nothing left the machine: the reserved spend is released."""
+        return self._end(
+            capture_id,
+            token,
+            {"status": CaptureStatus.FAILED, "error": error, "http_status": http_status},
+            release=True,
+        )
+
+    def unknown(self, capture_id: int, error: str, http_status: int | None, *, token: str) -> bool:
+        """The call may have happened: keep the spend, reconcile before any retry."""
+        return self._end(
+            capture_id,
+            token,
+            {"status": CaptureStatus.UNKNOWN, "error": error, "http_status": http_status},
+            release=False,
+        )
+
+    def supersede(self, row: CaptureRow, reason: str) -> bool:
+        """A row that was never sent, or is proved not to have happened, and is no longer
+        planned: `superseded`, its reserved spend given back, if it is still as it was read."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Capture)
+                .where(
+                    Capture.id == row.id,
+                    Capture.status == row.status,
+                    Capture.attempt_token.is_not_distinct_from(row.attempt_token),
+                    Capture.status.not_in(
+                        (CaptureStatus.CAPTURED, CaptureStatus.SKIPPED, CaptureStatus.DRY_RUN)
+                    ),
+                )
+                .values(status=CaptureStatus.SUPERSEDED, note=reason[:500], updated_at=utcnow())
+            ).rowcount
+            if changed:
+                spend.release(conn, row.id)
+        return bool(changed)
+
+    def attempt_age_s(self, capture_id: int) -> float | None:
+        """Seconds since the row's last attempt began, by the database's clock."""
+        with self.engine.connect() as conn:
+            age = conn.execute(
+                select(seconds_since(Capture.attempted_at)).where(Capture.id == capture_id)
+            ).scalar()
+        return None if age is None else float(age)
+
+    def attributed(self, impacts: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these `(user_id, time_utc)` a row owns, or an audit reversed."""
+        found: set[tuple[str, str]] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(impacts), 500):
+                batch = impacts[start : start + 500]
+                for table in (Capture, Reversal):
+                    pairs = tuple_(table.user_id, table.time_utc)
+                    rows = conn.execute(
+                        select(table.user_id, table.time_utc).where(pairs.in_(batch))
+                    )
+                    found.update((str(u), str(t)) for u, t in rows)
+        return found
+
+    def _end(self, capture_id: int, token: str, values: dict[str, Any], *, release: bool) -> bool:
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Capture)
+                .where(
+                    Capture.id == capture_id,
+                    Capture.attempt_token == token,
+                    Capture.status == CaptureStatus.PENDING,
+                )
+                .values(updated_at=utcnow(), **values)
+            ).rowcount
+            if changed and release:
+                spend.release(conn, capture_id)
+        return bool(changed)
 
     # -- admins ---------------------------------------------------------------------------
 
@@ -252,11 +407,13 @@ class Ledger:
                 "status": CaptureStatus.PENDING,
                 "approved": True,
                 "attempted_at": None,
+                "attempt_token": None,
                 "note": "approved past the limits",
             },
         )
 
     def reject(self, capture_id: int) -> CaptureRow:
+        """A held capture is never sent (nothing was reserved for it)."""
         return self._decide(
             capture_id,
             CaptureStatus.HELD,
@@ -264,44 +421,38 @@ class Ledger:
         )
 
     def resolve(self, capture_id: int, *, captured: bool) -> CaptureRow:
-        """An admin's answer for an `unknown` capture after checking 1ClickImpact."""
+        """An admin's answer for an `unknown` capture after checking 1ClickImpact; not
+        captured gives its reserved spend back in the same transaction."""
         if captured:
-            return self._decide(
-                capture_id,
-                (CaptureStatus.UNKNOWN, CaptureStatus.PENDING),
-                {"status": CaptureStatus.CAPTURED, "note": "resolved by an admin: captured"},
-            )
-        with self.engine.begin() as conn:
-            spend.release(conn, capture_id)
-        return self._decide(
-            capture_id,
-            (CaptureStatus.UNKNOWN, CaptureStatus.PENDING),
-            {
+            values = {"status": CaptureStatus.CAPTURED, "note": "resolved by an admin: captured"}
+        else:
+            values = {
                 "status": CaptureStatus.FAILED,
-                "attempted_at": None,
                 "note": "resolved by an admin: not captured",
-            },
-        )
+            }
+        return self._decide(capture_id, CaptureStatus.UNKNOWN, values, release=not captured)
 
     def _decide(
-        self,
-        capture_id: int,
-        from_status: str | tuple[str, ...],
-        values: dict[str, Any],
+        self, capture_id: int, from_status: str, values: dict[str, Any], *, release: bool = False
     ) -> CaptureRow:
-        allowed = (from_status,) if isinstance(from_status, str) else from_status
+        """One conditional update on the row's current status; a refused decision changes
+        nothing."""
         with self.engine.begin() as conn:
             changed = conn.execute(
                 update(Capture)
-                .where(Capture.id == capture_id, Capture.status.in_(allowed))
+                .where(Capture.id == capture_id, Capture.status == from_status)
                 .values(updated_at=utcnow(), **values)
             ).rowcount
+            if changed and release:
+                spend.release(conn, capture_id)
             rows = self._rows(conn, Capture.id == capture_id)
         if not rows:
             raise NotFound(f"capture {capture_id} not found")
         if not changed:
-            raise Conflict(f"capture {capture_id} is {rows[0].status}, not {' or '.join(allowed)}")
+            raise Conflict(f"capture {capture_id} is {rows[0].status}, not {from_status}")
         return rows[0]
+
+    # -- reading --------------------------------------------------------------------------
 
     def get(self, capture_id: int) -> CaptureRow:
         with self.engine.connect() as conn:
@@ -329,188 +480,28 @@ class Ledger:
             ]
 
     def spent(self, window: str) -> int:
-        """Pounds reserved in `day:YYYY-MM-DD` or `month:YYYY-MM`."""
+        """What is reserved in a spend window (`day:2026-11-25`, `trees:month:2026-11`, …)."""
         with self.engine.connect() as conn:
             return spend.spent(conn, window)
 
-    # -- internals ------------------------------------------------------------------------
-
-    def _get(self, conn: Connection, rule: str, subject_id: str, part: int) -> CaptureRow:
-        return self._rows(
-            conn,
-            and_(
-                Capture.rule == rule,
-                Capture.subject_id == subject_id,
-                Capture.part == part,
-            ),
-        )[0]
+    def open_count(self, event_id: int) -> int:
+        """How many of the event's rows have a call whose outcome is not known."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(Capture)
+                    .where(
+                        Capture.event_id == event_id,
+                        Capture.status.in_((CaptureStatus.PENDING, CaptureStatus.UNKNOWN)),
+                    )
+                ).scalar_one()
+            )
 
     def _rows(self, conn: Connection, where: Any) -> list[CaptureRow]:
         return [
             CaptureRow(*row)
             for row in conn.execute(
-                select(*_ROW_COLUMNS).where(where).order_by(Capture.part, Capture.id)
+                select(*ROW_COLUMNS).where(where).order_by(Capture.part, Capture.id)
             )
         ]
-
-
-def captured_columns(impact: Impact, *, note: str | None = None) -> dict[str, Any]:
-    """The columns that record 1ClickImpact's answer on a capture."""
-    values: dict[str, Any] = {
-        "status": CaptureStatus.CAPTURED,
-        "user_id": impact.user_id,
-        "time_utc": impact.time_utc,
-        "customer_id": impact.customer_id,
-        "error": None,
-        "http_status": None,
-        "updated_at": utcnow(),
-    }
-    if note:
-        values["note"] = note
-    return values
-
-
-def _planned_values(
-    event_id: int, subject_id: str, planned: PlannedCapture, rules_hash: str
-) -> dict[str, Any]:
-    """A new ledger row for `planned`, as `_INSERT_PLANNED`'s parameters."""
-    now = utcnow()
-    status = (
-        CaptureStatus.SKIPPED
-        if planned.skipped
-        else CaptureStatus.DRY_RUN
-        if planned.dry_run
-        else CaptureStatus.PENDING
-    )
-    notes = {
-        CaptureStatus.DRY_RUN: "dry run: not sent",
-        CaptureStatus.SKIPPED: "under 1 lb: not sent",
-    }
-    return {
-        "event_id": event_id,
-        "rule": planned.rule,
-        "subject_id": subject_id,
-        "part": planned.part,
-        "action": planned.action,
-        "amount": planned.amount,
-        "customer_email": planned.customer_email,
-        "customer_name": planned.customer_name,
-        "notify": planned.notify,
-        "approved": False,
-        "status": status,
-        "attempts": 0,
-        "rules_hash": rules_hash,
-        "note": notes.get(status),
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-# PostgreSQL: mark a capture attempted and reserve its pounds in one statement, only if it is
-# unchanged since it was read, both spend rows exist and both stay within their limits;
-# otherwise change nothing. Locks are taken in the transaction's order (the capture, then the
-# day, then the month: ORDER BY under FOR UPDATE), so the two paths cannot deadlock. A row
-# found locked is re-checked once the lock is released (READ COMMITTED), so the limit holds
-# under concurrent reservations. `seen` = 0: busy; `started` = 0 with `seen` = 1: fall back.
-_BEGIN_AND_RESERVE = DriverStatement(
-    lambda _: text(
-        """
-    WITH seen AS MATERIALIZED (
-        SELECT id FROM captures
-        WHERE id = :capture_id AND status = :seen_status
-          AND attempted_at IS NOT DISTINCT FROM :seen_attempted_at
-        FOR UPDATE
-    ), within AS MATERIALIZED (
-        SELECT "window" FROM spend
-        WHERE "window" IN (:day_window, :month_window) AND EXISTS (SELECT FROM seen)
-          AND lbs + :amount <= CASE "window" WHEN :day_window THEN :day_limit
-                                             ELSE :month_limit END
-        ORDER BY "window"
-        FOR UPDATE
-    ), go AS MATERIALIZED (
-        SELECT FROM within HAVING count(*) = 2
-    ), added AS (
-        UPDATE spend SET lbs = lbs + :amount
-        WHERE "window" IN (SELECT "window" FROM within) AND EXISTS (SELECT FROM go)
-        RETURNING "window"
-    ), started AS (
-        UPDATE captures
-        SET status = :pending, attempted_at = :now, attempts = attempts + 1, error = NULL,
-            updated_at = :now, spend_day = :day
-        WHERE id IN (SELECT id FROM seen) AND EXISTS (SELECT FROM go)
-        RETURNING id
-    )
-    SELECT (SELECT count(*) FROM seen) AS seen, (SELECT count(*) FROM started) AS started
-    """
-    ).bindparams(
-        bindparam("seen_attempted_at", type_=UTCDateTime()),
-        bindparam("now", type_=UTCDateTime()),
-        bindparam("amount", type_=BigInteger()),
-        bindparam("day_limit", type_=BigInteger()),
-        bindparam("month_limit", type_=BigInteger()),
-        bindparam("pending", value=CaptureStatus.PENDING),
-    )
-)
-
-
-def _unchanged(first: bool) -> Any:
-    """The capture as it was read (`capture_id`, `seen_status`, `seen_attempted_at`)."""
-    return and_(
-        Capture.id == bindparam("capture_id"),
-        Capture.status == bindparam("seen_status"),
-        Capture.attempted_at.is_(None)
-        if first
-        else Capture.attempted_at == bindparam("seen_attempted_at"),
-    )
-
-
-@functools.cache
-def _begin_attempt_statement(*, first: bool, reserve: bool) -> Update:
-    """Mark a capture attempted if nobody changed it since it was read."""
-    values: dict[str, Any] = {
-        "status": CaptureStatus.PENDING,
-        "attempted_at": bindparam("now"),
-        "attempts": Capture.attempts + 1,
-        "error": None,
-        "updated_at": bindparam("now"),
-    }
-    if reserve:
-        values["spend_day"] = bindparam("day")
-    return update(Capture).where(_unchanged(first)).values(values)
-
-
-@functools.cache
-def _hold_statement(first: bool) -> Update:
-    """Hold a capture over a spend limit if nobody changed it since it was read."""
-    return (
-        update(Capture)
-        .where(_unchanged(first))
-        .values(
-            status=CaptureStatus.HELD,
-            note="over a spend limit: approve or reject",
-            updated_at=bindparam("now"),
-        )
-    )
-
-
-@functools.cache
-def _begin_attempt_alone(first: bool) -> DriverStatement:
-    """`_begin_attempt_statement` for a capture that reserves nothing: it commits by itself."""
-    return DriverStatement(lambda _: _begin_attempt_statement(first=first, reserve=False))
-
-
-# A new ledger row (`_planned_values`; a column it leaves out is NULL), and the row back if
-# there was none.
-_INSERT_PLANNED = DriverStatement(
-    lambda dialect_name: (
-        insert_ignore_statement(Capture, dialect_name)
-        .values(
-            {
-                column.key: bindparam(column.key, required=False)
-                for column in Capture.__table__.columns
-                if column.key != "id"
-            }
-        )
-        .returning(*_ROW_COLUMNS)
-    )
-)

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from carbonhook.actions import LIMITED_ACTION
+from carbonhook.actions import Action
 from carbonhook.schema import Capture, Event, Spend
 from carbonhook.statuses import CaptureStatus, EventStatus
 
@@ -58,7 +58,7 @@ def _lbs_per_day(conn: Connection, today: date, days: int) -> list[DayTotal]:
         select(Capture.spend_day, func.sum(Capture.amount))
         .where(
             Capture.status == CaptureStatus.CAPTURED,
-            Capture.action == LIMITED_ACTION,
+            Capture.action == Action.CAPTURE_CARBON,
             Capture.spend_day >= first.isoformat(),
             Capture.spend_day <= today.isoformat(),
         )

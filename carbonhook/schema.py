@@ -78,6 +78,7 @@ class Event(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempt_token: Mapped[str | None] = mapped_column(String(32))
     available_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -115,6 +116,7 @@ class Capture(Base):
     __tablename__ = "captures"
     __table_args__ = (
         UniqueConstraint("rule", "subject_id", "part", name="uq_captures_rule_subject_part"),
+        UniqueConstraint("user_id", "time_utc", name="uq_captures_impact"),
         Index("ix_captures_status_id", "status", "id"),
     )
 
@@ -143,6 +145,9 @@ class Capture(Base):
     period: Mapped[str | None] = mapped_column(String(32))
     basis_tco2e: Mapped[float | None] = mapped_column(Float)
     spend_day: Mapped[str | None] = mapped_column(String(10))
+    attempt_token: Mapped[str | None] = mapped_column(String(32))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    audit_note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -166,3 +171,28 @@ class DeltaMark(Base):
     period: Mapped[str] = mapped_column(String(32), primary_key=True)
     offset_tco2e: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Reversal(Base):
+    """An impact found standing twice for one capture, and its reversal at 1ClickImpact."""
+
+    __tablename__ = "reversals"
+    __table_args__ = (UniqueConstraint("user_id", "time_utc", name="uq_reversals_impact"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    capture_id: Mapped[int] = mapped_column(ForeignKey("captures.id"), index=True)
+    user_id: Mapped[str] = mapped_column(String(100))
+    time_utc: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(200))
+    found_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Deployment(Base):
+    """This deployment's id, made once by the migrations: part of every capture's tag."""
+
+    __tablename__ = "deployment"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,8 +1,10 @@
-"""Spend against the operator's limits: pounds reserved per UTC day and month, atomically.
+"""Spend against the operator's limits, per action, per UTC day and month, reserved atomically.
 
-A capture of `capture_carbon` reserves its pounds when its first attempt begins, in the same
-transaction that marks the attempt, so concurrent workers cannot overshoot a limit; a definite
-refusal gives them back. A window is a row of `spend`: `day:2026-11-25` or `month:2026-11`.
+A capture reserves its amount (pounds of carbon, trees, pounds of plastic) when its first
+attempt begins, in the same transaction that marks the attempt, so concurrent workers cannot
+overshoot a limit; a definite refusal, or a capture superseded before it was sent, gives it
+back. A window is a row of `spend`: carbon's are `day:2026-11-25` and `month:2026-11`, the
+other actions' carry their prefix (`trees:day:2026-11-25`, `waste:month:2026-11`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, bindparam, select, update
 
+from carbonhook.actions import ACTIONS, Action
 from carbonhook.database import insert_ignore
 from carbonhook.schema import Capture, Spend
 
@@ -24,15 +27,22 @@ class SpendLimits(Protocol):
     def max_lbs_per_day(self) -> int | None: ...
     @property
     def max_lbs_per_month(self) -> int | None: ...
+    @property
+    def max_trees_per_day(self) -> int | None: ...
+    @property
+    def max_trees_per_month(self) -> int | None: ...
+    @property
+    def max_waste_lbs_per_day(self) -> int | None: ...
+    @property
+    def max_waste_lbs_per_month(self) -> int | None: ...
 
 
-def spend_windows(day: str, limits: SpendLimits | None) -> dict[str, int | None]:
-    """The day's and its month's spend windows (`day:2026-11-25`, `month:2026-11`), in the
-    order they are locked, each with its limit (None: no limit, or `limits` is None)."""
-    return {
-        f"day:{day}": limits.max_lbs_per_day if limits else None,
-        f"month:{day[:7]}": limits.max_lbs_per_month if limits else None,
-    }
+def spend_windows(action: str, day: str, limits: SpendLimits | None) -> dict[str, int | None]:
+    """`action`'s spend windows for the UTC `day` and its month, in the order they are locked,
+    each with its limit (None: no limit, or `limits` is None)."""
+    spec = ACTIONS[Action(action)]
+    per_day, per_month = (getattr(limits, key) if limits else None for key in spec.limits)
+    return {f"{spec.window}day:{day}": per_day, f"{spec.window}month:{day[:7]}": per_month}
 
 
 def reserve(conn: Connection, amount: int, windows: dict[str, int | None]) -> bool:
@@ -58,11 +68,11 @@ def reserve(conn: Connection, amount: int, windows: dict[str, int | None]) -> bo
 def release(conn: Connection, capture_id: int) -> None:
     """Give back what capture `capture_id` reserved, if it reserved anything."""
     row = conn.execute(
-        select(Capture.amount, Capture.spend_day).where(Capture.id == capture_id)
+        select(Capture.action, Capture.amount, Capture.spend_day).where(Capture.id == capture_id)
     ).first()
     if row is None or row.spend_day is None:
         return
-    for window in spend_windows(row.spend_day, None):
+    for window in spend_windows(row.action, row.spend_day, None):
         conn.execute(update(Spend).where(Spend.window == window).values(lbs=Spend.lbs - row.amount))
     conn.execute(update(Capture).where(Capture.id == capture_id).values(spend_day=None))
 
@@ -80,7 +90,7 @@ def limit_params(amount: int, windows: dict[str, int | None]) -> dict[str, Any]:
 
 
 def spent(conn: Connection, window: str) -> int:
-    """Pounds reserved in `day:YYYY-MM-DD` or `month:YYYY-MM`."""
+    """What is reserved in a window (`day:YYYY-MM-DD`, `trees:month:YYYY-MM`, …)."""
     return int(conn.execute(select(Spend.lbs).where(Spend.window == window)).scalar() or 0)
 
 

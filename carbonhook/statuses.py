@@ -7,7 +7,8 @@ A replay takes `failed`, `succeeded` and `held` back to `queued`.
 A capture (one ledger row per rule + subject + part): `pending` (written before the call) →
 `captured` | `failed` (a definite refusal, or nothing left the machine) | `unknown` (the request
 left and no answer came); `held` (over a spend limit) → approved → `pending`, or `rejected`;
-`skipped` (under 1 lb) and `dry_run` are never sent.
+`skipped` (under 1 lb) and `dry_run` are never sent; `superseded` was planned, never sent (or
+proved not to have happened), and is no longer planned: its reserved spend is given back.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class CaptureStatus(StrEnum):
     REJECTED = "rejected"
     SKIPPED = "skipped"
     DRY_RUN = "dry_run"
+    SUPERSEDED = "superseded"
 
 
 # An admin may send these events through the workers again.
@@ -46,4 +48,8 @@ SETTLED_CAPTURES = (
     CaptureStatus.SKIPPED,
     CaptureStatus.DRY_RUN,
     CaptureStatus.REJECTED,
+    CaptureStatus.SUPERSEDED,
 )
+# An event is never `succeeded` while one of its captures is in one of these: a call may have
+# left, and nobody knows yet whether it took effect.
+OPEN_CAPTURES = (CaptureStatus.PENDING, CaptureStatus.UNKNOWN)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Float,
     Insert,
     Integer,
     String,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    exists,
     func,
     insert,
     or_,
@@ -25,10 +28,11 @@ from sqlalchemy import (
     update,
 )
 
+from carbonhook.clock import db_now, seconds_since
 from carbonhook.database import DriverStatement
 from carbonhook.errors import Conflict, NotFound
 from carbonhook.schema import Capture, Event, EventAttempt, Replay, UTCDateTime, utcnow
-from carbonhook.statuses import REPLAYABLE_EVENTS, EventStatus
+from carbonhook.statuses import OPEN_CAPTURES, REPLAYABLE_EVENTS, EventStatus
 
 # A delayed message may arrive a little before the time we computed (another host's clock).
 CLOCK_SLACK_S = 0.5
@@ -45,6 +49,9 @@ class ClaimedEvent:
     attempts: int
     started_at: datetime
     received_at: datetime
+    token: str  # this attempt's: every write of its outcome is conditional on it
+    lease_until: datetime  # by the database's clock
+    has_captures: bool = True  # whether an earlier attempt planned captures already
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,20 +108,17 @@ class EventStore:
     ) -> list[int]:
         """Ids the queue may have lost; each is stamped so the next sweep waits again.
 
-        On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several sweepers split the rows.
+        Ages are the database's: every sweeper agrees whatever its own clock says. On
+        PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several sweepers split the rows.
         """
-        now = utcnow()
+        pending_before = db_now(-pending_after_s)
         lost = or_(
-            and_(
-                Event.status == EventStatus.PENDING, Event.available_at <= now - _s(pending_after_s)
-            ),
-            and_(
-                Event.status == EventStatus.QUEUED, Event.available_at <= now - _s(queued_after_s)
-            ),
+            and_(Event.status == EventStatus.PENDING, Event.available_at <= pending_before),
+            and_(Event.status == EventStatus.QUEUED, Event.available_at <= db_now(-queued_after_s)),
             and_(
                 Event.status == EventStatus.PROCESSING,
-                Event.lease_until < now,
-                Event.available_at <= now - _s(pending_after_s),
+                Event.lease_until < db_now(),
+                Event.available_at <= pending_before,
             ),
         )
         candidates = select(Event.id).where(lost).order_by(Event.id).limit(limit)
@@ -123,42 +127,48 @@ class EventStore:
         with self.engine.begin() as conn:
             ids = [row[0] for row in conn.execute(candidates)]
             if ids:
-                conn.execute(update(Event).where(Event.id.in_(ids)).values(available_at=now))
+                conn.execute(update(Event).where(Event.id.in_(ids)).values(available_at=db_now()))
         return ids
 
     # -- the worker's side -------------------------------------------------------------
 
     def claim(self, event_id: int, *, lease_s: float) -> ClaimedEvent | None:
-        """Take the event under a lease, or return None if it is finished, held elsewhere,
-        or waiting out a retry delay (see `seconds_until_due`)."""
-        now = utcnow()
-        params = {
-            "event_id": event_id,
-            "now": now,
-            "due": now + _s(CLOCK_SLACK_S),
-            "until": now + _s(lease_s),
-        }
-        row = _CLAIM.run(self.engine, params).first()
+        """Take the event under a lease and a new token, or return None if it is finished,
+        held elsewhere, or waiting out a retry delay (see `seconds_until_due`)."""
+        token = uuid.uuid4().hex
+        params = {"event_id": event_id, "slack_s": CLOCK_SLACK_S, "lease_s": lease_s}
+        row = _CLAIM.run(self.engine, params | {"token": token}).first()
         if row is None:
             return None
-        event_id, event_type, subject_id, body, attempts, received_at = row
+        event_id, event_type, subject_id, body, attempts, received_at, lease_until, planned = row
         return ClaimedEvent(
             id=event_id,
             type=event_type,
             subject_id=subject_id,
             data=json.loads(body).get("data", {}),
             attempts=attempts,
-            started_at=now,
+            started_at=utcnow(),
             received_at=received_at,
+            token=token,
+            lease_until=lease_until,
+            has_captures=bool(planned),
         )
 
     def seconds_until_due(self, event_id: int) -> float | None:
         """For a queued event still waiting out its retry delay, how long is left."""
-        row = _DUE_AT.run(self.engine, {"event_id": event_id}).first()
-        if row is None:
+        row = _DUE_IN.run(self.engine, {"event_id": event_id}).first()
+        if row is None or row[0] is None:
             return None
-        left = (row[0] - utcnow()).total_seconds()
+        left = -float(row[0])
         return left if left > CLOCK_SLACK_S else None
+
+    def renew(self, event: ClaimedEvent, *, lease_s: float) -> bool:
+        """Extend the lease `event` holds to `lease_s` from now; False if it was lost."""
+        return bool(
+            _RENEW.run(
+                self.engine, {"event_id": event.id, "token": event.token, "lease_s": lease_s}
+            ).rowcount
+        )
 
     def finish(
         self,
@@ -168,14 +178,12 @@ class EventStore:
         error: str | None = None,
         note: str | None = None,
         http_status: int | None = None,
-        capture: tuple[int, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """End an attempt with a final status (succeeded, failed, held). `capture`: a
-        capture's id and the columns that record its answer, written with the event (on
-        PostgreSQL in the same statement: the last capture of an event costs no round trip of
-        its own). It is written even if the lease was lost: the answer is the ledger's."""
+    ) -> bool:
+        """End an attempt with a final status (succeeded, failed, held); False if the lease was
+        lost, or, for `succeeded`, while a capture of the event is still `pending` or
+        `unknown` (the database refuses: an event never succeeds over an open capture)."""
         extra = {"note": note, "lease_until": None}
-        self._end_attempt(event, status, error, http_status, extra, capture=capture)
+        return self._end_attempt(event, status, error, http_status, extra)
 
     def retry_later(
         self,
@@ -184,15 +192,17 @@ class EventStore:
         delay_s: float,
         error: str,
         http_status: int | None,
-    ) -> None:
-        """End an attempt that will be tried again after `delay_s`."""
-        extra = {"lease_until": None, "available_at": utcnow() + _s(delay_s)}
-        self._end_attempt(event, EventStatus.QUEUED, error, http_status, extra, outcome="retry")
+    ) -> bool:
+        """End an attempt that will be tried again after `delay_s` (by the database's clock)."""
+        extra = {"lease_until": None, "available_at": delay_s}
+        return self._end_attempt(
+            event, EventStatus.QUEUED, error, http_status, extra, outcome="retry"
+        )
 
-    def release(self, event: ClaimedEvent) -> None:
+    def release(self, event: ClaimedEvent) -> bool:
         """Give an event back unfinished (the worker is stopping)."""
-        extra = {"lease_until": None, "available_at": utcnow()}
-        self._end_attempt(
+        extra = {"lease_until": None, "available_at": 0.0}
+        return self._end_attempt(
             event, EventStatus.QUEUED, "worker stopped", None, extra, outcome="released"
         )
 
@@ -204,33 +214,28 @@ class EventStore:
         http_status: int | None,
         extra: dict[str, Any],
         outcome: str | None = None,
-        capture: tuple[int, Mapping[str, Any]] | None = None,
-    ) -> None:
-        now = utcnow()
-        values = {"status": status, "last_error": error, "updated_at": now, **extra}
+    ) -> bool:
+        values = {"status": status, "last_error": error, **extra}
         params = {f"new_{key}": value for key, value in values.items()}
-        params |= {"event_id": event.id, "attempt": event.attempts}
+        params |= {"event_id": event.id, "token": event.token}
         attempt = {
             "started_at": event.started_at,
-            "finished_at": now,
+            "finished_at": utcnow(),
             "outcome": outcome or status,
             "error": error,
             "http_status": http_status,
         }
-        # Only the lease holder may end the attempt: a worker whose lease expired and was
-        # taken over must not overwrite the newer attempt's state.
-        recorded: tuple[str, ...] = ()
-        if capture is not None:
-            recorded = tuple(capture[1])
-            params |= _capture_params(*capture)
+        # Only the holder of the attempt's token may end it: a worker whose lease expired and
+        # was taken over must not overwrite the newer attempt's state.
+        guarded = status == EventStatus.SUCCEEDED
         if self.engine.dialect.name == "postgresql":  # one statement, one round trip
-            _end_and_record_statement(tuple(values), recorded).run(self.engine, params | attempt)
-            return
+            ended = _end_and_record_statement(tuple(values), guarded)
+            return bool(ended.run(self.engine, params | attempt).rowcount)
         with self.engine.begin() as conn:
-            if recorded:
-                conn.execute(_record_capture_statement(recorded), params)
-            if conn.execute(_end_attempt_statement(tuple(values)), params).rowcount:
+            if conn.execute(_end_attempt_statement(tuple(values), guarded), params).rowcount:
                 conn.execute(_RECORD_ATTEMPT, {"event_id": event.id, **attempt})
+                return True
+        return False
 
     def waiting_ids(
         self, statuses: Sequence[str] = (EventStatus.PENDING,), limit: int = 100_000
@@ -350,7 +355,9 @@ def _reset_for_replay(
     reset = conn.execute(
         update(Event)
         .where(Event.id.in_(previous), Event.status.in_(set(previous.values())))
-        .values(status=status, available_at=now, updated_at=now, attempts=0, lease_until=None)
+        .values(
+            status=status, available_at=db_now(), updated_at=db_now(), attempts=0, lease_until=None
+        )
     )
     if reset.rowcount != len(previous):
         which = ("event " if len(previous) == 1 else "one of events ") + ", ".join(
@@ -376,14 +383,10 @@ def _rows(conn: Any, stmt: Any) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(stmt)]
 
 
-def _s(seconds: float) -> timedelta:
-    return timedelta(seconds=seconds)
-
-
 # The worker's statements, built once. Building a statement costs more CPU than sending it:
 # a claim built per call took 1.7 ms of CPU, the same statement built once 0.47 ms
 # (bench/FINDINGS.md). A parameter named like a column of the table an UPDATE writes would be
-# taken for a value to set: hence `new_…`.
+# taken for a value to set: hence `new_…`. Every time that decides is the database's.
 _CLAIM = DriverStatement(
     lambda _: (
         update(Event)
@@ -392,17 +395,18 @@ _CLAIM = DriverStatement(
             or_(
                 and_(
                     or_(Event.status == EventStatus.PENDING, Event.status == EventStatus.QUEUED),
-                    Event.available_at <= bindparam("due"),
+                    Event.available_at <= db_now(bindparam("slack_s", type_=Float())),
                 ),
-                and_(Event.status == EventStatus.PROCESSING, Event.lease_until < bindparam("now")),
+                and_(Event.status == EventStatus.PROCESSING, Event.lease_until < db_now()),
             ),
         )
         .values(
             status=EventStatus.PROCESSING,
-            lease_until=bindparam("until"),
-            available_at=bindparam("now"),
+            lease_until=db_now(bindparam("lease_s", type_=Float())),
+            available_at=db_now(),
             attempts=Event.attempts + 1,
-            updated_at=bindparam("now"),
+            attempt_token=bindparam("token"),
+            updated_at=db_now(),
         )
         .returning(
             Event.id,
@@ -411,67 +415,64 @@ _CLAIM = DriverStatement(
             Event.body,
             Event.attempts,
             Event.received_at,
+            Event.lease_until,
+            exists().where(Capture.event_id == Event.id),
         )
     )
 )
-_DUE_AT = DriverStatement(
-    lambda _: select(Event.available_at).where(
+_DUE_IN = DriverStatement(
+    lambda _: select(seconds_since(Event.available_at)).where(
         Event.id == bindparam("event_id"), Event.status == EventStatus.QUEUED
     )
 )
-_RECORD_ATTEMPT = insert(EventAttempt)
-
-
-@functools.cache
-def _end_attempt_statement(columns: tuple[str, ...]) -> Update:
-    """Set `columns` (from `new_<column>`) if the caller still holds the lease."""
-    return (
+_RENEW = DriverStatement(
+    lambda _: (
         update(Event)
         .where(
             Event.id == bindparam("event_id"),
             Event.status == EventStatus.PROCESSING,
-            Event.attempts == bindparam("attempt"),
+            Event.attempt_token == bindparam("token"),
         )
-        .values({column: bindparam(f"new_{column}") for column in columns})
+        .values(lease_until=db_now(bindparam("lease_s", type_=Float())), updated_at=db_now())
     )
-
-
-def record_capture(engine: Engine, capture_id: int, columns: Mapping[str, Any]) -> None:
-    """Set `columns` of one capture, committing by itself (`finish` can do it with the event)."""
-    _record_capture_alone(tuple(columns)).run(engine, _capture_params(capture_id, columns))
-
-
-def _capture_params(capture_id: int, columns: Mapping[str, Any]) -> dict[str, Any]:
-    return {"capture_id": capture_id} | {f"capture_{key}": value for key, value in columns.items()}
+)
+_RECORD_ATTEMPT = insert(EventAttempt)
+_OPEN_CAPTURE = exists().where(
+    Capture.event_id == bindparam("event_id"),
+    or_(*(Capture.status == status for status in OPEN_CAPTURES)),
+)
 
 
 @functools.cache
-def _record_capture_alone(columns: tuple[str, ...]) -> DriverStatement:
-    return DriverStatement(lambda _: _record_capture_statement(columns))
+def _end_attempt_statement(columns: tuple[str, ...], guarded: bool) -> Update:
+    """Set `columns` (from `new_<column>`; `available_at` is a delay in seconds) if the caller
+    still holds the attempt's token; with `guarded`, only while no capture of the event is
+    open."""
+    values: dict[str, Any] = {"updated_at": db_now()}
+    for column in columns:
+        if column == "available_at":
+            values[column] = db_now(bindparam("new_available_at", type_=Float()))
+        else:
+            values[column] = bindparam(f"new_{column}")
+    where = [
+        Event.id == bindparam("event_id"),
+        Event.status == EventStatus.PROCESSING,
+        Event.attempt_token == bindparam("token"),
+    ]
+    if guarded:
+        where.append(~_OPEN_CAPTURE)
+    return update(Event).where(*where).values(values)
 
 
 @functools.cache
-def _record_capture_statement(columns: tuple[str, ...]) -> Update:
-    """Set `columns` of one capture (from `capture_<column>`)."""
-    return (
-        update(Capture)
-        .where(Capture.id == bindparam("capture_id"))
-        .values({column: bindparam(f"capture_{column}") for column in columns})
-    )
+def _end_and_record_statement(columns: tuple[str, ...], guarded: bool) -> DriverStatement:
+    """PostgreSQL: the same, and the attempt's row if it did, in one statement."""
+    return DriverStatement(lambda _: _end_and_record(columns, guarded))
 
 
-@functools.cache
-def _end_and_record_statement(
-    columns: tuple[str, ...], capture_columns: tuple[str, ...]
-) -> DriverStatement:
-    """PostgreSQL: the same, and the attempt's row if it did, and the capture's answer (if
-    `capture_columns`), in one statement."""
-    return DriverStatement(lambda _: _end_and_record(columns, capture_columns))
-
-
-def _end_and_record(columns: tuple[str, ...], capture_columns: tuple[str, ...]) -> Insert:
-    ended = _end_attempt_statement(columns).returning(Event.id).cte("ended")
-    statement = insert(EventAttempt).from_select(
+def _end_and_record(columns: tuple[str, ...], guarded: bool) -> Insert:
+    ended = _end_attempt_statement(columns, guarded).returning(Event.id).cte("ended")
+    return insert(EventAttempt).from_select(
         ["event_id", "started_at", "finished_at", "outcome", "error", "http_status"],
         select(
             ended.c.id,
@@ -482,8 +483,3 @@ def _end_and_record(columns: tuple[str, ...], capture_columns: tuple[str, ...]) 
             bindparam("http_status", type_=Integer()),
         ),
     )
-    if not capture_columns:
-        return statement
-    # A data-modifying CTE runs whether or not the rest of the statement uses it.
-    recorded = _record_capture_statement(capture_columns).returning(Capture.id).cte("recorded")
-    return statement.add_cte(recorded)

@@ -244,3 +244,47 @@ def start_receiver(db: str, **overrides: Any) -> tuple[Any, Receiver]:
     settings = settings_for_test(db, **overrides)
     server = start_server(build_receiver_app(settings, broker=broker), "127.0.0.1", 0, lifespan="on")
     return server, Receiver(f"http://127.0.0.1:{server.port}", db, broker)
+
+
+# -- a worker's processor ------------------------------------------------------------------
+
+
+class Harness:
+    """A worker's processor on a real database, against the emulator over real HTTP; its
+    retries are collected, not enqueued."""
+
+    def __init__(self, db: str, emulator: RunningEmulator, rules: str, **overrides: Any) -> None:
+        from dramatiq.brokers.stub import StubBroker
+
+        from carbonhook.cli.bootstrap import build_worker
+
+        self.db = db
+        self.emulator = emulator
+        self.broker = StubBroker()
+        self.enqueued: list[tuple[int, float]] = []
+        settings = settings_for_test(db, emulator, **overrides)
+        from workers.rules import RulesHolder, parse_rules
+
+        self.runtime = build_worker(settings, broker=self.broker, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
+        self.processor = self.runtime.processor
+        self.processor.enqueue = lambda event_id, delay: self.enqueued.append((event_id, delay))
+
+    def deliver(self, body: bytes) -> int:
+        return store_delivery(self.db, body)
+
+    def status(self, event_id: int) -> tuple[str, str | None]:
+        return query(self.db, f"SELECT status, last_error FROM events WHERE id = {event_id}")[0]
+
+    def due_now(self, event_id: int) -> None:
+        """Let the retry delay pass at once."""
+        from sqlalchemy import create_engine, text
+
+        from carbonhook.database import sync_url
+
+        engine = create_engine(sync_url(self.db))
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE events SET available_at = :t WHERE id = :id"), {"t": "2000-01-01 00:00:00", "id": event_id})
+        engine.dispose()
+
+    def captures(self) -> list[tuple[Any, ...]]:
+        return query(self.db, "SELECT rule, subject_id, part, amount, status, user_id, customer_email FROM captures ORDER BY id")

@@ -54,8 +54,9 @@ class CarbonPassClient:
     def _get(
         self, path: str, *, what: str, endpoint: str, params: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        request = self.http.request("GET", path, params=params)
-        response = send(self.http, request, what=what, side_effect=False, endpoint=endpoint)
+        response = send(
+            self.http, "GET", path, params=params, what=what, side_effect=False, endpoint=endpoint
+        )
         return decipher_data(response, what=what)
 
 

@@ -110,26 +110,51 @@ def error_message(response: httpx.Response) -> str:
     return str(body)[:200]
 
 
+# Failures raised before any byte of the request can have reached the server: nothing was
+
+
+# sent, so nothing can have happened (connection refused, DNS, the TLS handshake, a proxy that
+# refused the tunnel, no free connection in the pool, a header or URL the client will not send).
+NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+)
+
+
 def send(
     api: Api,
-    request: httpx.Request,
+    method: str,
+    path: str,
     *,
     what: str,
     side_effect: bool,
     endpoint: str,
+    params: Any = None,
+    json: Any = None,
 ) -> httpx.Response:
-    """Send `request`; return a 2xx response or raise an error saying what a retry may do.
+    """Send a request; return a 2xx response or raise an error saying what a retry may do.
 
-    With `side_effect`, anything after the request may have left the machine (a read timeout,
-    a dropped connection, a 5xx) is `AmbiguousError`: the caller must check before retrying.
+    Sent or not sent is decided by what happened on the wire. A failure before the request
+    left (`NOT_SENT`, or a request that cannot even be built) is a definite `RetryableError`.
+    With `side_effect`, a failure after it may have left (a read timeout, a dropped
+    connection, a 5xx) is `AmbiguousError`: the caller must check before it calls again.
     """
     observed = metrics()
+    try:
+        request = api.request(method, path, params=params, json=json)
+    except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
+        observed.api_requests.labels(api.name, endpoint, "not_sent").inc()
+        raise RetryableError(f"{what}: not sent, the request is malformed ({exc})") from None
     started = time.perf_counter()
     try:
         response = api.send(request)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except NOT_SENT as exc:
         observed.api_requests.labels(api.name, endpoint, "connect_error").inc()
-        raise RetryableError(f"{what}: cannot connect ({type(exc).__name__})") from None
+        raise RetryableError(f"{what}: not sent ({type(exc).__name__}: {exc})") from None
     except httpx.TransportError as exc:
         observed.api_requests.labels(api.name, endpoint, type(exc).__name__).inc()
         cls = AmbiguousError if side_effect else RetryableError

@@ -62,8 +62,15 @@ class ImpactClient:
             body["notify"] = False
         if metadata:
             body["metadata"] = metadata
-        request = self.http.request("POST", path, json=body)
-        response = send(self.http, request, what=f"POST {path}", side_effect=True, endpoint=action)
+        response = send(
+            self.http,
+            "POST",
+            path,
+            json=body,
+            what=f"POST {path}",
+            side_effect=True,
+            endpoint=action,
+        )
         return decipher_created(response, spec.amount_key, what=f"POST {path}")
 
     def records(
@@ -73,6 +80,7 @@ class ImpactClient:
         customers: bool,
         since: date,
         customer_email: str | None = None,
+        newest_first: bool = False,
     ) -> Iterator[Impact]:
         """Every record of `action` since `since`, following the cursor."""
         key = ACTIONS[Action(action)].amount_key
@@ -81,14 +89,16 @@ class ImpactClient:
             "filter_by": key,
             "start_date": since.isoformat(),
             "limit": RECORDS_PAGE,
+            "sort_order": "desc" if newest_first else "asc",
         }
         if customers and customer_email:
             params["customer_email"] = customer_email
         while True:
-            request = self.http.request("GET", path, params=params)
             response = send(
                 self.http,
-                request,
+                "GET",
+                path,
+                params=params,
                 what=f"GET {path}",
                 side_effect=False,
                 endpoint=path.rsplit("/", 1)[1],

@@ -1,35 +1,31 @@
-"""Processing one event: claim, fetch, plan, settle every capture through the ledger, finish."""
+"""Processing one event: claim, fetch, plan, settle every capture it ever planned, finish."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
 
-from carbonhook.captures import Impact
-from carbonhook.errors import AmbiguousError, PermanentError, PlanError, RetryableError
+from carbonhook.errors import PermanentError, PlanError, RetryableError
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
-from carbonhook.ledger import CaptureRow, Ledger, captured_columns
+from carbonhook.ledger import CaptureRow, Ledger
 from carbonhook.metrics import metrics
 from carbonhook.schema import utcnow
 from carbonhook.settings import Settings
-from carbonhook.statuses import SETTLED_CAPTURES, CaptureStatus, EventStatus
+from carbonhook.statuses import CaptureStatus, EventStatus
 from carbonhook.store import ClaimedEvent, EventStore
 from workers.carbonpass import CarbonPassClient
 from workers.impact import ImpactClient
 from workers.planning import Resources, explain, needed_sources
+from workers.reconciliation import Reconciler
 from workers.rules import RuleSet
+from workers.settlement import Settlement
 
 log = logging.getLogger(__name__)
 
-# A capture's id and the columns that record its answer, not written yet (see `_work`).
-Answer = tuple[int, dict[str, Any]]
-
 PREFIX = {CRP_GENERATED: "crp_", BILL_CONFIRMED: "bill_"}
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 def backoff_s(attempt: int, settings: Settings) -> float:
@@ -38,9 +34,13 @@ def backoff_s(attempt: int, settings: Settings) -> float:
     return float(min(settings.retry_max_backoff_s, delay))
 
 
+class _LeaseLost(Exception):
+    """Another worker took the event over: this attempt must write nothing more."""
+
+
 @dataclass
 class Processor:
-    """Safe to run twice for one event: the claim and the ledger decide what happens."""
+    """Safe to run twice for one event: the claim, its token and the ledger decide."""
 
     settings: Settings
     store: EventStore
@@ -50,6 +50,7 @@ class Processor:
     rules: Callable[[], RuleSet]
     enqueue: Callable[[int, float], None]
     _in_flight: dict[int, ClaimedEvent] = field(default_factory=dict)
+    _renewed_at: dict[int, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def process(self, event_id: int) -> str | None:
@@ -63,11 +64,13 @@ class Processor:
             return None
         with self._lock:
             self._in_flight[event.id] = event
+            self._renewed_at[event.id] = time.monotonic()
         try:
             return self._attempt(event)
         finally:
             with self._lock:
                 self._in_flight.pop(event.id, None)
+                self._renewed_at.pop(event.id, None)
 
     def release_all(self) -> None:
         """Give back every event still held (the worker is stopping)."""
@@ -76,9 +79,26 @@ class Processor:
         for event in held:
             self.store.release(event)
 
+    def hold_lease(self, event: ClaimedEvent) -> None:
+        """Before a call: renew the lease unless it outlives the call's whole time limit (each
+        phase of a request has the timeout), so no other worker takes the event over while
+        the call is in flight. Raises `_LeaseLost` if it was taken over already."""
+        call_s = 4 * self.settings.http_timeout_s + 5.0
+        with self._lock:
+            since = time.monotonic() - self._renewed_at.get(event.id, 0.0)
+        if since + call_s < self.settings.lease_s * 0.8:
+            return
+        if not self.store.renew(event, lease_s=self.settings.lease_s):
+            raise _LeaseLost
+        with self._lock:
+            self._renewed_at[event.id] = time.monotonic()
+
     def _attempt(self, event: ClaimedEvent) -> str:
         try:
-            status, note, answer = self._work(event)
+            status, note = self._work(event)
+        except _LeaseLost:
+            log.warning("event %s: lease lost to another worker; stopping", event.id)
+            return "lost"
         except PermanentError as exc:
             return self._fail(event, str(exc), exc.status)
         except PlanError as exc:
@@ -88,7 +108,15 @@ class Processor:
         except Exception as exc:  # a bug or an outage we did not foresee: keep the event, retry
             log.exception("event %s: unexpected error", event.id)
             return self._retry(event, RetryableError(f"unexpected {type(exc).__name__}: {exc}"))
-        self.store.finish(event, status, note=note, capture=answer)
+        if not self.store.finish(event, status, note=note):
+            if self.ledger.open_count(event.id):
+                # Never `succeeded` over an open capture: the database refused; look again.
+                return self._retry(
+                    event,
+                    RetryableError("a capture is still open; settling it first", retry_after=1.0),
+                )
+            log.warning("event %s: lease lost before it finished", event.id)
+            return "lost"
         self._observe(event, status)
         log.info(
             "event %s %s",
@@ -132,10 +160,8 @@ class Processor:
         )
         return "retry"
 
-    def _work(self, event: ClaimedEvent) -> tuple[str, str | None, Answer | None]:
-        """The event's final status and note. The answer of its last capture, if that one
-        was just captured, is left for `finish` to write with the event: nothing can fail
-        between the two, and it spares a round trip per event."""
+    def _work(self, event: ClaimedEvent) -> tuple[str, str | None]:
+        """The event's final status and note, once every row it ever planned is settled."""
         prefix = PREFIX.get(event.type)
         if prefix is None:
             raise PermanentError(f"event type {event.type!r} is not processed")
@@ -155,20 +181,42 @@ class Processor:
                 )
             for planned in outcome.captures:
                 rows.append(self.ledger.ensure(event.id, event.subject_id, planned, ruleset.sha256))
+        settlement = self._settlement(event)
+        planned_ids = {row.id for row in rows}
+        # What the plan no longer holds is settled first: a lost answer is found (or proved
+        # not to have happened) before anything new is sent.
+        standing: list[CaptureRow] = []
+        earlier = self.ledger.rows_of_event(event.id) if event.has_captures else []
+        for row in earlier:
+            if row.id in planned_ids:
+                continue
+            if settlement.settle_stale(row) == CaptureStatus.CAPTURED:
+                standing.append(self.ledger.get(row.id))
         statuses: list[str] = []
-        answer = None
-        for n, row in enumerate(rows):
-            status, answer = self._settle(row, event, ruleset, last=n == len(rows) - 1)
-            statuses.append(status)
+        for row in rows:
+            twin = _standing_twin(row, standing)
+            if twin is not None:
+                statuses.append(settlement.supersede_by(row, twin))
+            else:
+                statuses.append(settlement.settle(row, event.id, ruleset.file.limits))
         if CaptureStatus.HELD in statuses:
             held = statuses.count(CaptureStatus.HELD)
-            return EventStatus.HELD, f"{held} capture(s) held over a spend limit", answer
+            return EventStatus.HELD, f"{held} capture(s) held over a spend limit"
         if not rows:
-            return EventStatus.SUCCEEDED, "no rule matched", None
+            return EventStatus.SUCCEEDED, "no rule matched"
         if CaptureStatus.DRY_RUN in statuses:
             dry = statuses.count(CaptureStatus.DRY_RUN)
-            return EventStatus.SUCCEEDED, f"dry run: {dry} capture(s) recorded, not sent", answer
-        return EventStatus.SUCCEEDED, None, answer
+            return EventStatus.SUCCEEDED, f"dry run: {dry} capture(s) recorded, not sent"
+        return EventStatus.SUCCEEDED, None
+
+    def _settlement(self, event: ClaimedEvent) -> Settlement:
+        return Settlement(
+            settings=self.settings,
+            ledger=self.ledger,
+            impact=self.impact,
+            reconciler=Reconciler(self.ledger, self.impact),
+            hold_lease=lambda: self.hold_lease(event),
+        )
 
     def _fetch(self, event: ClaimedEvent, ruleset: RuleSet) -> Resources:
         needed = needed_sources(ruleset, event.type)
@@ -182,119 +230,16 @@ class Processor:
         emissions = self.carbonpass.emissions(site_id) if "emissions" in needed else None
         return Resources(event=event.data, crp=crp, company=company, emissions=emissions)
 
-    def _settle(
-        self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet, *, last: bool
-    ) -> tuple[str, Answer | None]:
-        """Bring one ledger row to a settled state, or raise to try the event again later.
-        With `last`, a new answer is returned for the caller to write, not written."""
-        if row.status in SETTLED_CAPTURES or row.status == CaptureStatus.HELD:
-            return row.status, None
-        if (
-            row.status == CaptureStatus.PENDING and row.attempted_at is None
-        ) or row.status == CaptureStatus.FAILED:
-            return self._call(row, event, ruleset, last=last)
-        # unknown, or pending with an attempt under way or cut short: ask 1ClickImpact first.
-        assert row.attempted_at is not None
-        found = self._reconcile(row)
-        if found is not None:
-            self.ledger.captured(row.id, found, note="found by reconciliation")
-            metrics().captures.labels(row.rule, "reconciled").inc()
-            metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
-            return CaptureStatus.CAPTURED, None
-        age = (utcnow() - row.attempted_at).total_seconds()
-        if age < self.settings.reconcile_after_s:
-            wait = self.settings.reconcile_after_s - age
-            raise RetryableError(
-                f"capture {row.id}: outcome not known yet; checking again in {wait:.0f}s",
-                retry_after=wait,
-            )
-        return self._call(row, event, ruleset, last=last)
 
-    def _call(
-        self, row: CaptureRow, event: ClaimedEvent, ruleset: RuleSet, *, last: bool
-    ) -> tuple[str, Answer | None]:
-        decision = self.ledger.begin_attempt(row, ruleset.file.limits)
-        counted = metrics().captures
-        if decision == "held":
-            counted.labels(row.rule, CaptureStatus.HELD).inc()
-            return CaptureStatus.HELD, None
-        if decision == "busy":
-            raise RetryableError(
-                f"capture {row.id} changed under us; looking again", retry_after=1.0
-            )
-        metadata = {
-            "carbonhook_capture": str(row.id),
-            "event": str(event.id),
-            "rule": row.rule[:500],
-        }
-        try:
-            impact = self.impact.create(
-                row.action,
-                row.amount,
-                customer_email=row.customer_email,
-                customer_name=row.customer_name,
-                notify=row.notify,
-                metadata=metadata,
-            )
-        except AmbiguousError as exc:
-            self.ledger.unknown(row.id, str(exc), exc.status)
-            counted.labels(row.rule, "unknown").inc()
-            raise RetryableError(
-                f"capture {row.id}: {exc}; reconciling",
-                status=exc.status,
-                retry_after=self.settings.reconcile_after_s,
-            ) from None
-        except (RetryableError, PermanentError) as exc:
-            self.ledger.failed(row.id, str(exc), exc.status)
-            counted.labels(row.rule, "failed").inc()
-            raise
-        if not last:
-            self.ledger.captured(row.id, impact)
-        counted.labels(row.rule, CaptureStatus.CAPTURED).inc()
-        metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
-        log.info(
-            "capture %s: %s %s",
-            row.id,
-            row.action,
-            row.amount,
-            extra={
-                "event_id": event.id,
-                "capture_id": row.id,
-                "rule": row.rule,
-                "outcome": CaptureStatus.CAPTURED,
-            },
-        )
-        return CaptureStatus.CAPTURED, (row.id, captured_columns(impact)) if last else None
-
-    def _reconcile(self, row: CaptureRow) -> Impact | None:
-        """The 1ClickImpact record of this capture, if there is one (metadata, else amount/customer/time)."""
-        assert row.attempted_at is not None
-        since = (row.attempted_at - timedelta(days=1)).date()
-        records = self.impact.records(
-            row.action,
-            customers=row.customer_email is not None,
-            since=since,
-            customer_email=row.customer_email,
-        )
-        earliest = row.attempted_at - CLOCK_SKEW
-        candidates: list[Impact] = []
-        for record in records:
-            tag = (record.metadata or {}).get("carbonhook_capture")
-            if tag is not None:
-                if tag == str(row.id):
-                    return record
-                continue
-            if record.amount != row.amount or record.customer_email != row.customer_email:
-                continue
-            if _parse_time(record.time_utc) >= earliest and not self.ledger.is_attributed(
-                record.user_id, record.time_utc
-            ):
-                candidates.append(record)
-        return min(candidates, key=lambda r: r.time_utc, default=None)
-
-
-def _parse_time(value: str) -> datetime:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.min.replace(tzinfo=utcnow().tzinfo)
+def _standing_twin(row: CaptureRow, standing: list[CaptureRow]) -> CaptureRow | None:
+    """A row of the event, no longer planned, whose capture stands and is `row`'s (same part,
+    action, amount and customer): `row` is the same capture under a new name, never sent."""
+    if row.status != CaptureStatus.PENDING or row.attempt_token is not None:
+        return None
+    email = (row.customer_email or "").lower()
+    for other in standing:
+        if (other.part, other.action, other.amount) == (row.part, row.action, row.amount) and (
+            other.customer_email or ""
+        ).lower() == email:
+            return other
+    return None

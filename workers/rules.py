@@ -41,8 +41,14 @@ class Offset(_Strict):
 
 
 class Limits(_Strict):
-    max_lbs_per_day: Annotated[int, Field(gt=0)] | None = None
+    """Spend limits per UTC day and month, for each action in its own unit; none by default."""
+
+    max_lbs_per_day: Annotated[int, Field(gt=0)] | None = None  # capture_carbon, lbs CO2
     max_lbs_per_month: Annotated[int, Field(gt=0)] | None = None
+    max_trees_per_day: Annotated[int, Field(gt=0)] | None = None  # plant_tree, trees
+    max_trees_per_month: Annotated[int, Field(gt=0)] | None = None
+    max_waste_lbs_per_day: Annotated[int, Field(gt=0)] | None = None  # clean_ocean, lbs plastic
+    max_waste_lbs_per_month: Annotated[int, Field(gt=0)] | None = None
 
 
 class Rule(_Strict):

@@ -53,7 +53,7 @@ def test_twenty_workers_racing_toward_the_day_limit_never_pass_it(db_url: str):
     event_id = store_delivery(db_url, make_body())
     rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 700), "h") for n in range(20)]
     limits = Limits(max_lbs_per_day=5000)
-    decisions = race(20, lambda n: ledger.begin_attempt(rows[n], limits))
+    decisions = race(20, lambda n: ledger.begin_attempt(rows[n], limits).decision)
     engine.dispose()
     assert decisions.count("go") == 7  # 7 × 700 = 4900 ≤ 5000 < 8 × 700
     assert decisions.count("held") == 13
@@ -67,7 +67,7 @@ def ledger_after_a_first_capture(db_url: str, lbs: int) -> tuple[Any, Ledger, in
     ledger = Ledger(engine)
     event_id = store_delivery(db_url, make_body())
     first = ledger.ensure(event_id, "crp_first", planned("r", lbs), "h")
-    assert ledger.begin_attempt(first, Limits()) == "go"
+    assert ledger.begin_attempt(first, Limits()).decision == "go"
     return engine, ledger, event_id
 
 
@@ -77,7 +77,7 @@ def test_racing_toward_the_limits_with_the_spend_rows_already_there_never_passes
     engine, ledger, event_id = ledger_after_a_first_capture(db_url, 100)
     rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 700), "h") for n in range(20)]
     limits = Limits(max_lbs_per_day=10_000, max_lbs_per_month=5_000)
-    decisions = race(20, lambda n: ledger.begin_attempt(rows[n], limits))
+    decisions = race(20, lambda n: ledger.begin_attempt(rows[n], limits).decision)
     engine.dispose()
     assert decisions.count("go") == 7  # 100 + 7 × 700 = 5000 ≤ 5000 (the month) < 100 + 8 × 700
     assert decisions.count("held") == 13
@@ -89,10 +89,10 @@ def test_racing_toward_the_limits_with_the_spend_rows_already_there_never_passes
 def test_an_approved_capture_is_reserved_past_the_limits(db_url: str):
     engine, ledger, event_id = ledger_after_a_first_capture(db_url, 900)
     row = ledger.ensure(event_id, "crp_big", planned("r", 500), "h")
-    assert ledger.begin_attempt(row, Limits(max_lbs_per_day=1000)) == "held"
+    assert ledger.begin_attempt(row, Limits(max_lbs_per_day=1000)).decision == "held"
     assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(900,), (900,)]
     approved = ledger.approve(row.id)
-    assert ledger.begin_attempt(approved, Limits(max_lbs_per_day=1000)) == "go"
+    assert ledger.begin_attempt(approved, Limits(max_lbs_per_day=1000)).decision == "go"
     engine.dispose()
     assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(1400,), (1400,)]
 
@@ -103,10 +103,10 @@ def test_on_postgresql_a_reservation_is_one_statement_once_the_spend_rows_exist(
     event_id = store_delivery(pg_url, make_body())
     rows = [ledger.ensure(event_id, f"crp_{n}", planned("r", 10), "h") for n in range(2)]
     statements = sent_statements(engine)
-    assert ledger.begin_attempt(rows[0], Limits(max_lbs_per_day=100)) == "go"
+    assert ledger.begin_attempt(rows[0], Limits(max_lbs_per_day=100)).decision == "go"
     first_of_the_day = len(statements)
     statements.clear()
-    assert ledger.begin_attempt(rows[1], Limits(max_lbs_per_day=100)) == "go"
+    assert ledger.begin_attempt(rows[1], Limits(max_lbs_per_day=100)).decision == "go"
     engine.dispose()
     assert first_of_the_day > 1  # the rows were created in the fallback transaction
     assert len(statements) == 1
@@ -123,7 +123,7 @@ def test_many_workers_reserving_at_once_never_deadlock_on_the_spend_rows(db_url:
     limits = Limits(max_lbs_per_day=10**9, max_lbs_per_month=10**9)
 
     def reserve_forty(n: int) -> list[str]:
-        return [ledger.begin_attempt(row, limits) for row in rows[n * 40 : (n + 1) * 40]]
+        return [ledger.begin_attempt(row, limits).decision for row in rows[n * 40 : (n + 1) * 40]]
 
     decisions = race(16, reserve_forty)
     engine.dispose()
@@ -135,7 +135,7 @@ def test_a_capture_is_attempted_by_one_worker_only(db_url: str):
     engine = engine_for(db_url)
     ledger = Ledger(engine)
     row = ledger.ensure(store_delivery(db_url, make_body()), "crp_once", planned("r", 10), "h")
-    decisions = race(10, lambda n: ledger.begin_attempt(row, Limits()))
+    decisions = race(10, lambda n: ledger.begin_attempt(row, Limits()).decision)
     engine.dispose()
     assert sorted(decisions) == ["busy"] * 9 + ["go"]
 
@@ -144,12 +144,13 @@ def test_a_definite_refusal_gives_the_reserved_pounds_back(db_url: str):
     engine = engine_for(db_url)
     ledger = Ledger(engine)
     row = ledger.ensure(store_delivery(db_url, make_body()), "crp_x", planned("r", 400), "h")
-    assert ledger.begin_attempt(row, Limits(max_lbs_per_day=500)) == "go"
-    ledger.failed(row.id, "HTTP 400", 400)
+    start = ledger.begin_attempt(row, Limits(max_lbs_per_day=500))
+    assert start.decision == "go" and start.token is not None
+    ledger.failed(row.id, "HTTP 400", 400, token=start.token)
     assert query(db_url, "SELECT lbs FROM spend WHERE \"window\" LIKE 'day:%'") == [(0,)]
     assert query(db_url, "SELECT spend_day FROM captures") == [(None,)]
     again = ledger.get(row.id)
-    assert ledger.begin_attempt(again, Limits(max_lbs_per_day=500)) == "go"
+    assert ledger.begin_attempt(again, Limits(max_lbs_per_day=500)).decision == "go"
     engine.dispose()
     assert query(db_url, "SELECT lbs FROM spend WHERE \"window\" LIKE 'day:%'") == [(400,)]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -117,3 +119,77 @@ def test_the_proxy_is_the_one_the_standard_variables_name(monkeypatch: pytest.Mo
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert proxy_for("https://api.example/v1") == proxy
+
+
+def counting_server() -> tuple[Any, list[str]]:
+    """A real server that counts the requests that reached it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from carbonhook.cli.lifecycle import start_server
+
+    hits: list[str] = []
+
+    async def capture(request: Request) -> Response:
+        hits.append(request.url.path)
+        return JSONResponse({"user_id": "U1", "time_utc": "2026-01-01T00:00:00.000Z", "carbon_captured": 1})
+
+    server = start_server(Starlette(routes=[Route("/v1/capture_carbon", capture, methods=["POST"])]), "127.0.0.1", 0)
+    return server, hits
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param({"api_key": "test_key\r\nX-Injected: 1"}, id="a header the client will not send"),
+        pytest.param({"base": "ftp://127.0.0.1:{port}"}, id="a scheme it cannot speak"),
+        pytest.param({"base": "http://127.0.0.1:{closed}"}, id="connection refused"),
+        pytest.param({"base": "http://no-such-host.invalid:{port}"}, id="a name that does not resolve"),
+        pytest.param({"base": "https://127.0.0.1:{port}"}, id="a TLS handshake that fails"),
+    ],
+)
+def test_a_failure_before_the_request_left_is_definite_not_ambiguous(broken: dict[str, str]):
+    from carbonhook.errors import AmbiguousError, RetryableError
+    from tests.support import free_port
+    from workers.impact import ImpactClient
+
+    server, hits = counting_server()
+    base = broken.get("base", "http://127.0.0.1:{port}").format(port=server.port, closed=free_port())
+    client = ImpactClient(base, broken.get("api_key", "test_key"), timeout_s=3)
+    try:
+        with pytest.raises(RetryableError) as raised:
+            client.create("capture_carbon", 1)
+    finally:
+        client.close()
+        server.stop()
+    assert not isinstance(raised.value, AmbiguousError), raised.value
+    assert hits == []  # nothing reached the server: nothing can have happened
+
+
+def test_a_read_timeout_after_the_request_left_is_ambiguous():
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from carbonhook.cli.lifecycle import start_server
+    from carbonhook.errors import AmbiguousError
+    from workers.impact import ImpactClient
+
+    async def slow(request: Request) -> Response:
+        await request.body()
+        await asyncio.sleep(2)
+        return Response("{}")
+
+    server = start_server(Starlette(routes=[Route("/v1/capture_carbon", slow, methods=["POST"])]), "127.0.0.1", 0)
+    client = ImpactClient(f"http://127.0.0.1:{server.port}", "test_key", timeout_s=0.3)
+    try:
+        with pytest.raises(AmbiguousError):
+            client.create("capture_carbon", 1)
+    finally:
+        client.close()
+        server.stop()

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.support import (
+    Harness,
     RunningEmulator,
     make_body,
     query,
     sent_statements,
-    settings_for_test,
-    store_delivery,
 )
-from workers.rules import RulesHolder, parse_rules
 
 RULES = """
 [[rule]]
@@ -34,42 +31,6 @@ offset = { fraction = 0.01, of = "total" }
 """
 
 
-class Harness:
-    def __init__(self, db: str, emulator: RunningEmulator, rules: str, **overrides: Any) -> None:
-        from dramatiq.brokers.stub import StubBroker
-
-        from carbonhook.cli.bootstrap import build_worker
-
-        self.db = db
-        self.emulator = emulator
-        self.broker = StubBroker()
-        self.enqueued: list[tuple[int, float]] = []
-        settings = settings_for_test(db, emulator, **overrides)
-        self.runtime = build_worker(settings, broker=self.broker, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
-        self.processor = self.runtime.processor
-        self.processor.enqueue = lambda event_id, delay: self.enqueued.append((event_id, delay))
-
-    def deliver(self, body: bytes) -> int:
-        return store_delivery(self.db, body)
-
-    def status(self, event_id: int) -> tuple[str, str | None]:
-        return query(self.db, f"SELECT status, last_error FROM events WHERE id = {event_id}")[0]
-
-    def due_now(self, event_id: int) -> None:
-        """Let the retry delay pass at once."""
-        from sqlalchemy import create_engine, text
-
-        from carbonhook.database import sync_url
-
-        engine = create_engine(sync_url(self.db))
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE events SET available_at = :t WHERE id = :id"), {"t": "2000-01-01 00:00:00", "id": event_id})
-        engine.dispose()
-
-    def captures(self) -> list[tuple[Any, ...]]:
-        return query(self.db, "SELECT rule, subject_id, part, amount, status, user_id, customer_email FROM captures ORDER BY id")
-
-
 @pytest.fixture
 def harness(db_url: str, emulator: RunningEmulator) -> Iterator[Harness]:
     h = Harness(db_url, emulator, RULES)
@@ -77,7 +38,7 @@ def harness(db_url: str, emulator: RunningEmulator) -> Iterator[Harness]:
     h.runtime.close()
 
 
-def test_on_postgresql_an_event_with_one_capture_costs_four_statements(pg_url: str, emulator: RunningEmulator):
+def test_on_postgresql_an_event_with_one_capture_costs_five_statements(pg_url: str, emulator: RunningEmulator):
     harness = Harness(pg_url, emulator, RULES)
     try:
         # The day's first capture creates the spend rows (a fallback transaction).
@@ -87,33 +48,36 @@ def test_on_postgresql_an_event_with_one_capture_costs_four_statements(pg_url: s
         assert harness.processor.process(event_id) == "succeeded"
     finally:
         harness.runtime.close()
-    # The claim, the ledger row, the attempt with its reservation, and the end of the attempt
-    # with the capture's answer.
-    assert len(statements) == 4, statements
-    assert " ".join(statements[-1].split()).startswith("WITH recorded AS (UPDATE captures")
+    # The claim, the ledger row, the attempt with its reservation, the capture's answer (as
+    # soon as it arrives), and the end of the attempt.
+    assert len(statements) == 5, statements
+    assert " ".join(statements[-2].split()).startswith("UPDATE captures SET status=")
+    assert " ".join(statements[-1].split()).startswith("WITH ended AS (UPDATE events")
     assert query(pg_url, "SELECT status, user_id IS NOT NULL FROM captures ORDER BY id") == [("captured", True)] * 2
     assert query(pg_url, "SELECT status FROM events ORDER BY id") == [("succeeded",)] * 2
 
 
-def test_a_worker_whose_lease_was_taken_over_still_records_the_answer_it_got(harness: Harness):
+def test_a_capture_attempt_records_its_answer_only_while_it_is_the_rows_latest(harness: Harness):
     from carbonhook.captures import Impact, PlannedCapture
-    from carbonhook.ledger import captured_columns
-    from carbonhook.statuses import EventStatus
+    from workers.rules import Limits
 
     event_id = harness.deliver(make_body())
-    store, ledger = harness.processor.store, harness.processor.ledger
-    event = store.claim(event_id, lease_s=60)
-    assert event is not None
+    ledger = harness.processor.ledger
     planned = PlannedCapture(rule="published", part=0, action="capture_carbon", amount=500, customer_email=None, customer_name=None, notify=True, dry_run=False)
-    row = ledger.ensure(event_id, event.subject_id, planned, "hash")
-    query_engine_update(harness.db, f"UPDATE events SET attempts = attempts + 1 WHERE id = {event_id}")  # another worker's attempt
-
-    answer = Impact(user_id="u_1", time_utc="2026-11-30T11:00:00Z", amount=500)
-    store.finish(event, EventStatus.SUCCEEDED, capture=(row.id, captured_columns(answer)))
-
-    assert query(harness.db, "SELECT status, user_id, time_utc FROM captures") == [("captured", "u_1", "2026-11-30T11:00:00Z")]
-    assert harness.status(event_id)[0] == "processing"  # the event is the newer attempt's
-    assert query(harness.db, "SELECT count(*) FROM event_attempts") == [(0,)]
+    row = ledger.ensure(event_id, "crp_5tN8xBmQ", planned, "hash")
+    first = ledger.begin_attempt(row, Limits())
+    assert first.decision == "go" and first.token is not None
+    assert ledger.unknown(row.id, "timeout", None, token=first.token)
+    # The settle window passed without a record: a newer attempt begins.
+    second = ledger.begin_attempt(ledger.get(row.id), Limits())
+    assert second.decision == "go" and second.token not in (None, first.token)
+    late = Impact(user_id="u_1", time_utc="2026-11-30T11:00:00.000Z", amount=500)
+    assert not ledger.captured(row.id, late, token=first.token)  # the stalled worker's answer
+    assert not ledger.failed(row.id, "late refusal", 400, token=first.token)
+    assert query(harness.db, "SELECT status, user_id FROM captures") == [("pending", None)]
+    answer = Impact(user_id="u_2", time_utc="2026-11-30T11:01:00.000Z", amount=500)
+    assert ledger.captured(row.id, answer, token=second.token)
+    assert query(harness.db, "SELECT status, user_id FROM captures") == [("captured", "u_2")]
 
 
 def query_engine_update(db: str, sql: str) -> None:

@@ -1,0 +1,29 @@
+"""An emulator of the CarbonPass and 1ClickImpact APIs, with fault injection, for sandbox and tests.
+
+Shapes follow the providers' documents as docs/providers.md summarises them: CarbonPass lives under
+`/api/v1`, 1ClickImpact at the root, and `/_emulator` is an unauthenticated control API.
+Nothing is built at import: call `create_emulator_app()` or `serve_emulator()`.
+"""
+
+from carbonhook.emulator.app import create_emulator_app, serve_emulator
+from carbonhook.emulator.errors import ConnectionDropped, InvalidRequest
+from carbonhook.emulator.faults import Fault
+from carbonhook.emulator.impact import impact_fields, records_page
+from carbonhook.emulator.seeds import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, USER_ID
+from carbonhook.emulator.state import IMPACT_KINDS, EmulatorState, Impact
+
+__all__ = [
+    "DEMO_CARBONPASS_KEY",
+    "DEMO_IMPACT_KEY",
+    "IMPACT_KINDS",
+    "USER_ID",
+    "ConnectionDropped",
+    "EmulatorState",
+    "Fault",
+    "Impact",
+    "InvalidRequest",
+    "create_emulator_app",
+    "impact_fields",
+    "records_page",
+    "serve_emulator",
+]

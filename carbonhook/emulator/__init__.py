@@ -9,21 +9,28 @@ from carbonhook.emulator.app import create_emulator_app, serve_emulator
 from carbonhook.emulator.errors import ConnectionDropped, InvalidRequest
 from carbonhook.emulator.faults import Fault
 from carbonhook.emulator.impact import impact_fields, records_page
+from carbonhook.emulator.profile import KIND, PROFILES, STRICT, Profile, named_profile
 from carbonhook.emulator.seeds import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, USER_ID
-from carbonhook.emulator.state import IMPACT_KINDS, EmulatorState, Impact
+from carbonhook.emulator.state import IMPACT_KINDS, Cancellation, EmulatorState, Impact
 
 __all__ = [
     "DEMO_CARBONPASS_KEY",
     "DEMO_IMPACT_KEY",
     "IMPACT_KINDS",
+    "KIND",
+    "PROFILES",
+    "STRICT",
     "USER_ID",
+    "Cancellation",
     "ConnectionDropped",
     "EmulatorState",
     "Fault",
     "Impact",
     "InvalidRequest",
+    "Profile",
     "create_emulator_app",
     "impact_fields",
+    "named_profile",
     "records_page",
     "serve_emulator",
 ]

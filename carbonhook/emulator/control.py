@@ -8,14 +8,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from carbonhook.emulator.impact import json_object
+from carbonhook.emulator.profile import named_profile, with_overrides
 from carbonhook.emulator.state import SCOPES, EmulatorState
 
 
 class ControlApi:
-    """Faults, latency, held answers, what was made and called, and CarbonPass fixtures."""
+    """The profile, faults, latency, held answers, what was made, cancelled and called, and
+    CarbonPass fixtures."""
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
+
+    async def profile(self, request: Request) -> Response:
+        """GET shows the profile; POST `{"name": preset, field: value, ...}` sets it.
+
+        Without a name, the fields given change the current profile.
+        """
+        if request.method == "POST":
+            overrides = await json_object(request)
+            name = overrides.pop("name", None)
+            self.state.profile = (
+                with_overrides(self.state.profile, **overrides)
+                if name is None
+                else named_profile(name, **overrides)
+            )
+        return JSONResponse(asdict(self.state.profile))
 
     async def add_fault(self, request: Request) -> Response:
         body = await json_object(request)
@@ -37,6 +54,15 @@ class ControlApi:
 
     async def impacts(self, request: Request) -> Response:
         return JSONResponse([asdict(impact) for impact in self.state.impacts])
+
+    async def cancelled(self, request: Request) -> Response:
+        return JSONResponse(
+            [
+                asdict(cancellation.impact)
+                | {"cancelled_on": cancellation.cancelled_on, "reason": cancellation.reason}
+                for cancellation in self.state.cancelled
+            ]
+        )
 
     async def calls(self, request: Request) -> Response:
         return JSONResponse(list(self.state.calls))

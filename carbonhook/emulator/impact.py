@@ -21,6 +21,7 @@ from carbonhook.emulator.state import IMPACT_KINDS, EmulatorState, Impact
 
 MAX_AMOUNT = 10_000_000
 MAX_LIMIT = 1000
+MAX_REASON = 200
 RESERVED_METADATA_KEYS = frozenset({"gift", "widgetID"})
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -107,27 +108,50 @@ def records_page(
         raise InvalidRequest(f"filter_by must be one of {', '.join(IMPACT_KINDS.values())}")
     if not limit.isdigit() or int(limit) > MAX_LIMIT:
         raise InvalidRequest(f"limit must be an integer between 0 and {MAX_LIMIT}")
+    if (order := query.get("sort_order", "asc")) not in ("asc", "desc"):
+        raise InvalidRequest("sort_order must be asc or desc")
     start, end, after = _day(query, "start_date"), _day(query, "end_date"), _cursor_after(query)
     email = query.get("customer_email") if customers else None
+    profile = state.profile
+
+    def beyond(time_utc: str) -> bool:  # past the cursor, in the listing's order
+        return after is None or (time_utc > after if order == "asc" else time_utc < after)
+
+    def shown_email(impact: Impact) -> str | None:
+        shown = impact.customer_email
+        return shown.lower() if shown is not None and profile.lowercase_emails else shown
 
     def wanted(impact: Impact) -> bool:
-        day = impact.time_utc[:10]
+        day = impact.time_utc[:10]  # by time_utc, both dates inclusive
         return (
             (impact.customer_email is not None) == customers  # the API lists these apart
-            and (email is None or impact.customer_email == email)
+            and (email is None or shown_email(impact) == email)  # as listed, exactly
             and (amount_key is None or IMPACT_KINDS[impact.kind] == amount_key)
             and (start is None or day >= start)
             and (end is None or day <= end)
-            and (after is None or impact.time_utc > after)
+            and beyond(impact.time_utc)
         )
 
-    matching = [impact for impact in state.impacts if wanted(impact)]
+    listed = state.listed()
+    if order == "desc":
+        listed.reverse()
+    matching = [impact for impact in listed if wanted(impact)]
     page = matching[: int(limit)]
-    items = [impact.answer(include_metadata=state.records_include_metadata) for impact in page]
+    items = [impact.record(profile) for impact in page]
     answer: dict[str, Any] = {"customer_records" if customers else "user_records": items}
     if page and len(matching) > len(page):
         answer["cursor"] = base64.urlsafe_b64encode(f"after:{page[-1].time_utc}".encode()).decode()
     return answer
+
+
+def cancel_fields(body: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """Check a cancel call's body: `user_id`, `time_utc`, and an optional `reason`."""
+    user_id, time_utc, reason = body.get("user_id"), body.get("time_utc"), body.get("reason")
+    if not isinstance(user_id, str) or not isinstance(time_utc, str):
+        raise InvalidRequest("user_id and time_utc must be strings")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise InvalidRequest(f"reason must be a string of at most {MAX_REASON} characters")
+    return user_id, time_utc, reason
 
 
 class ImpactApi:
@@ -144,10 +168,7 @@ class ImpactApi:
         return JSONResponse(records_page(self.state, request.query_params, customers=customers))
 
     async def cancel(self, request: Request) -> Response:
-        body = await json_object(request)
-        user_id, time_utc = body.get("user_id"), body.get("time_utc")
-        if not isinstance(user_id, str) or not isinstance(time_utc, str):
-            raise InvalidRequest("user_id and time_utc must be strings")
-        if self.state.cancel_impact(user_id, time_utc) is None:
+        cancellation = self.state.cancel_impact(*cancel_fields(await json_object(request)))
+        if cancellation is None:
             raise InvalidRequest("no impact has this user_id and time_utc", 404)
-        return JSONResponse({"user_id": user_id, "time_utc": time_utc, "cancelled": True})
+        return JSONResponse(cancellation.answer())

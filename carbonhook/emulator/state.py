@@ -6,13 +6,14 @@ import copy
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from carbonhook.emulator.errors import InvalidRequest
 from carbonhook.emulator.faults import FAULT_MODES, HOLD_LIMIT_S, Fault, Gate
 from carbonhook.emulator.formats import is_int, is_number, iso, utc_now
+from carbonhook.emulator.profile import KIND, Profile
 from carbonhook.emulator.seeds import (
     CRP_SECTIONS,
     SEED_COMPANY,
@@ -69,12 +70,39 @@ class Impact:
             item["metadata"] = dict(self.metadata)
         return item
 
+    def record(self, profile: Profile) -> dict[str, Any]:
+        """How the listings show the impact under `profile`."""
+        item = self.answer(include_metadata=profile.records_metadata)
+        if profile.lowercase_emails and "customer" in item:
+            item["customer"]["customer_email"] = item["customer"]["customer_email"].lower()
+        return item
+
+
+@dataclass
+class Cancellation:
+    """An impact reversed by `POST /v1/cancel_impact`; a repeat answers the same."""
+
+    impact: Impact
+    cancelled_on: str
+    reason: str | None = None
+
+    def answer(self) -> dict[str, Any]:
+        """The cancel call's answer, the same however often it is repeated."""
+        return {
+            "user_id": self.impact.user_id,
+            "time_utc": self.impact.time_utc,
+            IMPACT_KINDS[self.impact.kind]: self.impact.amount,
+            "cancelled_on": self.cancelled_on,
+            "message": "Impact cancelled.",
+        }
+
 
 class EmulatorState:
     """Everything both emulated APIs know, plus the calls answered and the faults pending."""
 
-    def __init__(self, *, clock: Clock = utc_now) -> None:
+    def __init__(self, *, clock: Clock = utc_now, profile: Profile = KIND) -> None:
         self.clock = clock
+        self.profile = profile
         self.company: dict[str, Any] = copy.deepcopy(SEED_COMPANY)
         self.sites: dict[str, dict[str, Any]] = {SEED_SITE["id"]: dict(SEED_SITE)}
         self.sessions: dict[str, dict[str, str]] = {SEED_SITE["id"]: dict(SEED_SESSION)}
@@ -82,9 +110,9 @@ class EmulatorState:
         self.crps: dict[str, dict[str, Any]] = {}
         self.missing_crps: set[str] = set()
         self.bills: list[dict[str, Any]] = []
-        self.records_include_metadata = True
         self.latency_ms = 0.0
-        self.impacts: list[Impact] = []
+        self.impacts: list[Impact] = []  # the impacts that stand: made and not cancelled
+        self.cancelled: list[Cancellation] = []
         self.calls: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self._customer_ids: dict[str, str] = {}
@@ -92,6 +120,15 @@ class EmulatorState:
         self._holds = Gate()
         self.set_site_emissions(SEED_SITE["id"], *SEED_SITE_EMISSIONS)
         self.set_crp(SEED_CRP_ID, generatedAt=SEED_CRP_GENERATED_AT)
+
+    @property
+    def records_include_metadata(self) -> bool:
+        """Whether the listings echo `metadata` (the profile's `records_metadata`)."""
+        return self.profile.records_metadata
+
+    @records_include_metadata.setter
+    def records_include_metadata(self, value: bool) -> None:
+        self.profile = replace(self.profile, records_metadata=value)
 
     # CarbonPass data
 
@@ -221,13 +258,33 @@ class EmulatorState:
         self._last_time = now
         return iso(now, "milliseconds")
 
-    def cancel_impact(self, user_id: str, time_utc: str) -> Impact | None:
-        """Remove and return the impact `(user_id, time_utc)` names, or None."""
+    def cancel_impact(
+        self, user_id: str, time_utc: str, reason: str | None = None
+    ) -> Cancellation | None:
+        """Cancel the impact `(user_id, time_utc)` names, once; None if it never existed."""
+        for cancellation in self.cancelled:
+            if (cancellation.impact.user_id, cancellation.impact.time_utc) == (user_id, time_utc):
+                return cancellation
         for impact in self.impacts:
             if (impact.user_id, impact.time_utc) == (user_id, time_utc):
                 self.impacts.remove(impact)
-                return impact
+                cancellation = Cancellation(impact, iso(self.clock(), "milliseconds"), reason)
+                self.cancelled.append(cancellation)
+                return cancellation
         return None
+
+    def listed(self) -> list[Impact]:
+        """The impacts the listings show now under the profile, oldest first."""
+        shown = list(self.impacts)
+        if self.profile.cancelled_listed and self.cancelled:
+            shown += [cancellation.impact for cancellation in self.cancelled]
+            shown.sort(key=lambda impact: impact.time_utc)
+        if self.profile.records_lag_s:
+            # time_utc strings in one format sort as the times do.
+            lag = timedelta(seconds=self.profile.records_lag_s)
+            newest = iso(self.clock() - lag, "milliseconds")
+            shown = [impact for impact in shown if impact.time_utc <= newest]
+        return shown
 
     # Faults and observation
 
@@ -279,9 +336,12 @@ class EmulatorState:
         return self._holds.release()
 
     def reset(self) -> None:
-        """Forget impacts, bills, calls, faults and latency, and release held answers."""
+        """Forget impacts, bills, calls, faults and latency, and release held answers.
+
+        The profile stays.
+        """
         self.release()
-        for log in (self.impacts, self.bills, self.calls, self.faults):
+        for log in (self.impacts, self.cancelled, self.bills, self.calls, self.faults):
             log.clear()
         self._customer_ids.clear()
         self.latency_ms = 0.0

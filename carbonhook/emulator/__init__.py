@@ -6,12 +6,13 @@ Nothing is built at import: call `create_emulator_app()` or `serve_emulator()`.
 """
 
 from carbonhook.emulator.app import create_emulator_app, serve_emulator
-from carbonhook.emulator.errors import ConnectionDropped, InvalidRequest
+from carbonhook.emulator.errors import ConnectionDropped, ConnectionReset, InvalidRequest
 from carbonhook.emulator.faults import Fault
 from carbonhook.emulator.impact import impact_fields, records_page
 from carbonhook.emulator.profile import KIND, PROFILES, STRICT, Profile, named_profile
+from carbonhook.emulator.records import IMPACT_KINDS, Cancellation, Impact
 from carbonhook.emulator.seeds import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, USER_ID
-from carbonhook.emulator.state import IMPACT_KINDS, Cancellation, EmulatorState, Impact
+from carbonhook.emulator.state import EmulatorState
 
 __all__ = [
     "DEMO_CARBONPASS_KEY",
@@ -23,6 +24,7 @@ __all__ = [
     "USER_ID",
     "Cancellation",
     "ConnectionDropped",
+    "ConnectionReset",
     "EmulatorState",
     "Fault",
     "Impact",

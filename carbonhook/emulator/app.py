@@ -16,10 +16,11 @@ from starlette.routing import Route
 from carbonhook.emulator.carbonpass import CarbonPassApi, carbonpass_error
 from carbonhook.emulator.control import ControlApi
 from carbonhook.emulator.errors import InvalidRequest
-from carbonhook.emulator.faults import DroppedResponse
+from carbonhook.emulator.faults import DroppedResponse, ResetResponse
 from carbonhook.emulator.impact import ImpactApi, impact_error
+from carbonhook.emulator.records import IMPACT_KINDS
 from carbonhook.emulator.seeds import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY
-from carbonhook.emulator.state import IMPACT_KINDS, EmulatorState
+from carbonhook.emulator.state import EmulatorState
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -74,6 +75,12 @@ class _Emulator:
         """Wrap a provider endpoint with latency, auth, faults and the call log."""
         state, (header, expected) = self.state, auth
 
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except InvalidRequest as exc:
+                return error(exc.status, exc.message)
+
         async def endpoint(request: Request) -> Response:
             arrived = time.time()
 
@@ -85,20 +92,27 @@ class _Emulator:
                 await asyncio.sleep(state.latency_ms / 1000)
             if request.headers.get(header) != expected:
                 return logged(error(401, "Missing or invalid API key."), 401)
-            fault = state.take_fault(name)
+            fault = state.take_fault(name) or state.draw_failure(name)
+            mode = fault.mode if fault is not None else None
             if fault is not None and fault.mode == "status":
                 response = error(fault.status, f"fault injected: {name} answers {fault.status}")
                 if fault.retry_after is not None:
                     response.headers["Retry-After"] = f"{fault.retry_after:g}"
                 return logged(response, fault.status)
-            try:
-                response = await handler(request)
-            except InvalidRequest as exc:
-                response = error(exc.status, exc.message)
-            if fault is not None and fault.mode == "hold":
+            if mode == "reset_before":
+                return logged(ResetResponse(), None)
+            if fault is not None and fault.mode == "late_finish":
+                await request.body()  # read while the caller is there; the handler reads it again
+                late = await state.finish_late(fault.delay_s, partial(answer, request))
+                response = late or error(503, "emulator reset before this call finished")
+            else:
+                response = await answer(request)
+            if mode == "hold":
                 await state.hold()
-            if fault is not None and fault.mode == "drop":
+            if mode == "drop":
                 return logged(DroppedResponse(response), None)
+            if mode == "reset_after":
+                return logged(ResetResponse(), None)
             return logged(response, response.status_code)
 
         return endpoint

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from carbonhook.emulator.impact import json_object
-from carbonhook.emulator.profile import named_profile, with_overrides
+from carbonhook.emulator.profile import DEFAULT_LATE_FINISH_S, named_profile, with_overrides
 from carbonhook.emulator.state import SCOPES, EmulatorState
 
 
@@ -42,6 +42,7 @@ class ControlApi:
             status=body.get("status"),
             retry_after=body.get("retry_after"),
             times=body.get("times", 1),
+            delay_s=body.get("delay_s", DEFAULT_LATE_FINISH_S),
         )
         return JSONResponse(asdict(fault), 201)
 

@@ -14,3 +14,7 @@ class InvalidRequest(ValueError):
 
 class ConnectionDropped(Exception):
     """Raised mid-response (fault mode "drop") so the server aborts the connection."""
+
+
+class ConnectionReset(ConnectionDropped):
+    """Raised (fault modes "reset_before", "reset_after") where no connection can be reset."""

@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, Response
 
 from carbonhook.emulator.errors import InvalidRequest
 from carbonhook.emulator.formats import is_int
-from carbonhook.emulator.state import IMPACT_KINDS, EmulatorState, Impact
+from carbonhook.emulator.records import IMPACT_KINDS, Impact
+from carbonhook.emulator.state import EmulatorState
 
 MAX_AMOUNT = 10_000_000
 MAX_LIMIT = 1000

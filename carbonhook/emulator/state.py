@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import random
 import re
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from carbonhook.emulator.errors import InvalidRequest
-from carbonhook.emulator.faults import FAULT_MODES, HOLD_LIMIT_S, Fault, Gate
-from carbonhook.emulator.formats import is_int, is_number, iso, utc_now
-from carbonhook.emulator.profile import KIND, Profile
+from carbonhook.emulator.faults import (
+    HOLD_LIMIT_S,
+    RANDOM_FAILURE_MODES,
+    Fault,
+    Gate,
+    checked_fault,
+)
+from carbonhook.emulator.formats import iso, utc_now
+from carbonhook.emulator.profile import DEFAULT_LATE_FINISH_S, KIND, Profile
+from carbonhook.emulator.records import IMPACT_KINDS, Cancellation, Impact
 from carbonhook.emulator.seeds import (
     CRP_SECTIONS,
     SEED_COMPANY,
@@ -22,79 +31,13 @@ from carbonhook.emulator.seeds import (
     SEED_SESSION,
     SEED_SITE,
     SEED_SITE_EMISSIONS,
-    USER_ID,
 )
 
-# Each create endpoint answers, and its records are listed, under its own amount key.
-IMPACT_KINDS = {
-    "capture_carbon": "carbon_captured",
-    "plant_tree": "tree_planted",
-    "clean_ocean": "waste_removed",
-}
-# Endpoint names, as faults and the call log know them ("*" matches every endpoint).
-IMPACT_ENDPOINTS = (*IMPACT_KINDS, "records", "customer_records", "cancel_impact")
-CARBONPASS_ENDPOINTS = ("company", "emissions", "crp", "bills")
-FAULT_ENDPOINTS = frozenset({*IMPACT_ENDPOINTS, *CARBONPASS_ENDPOINTS, "*"})
 CRP_ID = re.compile(r"crp_[A-Za-z0-9_-]{1,64}")
 SCOPES = ("scope1", "scope2", "scope3")
 
 Clock = Callable[[], datetime]
-
-
-@dataclass
-class Impact:
-    """One impact made through a 1ClickImpact create call; `(user_id, time_utc)` identifies it."""
-
-    kind: str  # the create endpoint: capture_carbon, plant_tree or clean_ocean
-    amount: int
-    time_utc: str
-    customer_email: str | None = None
-    customer_name: str | None = None
-    customer_id: str | None = None
-    metadata: dict[str, str] | None = None
-    notify: bool = True
-    user_id: str = USER_ID
-
-    def answer(self, *, include_metadata: bool = False) -> dict[str, Any]:
-        """The create call's answer, which is also how records list the impact."""
-        item: dict[str, Any] = {"user_id": self.user_id, IMPACT_KINDS[self.kind]: self.amount}
-        if self.customer_email is not None:
-            item["customer"] = {
-                "customer_id": self.customer_id,
-                "customer_email": self.customer_email,
-            }
-            if self.customer_name is not None:
-                item["customer"]["customer_name"] = self.customer_name
-        item["time_utc"] = self.time_utc
-        if include_metadata and self.metadata is not None:
-            item["metadata"] = dict(self.metadata)
-        return item
-
-    def record(self, profile: Profile) -> dict[str, Any]:
-        """How the listings show the impact under `profile`."""
-        item = self.answer(include_metadata=profile.records_metadata)
-        if profile.lowercase_emails and "customer" in item:
-            item["customer"]["customer_email"] = item["customer"]["customer_email"].lower()
-        return item
-
-
-@dataclass
-class Cancellation:
-    """An impact reversed by `POST /v1/cancel_impact`; a repeat answers the same."""
-
-    impact: Impact
-    cancelled_on: str
-    reason: str | None = None
-
-    def answer(self) -> dict[str, Any]:
-        """The cancel call's answer, the same however often it is repeated."""
-        return {
-            "user_id": self.impact.user_id,
-            "time_utc": self.impact.time_utc,
-            IMPACT_KINDS[self.impact.kind]: self.impact.amount,
-            "cancelled_on": self.cancelled_on,
-            "message": "Impact cancelled.",
-        }
+T = TypeVar("T")
 
 
 class EmulatorState:
@@ -102,7 +45,7 @@ class EmulatorState:
 
     def __init__(self, *, clock: Clock = utc_now, profile: Profile = KIND) -> None:
         self.clock = clock
-        self.profile = profile
+        self.profile = profile  # also seeds the random failures
         self.company: dict[str, Any] = copy.deepcopy(SEED_COMPANY)
         self.sites: dict[str, dict[str, Any]] = {SEED_SITE["id"]: dict(SEED_SITE)}
         self.sessions: dict[str, dict[str, str]] = {SEED_SITE["id"]: dict(SEED_SESSION)}
@@ -118,8 +61,21 @@ class EmulatorState:
         self._customer_ids: dict[str, str] = {}
         self._last_time: datetime | None = None
         self._holds = Gate()
+        self._late = Gate()
+        self._late_tasks: set[asyncio.Task[Any]] = set()  # referenced until done
+        self._generation = 0  # moves on at each reset, so late work from before is dropped
         self.set_site_emissions(SEED_SITE["id"], *SEED_SITE_EMISSIONS)
         self.set_crp(SEED_CRP_ID, generatedAt=SEED_CRP_GENERATED_AT)
+
+    @property
+    def profile(self) -> Profile:
+        """How kind the emulated 1ClickImpact is; setting it restarts the random failures."""
+        return self._profile
+
+    @profile.setter
+    def profile(self, profile: Profile) -> None:
+        self._profile = profile
+        self._random = random.Random(profile.seed)
 
     @property
     def records_include_metadata(self) -> bool:
@@ -296,19 +252,17 @@ class EmulatorState:
         status: int | None = None,
         retry_after: float | None = None,
         times: int = 1,
+        delay_s: float = DEFAULT_LATE_FINISH_S,
     ) -> Fault:
         """Make the next `times` calls to `endpoint` fail; ValueError if the fault is malformed."""
-        if endpoint not in FAULT_ENDPOINTS or mode not in FAULT_MODES:
-            raise ValueError(
-                f"endpoint must be in {sorted(FAULT_ENDPOINTS)}, mode in {sorted(FAULT_MODES)}"
-            )
-        if status is not None and (not is_int(status) or not 100 <= status <= 599):
-            raise ValueError("status must be an HTTP status code")
-        if retry_after is not None and (not is_number(retry_after) or retry_after < 0):
-            raise ValueError("retry_after must be a non-negative number")
-        if not is_int(times) or times < 1:
-            raise ValueError("times must be a positive integer")
-        fault = Fault(endpoint, mode, status or 500, retry_after, times)
+        fault = checked_fault(
+            endpoint,
+            mode=mode,
+            status=status,
+            retry_after=retry_after,
+            times=times,
+            delay_s=delay_s,
+        )
         self.faults.append(fault)
         return fault
 
@@ -322,6 +276,36 @@ class EmulatorState:
                 return fault
         return None
 
+    def draw_failure(self, endpoint: str) -> Fault | None:
+        """A fault for this call to `endpoint` if it is a create drawn to fail at random."""
+        rate = self.profile.random_failure_rate
+        if endpoint not in IMPACT_KINDS or not rate or self._random.random() >= rate:
+            return None
+        mode = self._random.choice(RANDOM_FAILURE_MODES)
+        return Fault(endpoint, mode, delay_s=self.profile.late_finish_s)
+
+    async def finish_late(self, delay_s: float, work: Callable[[], Awaitable[T]]) -> T | None:
+        """Do `work` after `delay_s` (or at `release()`), whether or not the caller waits.
+
+        The work runs in a task of its own, so it is done even if the request is cancelled
+        when the client goes. None if the state was reset meanwhile (the work is dropped).
+        """
+        generation = self._generation
+
+        async def later() -> T | None:
+            await self._late.wait(delay_s)
+            return await work() if generation == self._generation else None
+
+        task = asyncio.create_task(later())
+        self._late_tasks.add(task)
+        task.add_done_callback(self._late_tasks.discard)
+        return await asyncio.shield(task)
+
+    @property
+    def late(self) -> int:
+        """How many calls are waiting to finish late right now."""
+        return len(self._late)
+
     async def hold(self) -> None:
         """Wait until `release()` is called, or `HOLD_LIMIT_S` at most."""
         await self._holds.wait(HOLD_LIMIT_S)
@@ -332,15 +316,19 @@ class EmulatorState:
         return len(self._holds)
 
     def release(self) -> int:
-        """Let every held answer go (safe from any thread); returns how many were held."""
-        return self._holds.release()
+        """Let every held answer go, and late calls finish now (safe from any thread).
+
+        Returns how many calls were waiting.
+        """
+        return self._holds.release() + self._late.release()
 
     def reset(self) -> None:
-        """Forget impacts, bills, calls, faults and latency, and release held answers.
-
-        The profile stays.
+        """Forget impacts, bills, calls, faults and latency, release held answers, and drop the
+        work of late calls. The profile stays, its random failures start again.
         """
+        self._generation += 1
         self.release()
+        self._random = random.Random(self.profile.seed)
         for log in (self.impacts, self.cancelled, self.bills, self.calls, self.faults):
             log.clear()
         self._customer_ids.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from carbonhook.emulator import (
     DEMO_IMPACT_KEY,
     KIND,
     STRICT,
+    ConnectionReset,
     EmulatorState,
     Profile,
     create_emulator_app,
@@ -1073,6 +1075,140 @@ def test_a_held_answer_times_the_client_out_after_the_impact_is_made(
     with httpx.Client(base_url=live, timeout=0.3) as http, pytest.raises(httpx.ReadTimeout):
         http.post("/v1/plant_tree", json={"amount": 3}, headers=IMPACT)
     assert [impact.amount for impact in state.impacts] == [3]
+
+
+@pytest.mark.slow
+def test_a_late_finish_times_the_client_out_then_makes_the_impact(
+    live: str, state: EmulatorState
+) -> None:
+    with httpx.Client(base_url=live, timeout=0.5) as http:
+        fault = {"endpoint": "capture_carbon", "mode": "late_finish", "delay_s": 1.5}
+        assert http.post("/_emulator/faults", json=fault).json()["delay_s"] == 1.5
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/capture_carbon", json={"amount": 5}, headers=IMPACT)
+        assert http.get("/_emulator/impacts").json() == []  # the caller gave up: nothing yet
+    # The client has closed its connections; the impact is made all the same.
+    wait_until(lambda: len(state.impacts) == 1)
+    assert state.impacts[0].amount == 5
+
+
+async def test_a_late_finish_is_made_even_when_the_request_is_cancelled(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    state.add_fault("plant_tree", mode="late_finish", delay_s=0.3)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.post("/v1/plant_tree", json={"amount": 2}, headers=IMPACT)
+    assert state.impacts == []
+    await asyncio.sleep(0.5)
+    assert [impact.amount for impact in state.impacts] == [2]
+
+
+async def test_a_late_finish_is_made_at_release_and_dropped_by_a_reset(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    state.add_fault("capture_carbon", mode="late_finish", delay_s=60, times=2)
+
+    async def started(amount: int) -> asyncio.Task[httpx.Response]:
+        task = asyncio.create_task(capture(client, amount))
+        while not state.late:
+            await asyncio.sleep(0.01)
+        return task
+
+    released = await started(5)
+    assert state.impacts == []
+    assert (await client.post("/_emulator/release")).json() == {"released": 1}
+    assert (await released).json()["carbon_captured"] == 5
+    dropped = await started(6)
+    assert (await client.post("/_emulator/reset")).status_code == 204
+    assert (await dropped).status_code == 503
+    assert state.impacts == []
+
+
+@pytest.mark.slow
+def test_a_reset_before_fault_breaks_the_connection_and_makes_nothing(
+    live: str, state: EmulatorState
+) -> None:
+    state.add_fault("capture_carbon", mode="reset_before")
+    with httpx.Client(base_url=live, timeout=5) as http:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            http.post("/v1/capture_carbon", json={"amount": 5}, headers=IMPACT)
+        after = http.post("/v1/capture_carbon", json={"amount": 6}, headers=IMPACT)
+        calls = http.get("/_emulator/calls").json()
+
+    assert [impact.amount for impact in state.impacts] == [6]
+    assert [call["status"] for call in calls] == [None, 200]
+    assert after.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_reset_after_fault_makes_the_impact_and_breaks_the_connection(
+    live: str, state: EmulatorState
+) -> None:
+    state.add_fault("clean_ocean", mode="reset_after")
+    with httpx.Client(base_url=live, timeout=5) as http:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            http.post("/v1/clean_ocean", json={"amount": 5}, headers=IMPACT)
+        impacts = http.get("/_emulator/impacts").json()
+
+    assert [impact["amount"] for impact in impacts] == [5]
+
+
+async def test_a_reset_where_no_connection_can_be_reset_raises_connection_reset(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    state.add_fault("capture_carbon", mode="reset_after")
+    with pytest.raises(ConnectionReset):
+        await capture(client, 5)
+    assert len(state.impacts) == 1
+
+
+@pytest.mark.slow
+def test_random_failures_fail_creates_every_way_and_repeat_with_the_seed(
+    live: str, state: EmulatorState
+) -> None:
+    state.profile = named_profile("kind", random_failure_rate=1.0, late_finish_s=1.0, seed=0)
+
+    def outcomes() -> list[int | str]:
+        seen: list[int | str] = []
+        with httpx.Client(base_url=live, timeout=0.5) as http:
+            for amount in range(1, 7):
+                try:
+                    answer = http.post(
+                        "/v1/capture_carbon", json={"amount": amount}, headers=IMPACT
+                    )
+                    seen.append(answer.status_code)
+                except httpx.TimeoutException:
+                    seen.append("late")
+                except httpx.TransportError:
+                    seen.append("reset")
+            assert http.get("/v1/records", headers=IMPACT).status_code == 200  # reads never fail
+        wait_until(lambda: state.late == 0)
+        return seen
+
+    first = outcomes()
+    made = sorted(impact.amount for impact in state.impacts)
+    state.reset()
+    again = outcomes()
+
+    assert set(first) == {500, "reset", "late"}
+    assert made == [amount for amount, seen in enumerate(first, 1) if seen != 500]
+    assert again == first
+
+
+def test_random_failures_follow_the_rate_and_only_hit_create_calls() -> None:
+    def draws(**fields: Any) -> list[str | None]:
+        state = EmulatorState(profile=named_profile("kind", **fields))
+        faults = [state.draw_failure("plant_tree") for _ in range(1000)]
+        assert state.draw_failure("records") is None
+        return [fault.mode if fault is not None else None for fault in faults]
+
+    quarter = draws(random_failure_rate=0.25, seed=1)
+    assert 200 < sum(mode is not None for mode in quarter) < 300
+    assert {mode for mode in quarter if mode} == {"status", "reset_after", "late_finish"}
+    assert draws(random_failure_rate=0.25, seed=1) == quarter
+    assert draws(random_failure_rate=0.25, seed=2) != quarter
+    assert draws() == [None] * 1000
 
 
 @pytest.mark.slow

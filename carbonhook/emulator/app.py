@@ -18,6 +18,7 @@ from carbonhook.emulator.control import ControlApi
 from carbonhook.emulator.errors import InvalidRequest
 from carbonhook.emulator.faults import DroppedResponse, ResetResponse
 from carbonhook.emulator.impact import ImpactApi, impact_error
+from carbonhook.emulator.profile import KIND, Profile
 from carbonhook.emulator.records import IMPACT_KINDS
 from carbonhook.emulator.seeds import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY
 from carbonhook.emulator.state import EmulatorState
@@ -143,7 +144,7 @@ def create_emulator_app(
     return app
 
 
-def serve_emulator(host: str, port: int) -> None:
+def serve_emulator(host: str, port: int, *, profile: Profile = KIND) -> None:
     """Run a fresh emulator with uvicorn until interrupted (`carbonhook emulate`)."""
-    app = create_emulator_app()
+    app = create_emulator_app(EmulatorState(profile=profile))
     uvicorn.run(app, host=host, port=port, log_level="warning", ws="none")

@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 import carbonhook.emulator as emulator_module
+from carbonhook.cli.arguments import build_parser
 from carbonhook.emulator import (
     DEMO_CARBONPASS_KEY,
     DEMO_IMPACT_KEY,
     KIND,
+    PROFILES,
     STRICT,
     ConnectionReset,
     EmulatorState,
@@ -1232,3 +1234,44 @@ def test_serve_emulator_answers_over_http_in_its_own_process() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_emulate_command_takes_a_profile_and_has_none_by_default() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["emulate"]).profile is None
+    assert parser.parse_args(["emulate", "--profile", "strict"]).profile == "strict"
+    assert [parser.parse_args(["emulate", "--profile", name]).profile for name in PROFILES] == [
+        "kind",
+        "strict",
+    ]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["emulate", "--profile", "lenient"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flags", "profile"), [([], KIND), (["--profile", "strict"], STRICT)])
+def test_carbonhook_emulate_serves_the_profile_it_was_given(
+    flags: list[str], profile: Profile
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "carbonhook", "emulate", "--port", str(port), *flags]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1) as http:
+            shown: list[dict[str, Any]] = []
+
+            def profile_shown() -> bool:
+                try:
+                    shown.append(http.get("/_emulator/profile").json())
+                except httpx.TransportError:
+                    return False
+                return True
+
+            wait_until(profile_shown, timeout=15)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert shown == [asdict(profile)]

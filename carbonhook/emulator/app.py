@@ -94,25 +94,27 @@ class _Emulator:
             if request.headers.get(header) != expected:
                 return logged(error(401, "Missing or invalid API key."), 401)
             fault = state.take_fault(name) or state.draw_failure(name)
-            mode = fault.mode if fault is not None else None
-            if fault is not None and fault.mode == "status":
+            if fault is None:
+                response = await answer(request)
+                return logged(response, response.status_code)
+            if fault.mode == "status":
                 response = error(fault.status, f"fault injected: {name} answers {fault.status}")
                 if fault.retry_after is not None:
                     response.headers["Retry-After"] = f"{fault.retry_after:g}"
                 return logged(response, fault.status)
-            if mode == "reset_before":
+            if fault.mode == "reset_before":
                 return logged(ResetResponse(), None)
-            if fault is not None and fault.mode == "late_finish":
+            if fault.mode == "late_finish":
                 await request.body()  # read while the caller is there; the handler reads it again
                 late = await state.finish_late(fault.delay_s, partial(answer, request))
                 response = late or error(503, "emulator reset before this call finished")
             else:
                 response = await answer(request)
-            if mode == "hold":
+            if fault.mode == "hold":
                 await state.hold()
-            if mode == "drop":
+            if fault.mode == "drop":
                 return logged(DroppedResponse(response), None)
-            if mode == "reset_after":
+            if fault.mode == "reset_after":
                 return logged(ResetResponse(), None)
             return logged(response, response.status_code)
 

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a local emulator of the CarbonPass and 1ClickImpact APIs",
     )
     host_port(p, 8900)
+    p.add_argument(
+        "--profile",
+        choices=["kind", "strict"],  # carbonhook.emulator.PROFILES, not imported to parse
+        help="how 1ClickImpact behaves where its documents are silent: kind (the default) or "
+        "strict (new impacts listed 3 s late, no metadata echoed, e-mails lower-cased, "
+        "cancelled impacts still listed)",
+    )
 
     p = add(
         "send-test-event",

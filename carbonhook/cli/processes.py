@@ -197,14 +197,22 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def emulate(args: argparse.Namespace) -> int:
-    from carbonhook.emulator import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, serve_emulator
+    from carbonhook.emulator import (
+        DEMO_CARBONPASS_KEY,
+        DEMO_IMPACT_KEY,
+        KIND,
+        PROFILES,
+        serve_emulator,
+    )
 
+    profile = PROFILES[args.profile] if args.profile else KIND
     print(
         f"emulator on http://{args.host}:{args.port}: CarbonPass at /api/v1 (Bearer {DEMO_CARBONPASS_KEY}), "
-        f"1ClickImpact at /v1 (x-api-key {DEMO_IMPACT_KEY}), faults at /_emulator",
+        f"1ClickImpact at /v1 (x-api-key {DEMO_IMPACT_KEY}), faults at /_emulator"
+        + (f", profile {args.profile}" if args.profile else ""),
         flush=True,
     )
-    serve_emulator(args.host, args.port)
+    serve_emulator(args.host, args.port, profile=profile)
     return 0
 
 

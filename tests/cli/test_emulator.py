@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,18 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 import carbonhook.emulator as emulator_module
+from carbonhook.cli.arguments import build_parser
 from carbonhook.emulator import (
     DEMO_CARBONPASS_KEY,
     DEMO_IMPACT_KEY,
+    KIND,
+    PROFILES,
+    STRICT,
+    ConnectionReset,
     EmulatorState,
+    Profile,
     create_emulator_app,
+    named_profile,
     records_page,
 )
 
@@ -570,6 +579,7 @@ async def test_date_filters_include_whole_days(
         ({"start_date": "2026-4-1"}, "start_date"),
         ({"end_date": "2026-02-30"}, "end_date"),
         ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"sort_order": "newest"}, "sort_order"),
     ],
 )
 async def test_invalid_record_queries_are_refused_naming_the_field(
@@ -617,8 +627,265 @@ async def test_cancelling_an_impact_removes_it_once(
 
     assert first.status_code == 200
     assert state.impacts == []
-    assert second.status_code == 404
-    assert second.json()["type"] == "invalid_request_error"
+    # cancel_impact is idempotent (docs/providers.md): a repeat answers the same, reverses nothing
+    assert (second.status_code, second.json()) == (200, first.json())
+    assert len(state.cancelled) == 1
+
+
+async def test_records_sort_newest_first_with_sort_order_desc_across_pages(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    for amount in range(1, 6):
+        state.record_impact("capture_carbon", amount)
+        clock.advance(hours=12)
+
+    async def amounts(**params: str) -> list[int]:
+        seen, query = [], {"sort_order": "desc", "limit": "2", **params}
+        while True:
+            page = (await client.get("/v1/records", params=query, headers=IMPACT)).json()
+            seen += [record["carbon_captured"] for record in page["user_records"]]
+            if "cursor" not in page:
+                return seen
+            query["cursor"] = page["cursor"]
+
+    assert await amounts() == [5, 4, 3, 2, 1]
+    # 1 was made on 2026-04-06, 2 and 3 on 04-07, 4 and 5 on 04-08: both dates inclusive
+    assert await amounts(start_date="2026-04-07") == [5, 4, 3, 2]
+    assert await amounts(start_date="2026-04-07", end_date="2026-04-07") == [3, 2]
+    assert await amounts(sort_order="asc", end_date="2026-04-07") == [1, 2, 3]
+
+
+async def test_customer_records_take_the_same_order_and_dates(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    for amount in (1, 2, 3):
+        state.record_impact("plant_tree", amount, customer_email="a@example.com")
+        clock.advance(days=1)
+    query = {"sort_order": "desc", "end_date": "2026-04-07"}
+    page = (await client.get("/v1/customer_records", params=query, headers=IMPACT)).json()
+    assert [record["tree_planted"] for record in page["customer_records"]] == [2, 1]
+
+
+async def test_cancelling_twice_answers_the_same_body_and_reverses_once(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    made = (await client.post("/v1/plant_tree", json={"amount": 4}, headers=IMPACT)).json()
+    body = {"user_id": "U123", "time_utc": made["time_utc"], "reason": "sent twice"}
+    clock.advance(minutes=1)
+    first = await client.post("/v1/cancel_impact", json=body, headers=IMPACT)
+    clock.advance(minutes=1)
+    second = await client.post("/v1/cancel_impact", json=body | {"reason": "again"}, headers=IMPACT)
+
+    assert first.json() == {
+        "user_id": "U123",
+        "time_utc": made["time_utc"],
+        "tree_planted": 4,
+        "cancelled_on": "2026-04-06T14:36:48.000Z",
+        "message": first.json()["message"],
+    }
+    assert (second.status_code, second.json()) == (200, first.json())
+    assert (await client.get("/_emulator/impacts")).json() == []
+    cancelled = (await client.get("/_emulator/cancelled")).json()
+    assert [(c["amount"], c["cancelled_on"], c["reason"]) for c in cancelled] == [
+        (4, "2026-04-06T14:36:48.000Z", "sent twice")
+    ]
+
+
+async def test_cancelling_an_impact_that_never_existed_is_not_found(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"user_id": "U123", "time_utc": "2026-04-06T14:35:48.000Z", "reason": "typo"}
+    response = await client.post("/v1/cancel_impact", json=body, headers=IMPACT)
+    assert response.status_code == 404
+    assert response.json() == {
+        "type": "invalid_request_error",
+        "message": response.json()["message"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": 123}, "user_id"),
+        ({"time_utc": None}, "time_utc"),
+        ({"reason": "x" * 201}, "reason"),
+        ({"reason": 42}, "reason"),
+    ],
+)
+async def test_an_invalid_cancel_body_is_refused_naming_the_field(
+    client: httpx.AsyncClient, state: EmulatorState, body: dict[str, Any], field: str
+) -> None:
+    made = (await capture(client)).json()
+    full = {"user_id": "U123", "time_utc": made["time_utc"]} | body
+    response = await client.post("/v1/cancel_impact", json=full, headers=IMPACT)
+    assert response.status_code == 400
+    assert field in response.json()["message"]
+    assert len(state.impacts) == 1
+
+
+async def test_a_cancel_reason_of_two_hundred_characters_is_kept(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    made = (await capture(client)).json()
+    body = {"user_id": "U123", "time_utc": made["time_utc"], "reason": "x" * 200}
+    assert (await client.post("/v1/cancel_impact", json=body, headers=IMPACT)).status_code == 200
+    assert state.cancelled[0].reason == "x" * 200
+
+
+# Profiles: kind (the default) and strict, where the documents leave the behaviour open
+
+
+def test_the_default_profile_is_kind_and_strict_is_unkind_everywhere() -> None:
+    assert EmulatorState().profile == KIND == Profile()
+    assert asdict(KIND) == {
+        "name": "kind",
+        "records_lag_s": 0.0,
+        "records_metadata": True,
+        "lowercase_emails": False,
+        "cancelled_listed": False,
+        "random_failure_rate": 0.0,
+        "late_finish_s": 30.0,
+        "seed": 0,
+    }
+    assert asdict(STRICT) == asdict(KIND) | {
+        "name": "strict",
+        "records_lag_s": 3.0,
+        "records_metadata": False,
+        "lowercase_emails": True,
+        "cancelled_listed": True,
+    }
+
+
+async def test_a_strict_listing_shows_a_new_impact_only_after_the_lag(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    state.profile = STRICT
+    await capture(client, 5)
+    await capture(client, 6, customer_email="a@example.com")
+
+    async def listed() -> list[int]:
+        own = (await client.get("/v1/records", headers=IMPACT)).json()["user_records"]
+        theirs = (await client.get("/v1/customer_records", headers=IMPACT)).json()
+        return [record["carbon_captured"] for record in own + theirs["customer_records"]]
+
+    assert await listed() == []
+    clock.advance(seconds=2.9)
+    assert await listed() == []
+    clock.advance(seconds=0.2)
+    assert await listed() == [5, 6]
+    assert len((await client.get("/_emulator/impacts")).json()) == 2  # made all along
+
+
+async def test_a_strict_listing_echoes_no_metadata(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    state.profile = STRICT
+    made = await capture(client, 5, metadata={"carbonhook_capture": "7"})
+    clock.advance(seconds=3)
+    [record] = (await client.get("/v1/records", headers=IMPACT)).json()["user_records"]
+
+    assert "metadata" not in made.json()
+    assert "metadata" not in record
+    assert state.impacts[0].metadata == {"carbonhook_capture": "7"}
+
+
+async def test_a_strict_listing_shows_customer_emails_lower_cased(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    state.profile = named_profile("strict", records_lag_s=0)
+    made = (await capture(client, 5, customer_email="Ann.Lee@Example.com")).json()
+
+    async def customer_records(**params: str) -> list[dict[str, Any]]:
+        page = await client.get("/v1/customer_records", params=params, headers=IMPACT)
+        return list(page.json()["customer_records"])
+
+    [record] = await customer_records()
+    assert made["customer"]["customer_email"] == "Ann.Lee@Example.com"
+    assert record["customer"]["customer_email"] == "ann.lee@example.com"
+    assert await customer_records(customer_email="Ann.Lee@Example.com") == []
+    assert await customer_records(customer_email="ann.lee@example.com") == [record]
+
+
+async def test_a_strict_listing_still_shows_a_cancelled_impact(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    state.profile = STRICT
+    kept, cancelled = (await capture(client, 5)).json(), (await capture(client, 6)).json()
+    body = {"user_id": "U123", "time_utc": cancelled["time_utc"], "reason": "test"}
+    assert (await client.post("/v1/cancel_impact", json=body, headers=IMPACT)).status_code == 200
+    clock.advance(seconds=4)
+
+    listed = (await client.get("/v1/records", headers=IMPACT)).json()["user_records"]
+    standing = (await client.get("/_emulator/impacts")).json()
+    gone = (await client.get("/_emulator/cancelled")).json()
+
+    assert [record["time_utc"] for record in listed] == [kept["time_utc"], cancelled["time_utc"]]
+    assert [impact["time_utc"] for impact in standing] == [kept["time_utc"]]
+    assert [impact["time_utc"] for impact in gone] == [cancelled["time_utc"]]
+
+
+async def test_a_kind_listing_drops_a_cancelled_impact(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    made = (await capture(client, 5)).json()
+    body = {"user_id": "U123", "time_utc": made["time_utc"], "reason": "test"}
+    await client.post("/v1/cancel_impact", json=body, headers=IMPACT)
+    assert (await client.get("/v1/records", headers=IMPACT)).json() == {"user_records": []}
+    assert len((await client.get("/_emulator/cancelled")).json()) == 1
+
+
+async def test_each_strict_behaviour_can_be_set_alone(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    answer = await client.post(
+        "/_emulator/profile", json={"name": "kind", "lowercase_emails": True}
+    )
+    await capture(client, 5, customer_email="A@Example.com", metadata={"k": "v"})
+    [record] = (await client.get("/v1/customer_records", headers=IMPACT)).json()["customer_records"]
+
+    assert answer.status_code == 200
+    assert answer.json() == asdict(KIND) | {"lowercase_emails": True}
+    assert record["customer"]["customer_email"] == "a@example.com"
+    assert record["metadata"] == {"k": "v"}  # still kind everywhere else
+
+
+async def test_the_profile_is_set_and_shown_through_the_control_api(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    assert (await client.get("/_emulator/profile")).json() == asdict(KIND)
+    strict = await client.post("/_emulator/profile", json={"name": "strict", "records_lag_s": 1})
+    tweaked = await client.post("/_emulator/profile", json={"random_failure_rate": 0.25})
+
+    assert strict.json() == asdict(STRICT) | {"records_lag_s": 1.0}
+    assert tweaked.json() == strict.json() | {"random_failure_rate": 0.25}
+    assert (await client.get("/_emulator/profile")).json() == tweaked.json()
+    assert state.profile == named_profile("strict", records_lag_s=1, random_failure_rate=0.25)
+    await client.post("/_emulator/reset")
+    assert (await client.get("/_emulator/profile")).json() == tweaked.json()  # reset keeps it
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "lenient"}, "name"),
+        ({"name": "strict", "records_lag": 3}, "records_lag"),
+        ({"records_lag_s": -1}, "records_lag_s"),
+        ({"records_lag_s": "3"}, "records_lag_s"),
+        ({"records_metadata": "no"}, "records_metadata"),
+        ({"lowercase_emails": 1}, "lowercase_emails"),
+        ({"cancelled_listed": None}, "cancelled_listed"),
+        ({"random_failure_rate": 1.5}, "random_failure_rate"),
+        ({"late_finish_s": True}, "late_finish_s"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+async def test_a_malformed_profile_is_refused_naming_the_field(
+    client: httpx.AsyncClient, state: EmulatorState, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/_emulator/profile", json=body)
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+    assert state.profile == KIND
 
 
 # Faults, latency, observation
@@ -813,6 +1080,140 @@ def test_a_held_answer_times_the_client_out_after_the_impact_is_made(
 
 
 @pytest.mark.slow
+def test_a_late_finish_times_the_client_out_then_makes_the_impact(
+    live: str, state: EmulatorState
+) -> None:
+    with httpx.Client(base_url=live, timeout=0.5) as http:
+        fault = {"endpoint": "capture_carbon", "mode": "late_finish", "delay_s": 1.5}
+        assert http.post("/_emulator/faults", json=fault).json()["delay_s"] == 1.5
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/capture_carbon", json={"amount": 5}, headers=IMPACT)
+        assert http.get("/_emulator/impacts").json() == []  # the caller gave up: nothing yet
+    # The client has closed its connections; the impact is made all the same.
+    wait_until(lambda: len(state.impacts) == 1)
+    assert state.impacts[0].amount == 5
+
+
+async def test_a_late_finish_is_made_even_when_the_request_is_cancelled(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    state.add_fault("plant_tree", mode="late_finish", delay_s=0.3)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.post("/v1/plant_tree", json={"amount": 2}, headers=IMPACT)
+    assert state.impacts == []
+    await asyncio.sleep(0.5)
+    assert [impact.amount for impact in state.impacts] == [2]
+
+
+async def test_a_late_finish_is_made_at_release_and_dropped_by_a_reset(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    state.add_fault("capture_carbon", mode="late_finish", delay_s=60, times=2)
+
+    async def started(amount: int) -> asyncio.Task[httpx.Response]:
+        task = asyncio.create_task(capture(client, amount))
+        while not state.late:
+            await asyncio.sleep(0.01)
+        return task
+
+    released = await started(5)
+    assert state.impacts == []
+    assert (await client.post("/_emulator/release")).json() == {"released": 1}
+    assert (await released).json()["carbon_captured"] == 5
+    dropped = await started(6)
+    assert (await client.post("/_emulator/reset")).status_code == 204
+    assert (await dropped).status_code == 503
+    assert state.impacts == []
+
+
+@pytest.mark.slow
+def test_a_reset_before_fault_breaks_the_connection_and_makes_nothing(
+    live: str, state: EmulatorState
+) -> None:
+    state.add_fault("capture_carbon", mode="reset_before")
+    with httpx.Client(base_url=live, timeout=5) as http:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            http.post("/v1/capture_carbon", json={"amount": 5}, headers=IMPACT)
+        after = http.post("/v1/capture_carbon", json={"amount": 6}, headers=IMPACT)
+        calls = http.get("/_emulator/calls").json()
+
+    assert [impact.amount for impact in state.impacts] == [6]
+    assert [call["status"] for call in calls] == [None, 200]
+    assert after.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_reset_after_fault_makes_the_impact_and_breaks_the_connection(
+    live: str, state: EmulatorState
+) -> None:
+    state.add_fault("clean_ocean", mode="reset_after")
+    with httpx.Client(base_url=live, timeout=5) as http:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            http.post("/v1/clean_ocean", json={"amount": 5}, headers=IMPACT)
+        impacts = http.get("/_emulator/impacts").json()
+
+    assert [impact["amount"] for impact in impacts] == [5]
+
+
+async def test_a_reset_where_no_connection_can_be_reset_raises_connection_reset(
+    client: httpx.AsyncClient, state: EmulatorState
+) -> None:
+    state.add_fault("capture_carbon", mode="reset_after")
+    with pytest.raises(ConnectionReset):
+        await capture(client, 5)
+    assert len(state.impacts) == 1
+
+
+@pytest.mark.slow
+def test_random_failures_fail_creates_every_way_and_repeat_with_the_seed(
+    live: str, state: EmulatorState
+) -> None:
+    state.profile = named_profile("kind", random_failure_rate=1.0, late_finish_s=1.0, seed=0)
+
+    def outcomes() -> list[int | str]:
+        seen: list[int | str] = []
+        with httpx.Client(base_url=live, timeout=0.5) as http:
+            for amount in range(1, 7):
+                try:
+                    answer = http.post(
+                        "/v1/capture_carbon", json={"amount": amount}, headers=IMPACT
+                    )
+                    seen.append(answer.status_code)
+                except httpx.TimeoutException:
+                    seen.append("late")
+                except httpx.TransportError:
+                    seen.append("reset")
+            assert http.get("/v1/records", headers=IMPACT).status_code == 200  # reads never fail
+        wait_until(lambda: state.late == 0)
+        return seen
+
+    first = outcomes()
+    made = sorted(impact.amount for impact in state.impacts)
+    state.reset()
+    again = outcomes()
+
+    assert set(first) == {500, "reset", "late"}
+    assert made == [amount for amount, seen in enumerate(first, 1) if seen != 500]
+    assert again == first
+
+
+def test_random_failures_follow_the_rate_and_only_hit_create_calls() -> None:
+    def draws(**fields: Any) -> list[str | None]:
+        state = EmulatorState(profile=named_profile("kind", **fields))
+        faults = [state.draw_failure("plant_tree") for _ in range(1000)]
+        assert state.draw_failure("records") is None
+        return [fault.mode if fault is not None else None for fault in faults]
+
+    quarter = draws(random_failure_rate=0.25, seed=1)
+    assert 200 < sum(mode is not None for mode in quarter) < 300
+    assert {mode for mode in quarter if mode} == {"status", "reset_after", "late_finish"}
+    assert draws(random_failure_rate=0.25, seed=1) == quarter
+    assert draws(random_failure_rate=0.25, seed=2) != quarter
+    assert draws() == [None] * 1000
+
+
+@pytest.mark.slow
 def test_serve_emulator_answers_over_http_in_its_own_process() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -833,3 +1234,44 @@ def test_serve_emulator_answers_over_http_in_its_own_process() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_emulate_command_takes_a_profile_and_has_none_by_default() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["emulate"]).profile is None
+    assert parser.parse_args(["emulate", "--profile", "strict"]).profile == "strict"
+    assert [parser.parse_args(["emulate", "--profile", name]).profile for name in PROFILES] == [
+        "kind",
+        "strict",
+    ]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["emulate", "--profile", "lenient"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flags", "profile"), [([], KIND), (["--profile", "strict"], STRICT)])
+def test_carbonhook_emulate_serves_the_profile_it_was_given(
+    flags: list[str], profile: Profile
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "carbonhook", "emulate", "--port", str(port), *flags]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1) as http:
+            shown: list[dict[str, Any]] = []
+
+            def profile_shown() -> bool:
+                try:
+                    shown.append(http.get("/_emulator/profile").json())
+                except httpx.TransportError:
+                    return False
+                return True
+
+            wait_until(profile_shown, timeout=15)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert shown == [asdict(profile)]

@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any
 
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
+SOAK = Path(__file__).with_name("SOAK.md")  # bench/soak --record keeps its runs there
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SOAK_HEADING = "## Chaos soak (bench/soak)"
+SOAK_INTRO = f"""{SOAK_HEADING}
+
+Receivers and workers SIGKILLed (and a worker sometimes SIGTERMed) and restarted, Redis and
+PostgreSQL crashed or stopped and restarted, 1ClickImpact (the emulator's strict profile:
+listings 3 s late, without metadata, e-mails lower-cased) failing at random and by injected
+faults; then everything let settle, failed events replayed, and three counts compared: the
+captures the deliveries plan (computed by the soak from its rules), the impacts standing at
+the emulator (mapped to ledger rows by their `carbonhook_tag`), and the ledger's captured rows.
+`bench/soak --record` adds a run here, newest first (and to bench/RESULTS.md)."""
 
 # (variant, the least ratio to the ceiling, the most p99 in ms); the issue's targets.
 INTAKE_TARGETS: dict[str, tuple[float | None, float | None]] = {
@@ -61,6 +73,8 @@ def render(run: Any, config: Any) -> str:
     if run.profiles:
         out += ["", "## Profiles (py-spy)", ""]
         out += [f"- {name}: `{path}`" for name, path in run.profiles.items()]
+    if not config.smoke and SOAK.exists():
+        out += ["", SOAK.read_text().strip()]
     if not config.smoke and FINDINGS.exists():
         out += ["", FINDINGS.read_text().strip()]
     return "\n".join(out) + "\n"
@@ -281,3 +295,60 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines
+
+
+def soak_section(summary: dict[str, Any]) -> str:
+    """One soak run as a section of SOAK.md: when, the command, what it did and found."""
+    started = datetime.fromisoformat(summary["started"]).strftime("%Y-%m-%d %H:%M UTC")
+    chaos, deliveries, emulator = summary["chaos"], summary["deliveries"], summary["emulator"]
+    versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
+    replays = summary["replays"]
+    lines = [
+        f"### {started}: {'PASS' if summary['ok'] else 'FAIL'}",
+        "",
+        f"- command: `{summary['command']}`",
+        f"- versions: {versions}",
+        f"- took {summary['timings_s'].get('total_s', 0):.0f} s: {summary['timings_s'].get('chaos_s', 0):.0f} s of chaos,"
+        f" {summary['timings_s'].get('settle_s', 0):.0f} s to settle"
+        f" ({'settled' if summary['settled'] else 'did NOT settle'});"
+        f" {len(replays)} replay(s) of failed events"
+        + (f" ({', '.join(str(len(r['events'])) for r in replays)} events)" if replays else ""),
+        f"- deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends,"
+        f" {deliveries['http_attempts']} HTTP attempts (refused or broken: "
+        f"{_pairs(deliveries['refused_or_broken']) or 'none'})",
+        f"- chaos: SIGKILL {_pairs(chaos['kills']) or 'none'}; SIGTERM {_pairs(chaos['stops']) or 'none'};"
+        f" restarts {_pairs(chaos['service_restarts']) or 'none'} (down {_pairs(chaos['outage_seconds'])} s);"
+        f" {sum(chaos['faults_injected'].values())} faults injected;"
+        f" {len(chaos['unexpected_exits'])} unexpected exits",
+        f"- 1ClickImpact: {emulator['create_calls']} create calls, {emulator['create_calls_failed']}"
+        f" failed (5xx or connection broken), {emulator['cancelled']} impacts cancelled",
+        "",
+        "```",
+        summary["table"],
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def record_soak(summary: dict[str, Any], soak: Path = SOAK, results: Path = RESULTS) -> None:
+    """Add the run to SOAK.md (newest first) and put SOAK.md in RESULTS.md, before the findings."""
+    runs = soak.read_text().split("\n### ", 1)[1] if soak.exists() and "\n### " in soak.read_text() else ""
+    text = SOAK_INTRO + "\n\n" + soak_section(summary) + ("\n\n### " + runs.strip() if runs else "") + "\n"
+    soak.write_text(text)
+    if not results.exists():
+        return
+    current = results.read_text()
+    if SOAK_HEADING in current:
+        before, _, rest = current.partition(SOAK_HEADING)
+        after = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
+        current = before.rstrip() + "\n\n" + text.strip() + ("\n\n## " + after if after else "\n")
+    elif "\n## Findings" in current:
+        before, _, after = current.partition("\n## Findings")
+        current = before.rstrip() + "\n\n" + text.strip() + "\n\n## Findings" + after
+    else:
+        current = current.rstrip() + "\n\n" + text
+    results.write_text(current)
+
+
+def _pairs(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())

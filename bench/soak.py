@@ -117,10 +117,16 @@ class Soak:
         self.sender.start()
         self.chaos.start()
         chaos_ends = time.monotonic() + config.duration_s
+        next_report = time.monotonic() + 15
         while time.monotonic() < chaos_ends:
             time.sleep(0.5)
             if self.chaos.error is not None:
                 raise SetupError(f"the chaos loop failed: {self.chaos.error!r}")
+            if time.monotonic() >= next_report:
+                next_report += 15
+                state = self.database_state()
+                say(f"{len(self.chaos.record.actions)} chaos actions; {self.sender.answered()} of "
+                    f"{len(sends)} sends answered; events {state['events'] if state else '(database down)'}")
         self.chaos.stop()
         say("chaos over: bringing everything back, 1ClickImpact stops failing at random")
         self.chaos.restore()
@@ -223,7 +229,9 @@ class Soak:
         while time.monotonic() < deadline:
             self.chaos.supervise()
             state = self.database_state()
-            open_now = state is None or state["open_events"] or state["open_captures"] or not self.sender.done()
+            # A failed event may leave captures open (never sent, or unknown): a replay is
+            # what settles them, so only events (and answers) are waited for here.
+            open_now = state is None or state["open_events"] or not self.sender.done()
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 say(f"settling: {self.sender.unanswered()} sends unanswered; {state}")
@@ -238,6 +246,8 @@ class Soak:
                 self.replay_failed()
                 checked_quiet = False
                 continue
+            if state["open_captures"]:
+                say(f"every event final, yet {state['open_captures']} captures open: {state['captures']}")
             if checked_quiet:
                 return True
             say(f"all final; quiet for {quiet:g}s (a late create may still land), then once more")
@@ -370,6 +380,7 @@ class Soak:
                 "events": verdict.events,
                 "captures": verdict.captures,
                 "discrepancies": [asdict(d) for d in verdict.discrepancies],
+                "blocked_signatures": verdict.blocked,
             },
             "table": table(verdict),
         }

@@ -124,6 +124,9 @@ class Sender:
             thread.join(max(0.0, deadline - time.monotonic()))
         return self.done()
 
+    def answered(self) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.status is not None)
+
     def unanswered(self) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status is None)
 

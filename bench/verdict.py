@@ -106,6 +106,7 @@ class Verdict:
     events: dict[str, int]
     captures: dict[str, int]
     discrepancies: list[Discrepancy] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
 
     @property
     def agree(self) -> bool:
@@ -131,9 +132,9 @@ def _capture_of(impact: Mapping[str, Any], deployment: str) -> int | None:
 
 
 def _moment(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    """A time as an aware UTC datetime (the database hands back naive UTC)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def judge(
@@ -169,22 +170,9 @@ def judge(
     for key, plan in sorted(planned.items()):
         row = rows_by_key.get(key)
         if row is None:
-            found.append(Discrepancy("planned capture with no ledger row", _name(key)))
+            found.append(Discrepancy("planned, no ledger row", _name(key)))
             continue
-        mine = standing.get(int(row["id"]), [])
-        times = ", ".join(str(i["time_utc"]) for i in mine)
-        if not mine:
-            found.append(Discrepancy("planned capture missing at the emulator", _name(key), f"ledger: {row['status']}, capture {row['id']}"))
-        elif len(mine) > 1:
-            found.append(Discrepancy("planned capture standing twice", _name(key), f"capture {row['id']}, {len(mine)} impacts at {times}; ledger: {row['status']} {row['time_utc']}"))
-        for impact in mine:
-            email = (impact.get("customer_email") or "").lower()
-            if (impact["kind"], impact["amount"], email) != (plan.action, plan.amount, (plan.customer_email or "").lower()):
-                found.append(Discrepancy("impact unlike its plan", _name(key), f"{impact['kind']} {impact['amount']} {email!r}, planned {plan}"))
-        if row["status"] != "captured":
-            found.append(Discrepancy("planned capture not captured in the ledger", _name(key), f"capture {row['id']} is {row['status']}: {row.get('error') or ''}".strip()))
-        elif len(mine) == 1 and (row["user_id"], row["time_utc"]) != (mine[0]["user_id"], mine[0]["time_utc"]):
-            found.append(Discrepancy("ledger names another impact", _name(key), f"ledger {row['user_id']} {row['time_utc']}, standing {mine[0]['user_id']} {mine[0]['time_utc']}"))
+        found += _one_capture(key, plan, row, standing.get(int(row["id"]), []))
 
     for key, row in sorted(rows_by_key.items()):
         if key in planned:
@@ -202,7 +190,51 @@ def judge(
         events=dict(Counter(str(e["status"]) for e in events)),
         captures=dict(statuses),
         discrepancies=found,
+        blocked=blocked_signatures(ledger),
     )
+
+
+def _one_capture(key: Key, plan: Planned, row: Mapping[str, Any], mine: Sequence[Mapping[str, Any]]) -> list[Discrepancy]:
+    """What is wrong with one planned capture, named by what an operator would see."""
+    what = _name(key)
+    status, capture = str(row["status"]), f"capture {row['id']}"
+    times = ", ".join(str(i["time_utc"]) for i in mine)
+    found = []
+    if len(mine) > 1:
+        found.append(Discrepancy("standing twice", what, f"{capture}: {len(mine)} impacts at {times}; the ledger says {status} {row['time_utc'] or ''}".strip()))
+    elif not mine and status == "captured":
+        found.append(Discrepancy("captured in the ledger, nothing standing", what, f"{capture}: {row['user_id']} {row['time_utc']}"))
+    elif not mine:
+        error = str(row.get("error") or "")[:160]
+        found.append(Discrepancy(f"missing, ledger {status}", what, f"{capture}" + (f": {error}" if error else "")))
+    elif status != "captured":
+        found.append(Discrepancy(f"standing, ledger {status}", what, f"{capture}; standing at {times}"))
+    elif (row["user_id"], row["time_utc"]) != (mine[0]["user_id"], mine[0]["time_utc"]):
+        found.append(Discrepancy("ledger names another impact", what, f"{capture}: ledger {row['user_id']} {row['time_utc']}, standing {mine[0]['user_id']} {mine[0]['time_utc']}"))
+    for impact in mine:
+        email = (impact.get("customer_email") or "").lower()
+        if (impact["kind"], impact["amount"], email) != (plan.action, plan.amount, (plan.customer_email or "").lower()):
+            found.append(Discrepancy("impact unlike its plan", what, f"{impact['kind']} {impact['amount']} {email!r}, planned {plan}"))
+    return found
+
+
+def blocked_signatures(ledger: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Signatures (action, amount, e-mail) with more than one capture left `unknown`: each
+    one's untagged record could be another's, and none may be sent while one is unknown."""
+    unknown: dict[tuple[str, int, str], list[int]] = defaultdict(list)
+    waiting: Counter[tuple[str, int, str]] = Counter()
+    for row in ledger:
+        signature = (str(row["action"]), int(row["amount"]), str(row.get("customer_email") or "").lower())
+        if row["status"] == "unknown":
+            unknown[signature].append(int(row["id"]))
+        elif row["status"] in ("pending", "failed"):
+            waiting[signature] += 1
+    return [
+        f"{action} {amount} for {email or '(no customer)'}: captures {', '.join(map(str, sorted(ids)))} "
+        f"unknown; {waiting[(action, amount, email)]} more of it not captured"
+        for (action, amount, email), ids in sorted(unknown.items())
+        if len(ids) > 1
+    ]
 
 
 def _events(
@@ -250,13 +282,27 @@ def table(verdict: Verdict) -> str:
     ]
     if verdict.agree:
         lines.append("AGREE: every planned capture stands exactly once, and the ledger names it")
-    else:
-        kinds = Counter(d.kind for d in verdict.discrepancies)
-        lines.append(f"DISAGREE: {len(verdict.discrepancies)} discrepancies ({_counts(kinds)})")
-        lines += [f"  - {d.line()}" for d in verdict.discrepancies[:60]]
-        if len(verdict.discrepancies) > 60:
-            lines.append(f"  … and {len(verdict.discrepancies) - 60} more (--json lists them all)")
+        return "\n".join(lines)
+    kinds = Counter(d.kind for d in verdict.discrepancies)
+    lines.append(f"DISAGREE: {len(verdict.discrepancies)} discrepancies")
+    lines += [f"  {n:>5}  {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: (_rank(kv[0]), -kv[1]))]
+    if verdict.blocked:
+        lines += ["", "signatures blocked by more than one unknown capture:"]
+        lines += [f"  - {text}" for text in verdict.blocked]
+    lines += ["", f"each kind, up to {EXAMPLES} of it (--json and summary.json list them all):"]
+    for kind in sorted(kinds, key=_rank):
+        shown = [d for d in verdict.discrepancies if d.kind == kind][:EXAMPLES]
+        lines += [f"  - {d.line()}" for d in shown]
     return "\n".join(lines)
+
+
+# The money first: an impact too many, then the ledger wrong about one, then open or lost work.
+_ORDER = ("standing twice", "impact of no ledger row", "ledger names another impact", "captured in the ledger", "standing, ledger", "ledger row not planned", "delivery", "missing, ledger unknown", "missing")
+EXAMPLES = 5
+
+
+def _rank(kind: str) -> int:
+    return next((n for n, start in enumerate(_ORDER) if kind.startswith(start)), len(_ORDER))
 
 
 def _counts(counts: Mapping[str, int]) -> str:

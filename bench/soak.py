@@ -91,6 +91,7 @@ class Soak:
         self.replays: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.rules = soak_rules(mixed_case_email=config.mixed_case_email)
+        self.versions: dict[str, str] = {}
 
     # -- the run --------------------------------------------------------------------------
 
@@ -99,6 +100,7 @@ class Soak:
         started_at = datetime.now(UTC)
         began = time.monotonic()
         self.setup()
+        self.versions = versions(self.postgres, self.redis)  # the code as it starts
         distinct, sends = plan_deliveries(config.deliveries, random.Random(config.seed))
         assert self.stack is not None and self.redis is not None and self.postgres is not None
         self.sender = Sender(sends, self.stack.bases, self.secret.encode(), duration_s=config.duration_s * 0.85)
@@ -360,7 +362,7 @@ class Soak:
             "command": self.config.command,
             "started": started_at.isoformat(timespec="seconds"),
             "config": config,
-            "versions": versions(self.postgres, self.redis),
+            "versions": self.versions,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "deliveries": {
                 "distinct": len(distinct),

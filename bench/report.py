@@ -331,22 +331,31 @@ def soak_section(summary: dict[str, Any]) -> str:
 
 
 def record_soak(summary: dict[str, Any], soak: Path = SOAK, results: Path = RESULTS) -> None:
-    """Add the run to SOAK.md (newest first) and put SOAK.md in RESULTS.md, before the findings."""
-    runs = soak.read_text().split("\n### ", 1)[1] if soak.exists() and "\n### " in soak.read_text() else ""
-    text = SOAK_INTRO + "\n\n" + soak_section(summary) + ("\n\n### " + runs.strip() if runs else "") + "\n"
-    soak.write_text(text)
-    if not results.exists():
+    """Add the run to SOAK.md (after what the runs found, newest run first), then put SOAK.md
+    in RESULTS.md."""
+    sections = soak.read_text().split("\n### ")[1:] if soak.exists() else []
+    notes = [section for section in sections if not section[:1].isdigit()]  # not a dated run
+    runs = [section for section in sections if section[:1].isdigit()]
+    parts = [SOAK_INTRO, *("### " + n.strip() for n in notes), soak_section(summary)]
+    parts += ["### " + run.strip() for run in runs]
+    soak.write_text("\n\n".join(parts) + "\n")
+    soak_into_results(soak, results)
+
+
+def soak_into_results(soak: Path = SOAK, results: Path = RESULTS) -> None:
+    """RESULTS.md with SOAK.md as its soak section, before the findings (as `render` puts it)."""
+    if not results.exists() or not soak.exists():
         return
-    current = results.read_text()
+    text, current = soak.read_text().strip(), results.read_text()
     if SOAK_HEADING in current:
         before, _, rest = current.partition(SOAK_HEADING)
         after = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
-        current = before.rstrip() + "\n\n" + text.strip() + ("\n\n## " + after if after else "\n")
+        current = before.rstrip() + "\n\n" + text + ("\n\n## " + after if after else "\n")
     elif "\n## Findings" in current:
         before, _, after = current.partition("\n## Findings")
-        current = before.rstrip() + "\n\n" + text.strip() + "\n\n## Findings" + after
+        current = before.rstrip() + "\n\n" + text + "\n\n## Findings" + after
     else:
-        current = current.rstrip() + "\n\n" + text
+        current = current.rstrip() + "\n\n" + text + "\n"
     results.write_text(current)
 
 

@@ -15,8 +15,8 @@ SOAK_HEADING = "## Chaos soak (bench/soak)"
 SOAK_INTRO = f"""{SOAK_HEADING}
 
 Receivers and workers SIGKILLed (and a worker sometimes SIGTERMed) and restarted, Redis and
-PostgreSQL crashed or stopped and restarted, 1ClickImpact (the emulator's strict profile:
-listings 3 s late, without metadata, e-mails lower-cased) failing at random and by injected
+PostgreSQL crashed or stopped and restarted, 1ClickImpact (by default the emulator's strict
+profile: listings 3 s late, without metadata, e-mails lower-cased) failing at random and by injected
 faults; then everything let settle, failed events replayed, and three counts compared: the
 captures the deliveries plan (computed by the soak from its rules), the impacts standing at
 the emulator (mapped to ledger rows by their `carbonhook_tag`), and the ledger's captured rows.
@@ -301,6 +301,7 @@ def soak_section(summary: dict[str, Any]) -> str:
     """One soak run as a section of SOAK.md: when, the command, what it did and found."""
     started = datetime.fromisoformat(summary["started"]).strftime("%Y-%m-%d %H:%M UTC")
     chaos, deliveries, emulator = summary["chaos"], summary["deliveries"], summary["emulator"]
+    config = summary["config"]
     versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
     replays = summary["replays"]
     lines = [
@@ -313,6 +314,10 @@ def soak_section(summary: dict[str, Any]) -> str:
         f" ({'settled' if summary['settled'] else 'did NOT settle'});"
         f" {len(replays)} replay(s) of failed events"
         + (f" ({', '.join(str(len(r['events'])) for r in replays)} events)" if replays else ""),
+        f"- 1ClickImpact emulated `{config.get('profile', 'strict')}`, {config['failure_rate']:.0%} of creates"
+        f" failing at random (late ones landing {config['late_finish_s']:g} s late);"
+        f" CARBONHOOK_HTTP_TIMEOUT_S {config['http_timeout_s']:g}, RECONCILE_AFTER_S"
+        f" {config['reconcile_after_s']:g}, LEASE_S {config['lease_s']:g}, MAX_RETRIES {config['max_retries']}",
         f"- deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends,"
         f" {deliveries['http_attempts']} HTTP attempts (refused or broken: "
         f"{_pairs(deliveries['refused_or_broken']) or 'none'})",

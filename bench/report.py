@@ -297,6 +297,33 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def soak_text(summary: dict[str, Any]) -> str:
+    """The human summary: what was done, then the three counts and every discrepancy."""
+    chaos, deliveries, emulator = summary["chaos"], summary["deliveries"], summary["emulator"]
+    kills = sum(chaos["kills"].values())
+    restarts = sum(chaos["service_restarts"].values())
+    lines = [
+        f"soak: {summary['command']}",
+        f"  deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends "
+        f"({deliveries['resends']} exact re-sends), {deliveries['http_attempts']} HTTP attempts; "
+        f"refused or broken on the way: {_pairs(deliveries['refused_or_broken']) or 'none'}",
+        f"  chaos: {kills} SIGKILLs ({_pairs(chaos['kills'])}), {sum(chaos['stops'].values())} SIGTERMs, "
+        f"{restarts} service restarts ({_pairs(chaos['service_restarts'])}; down "
+        f"{_pairs(chaos['outage_seconds'])} s), {sum(chaos['faults_injected'].values())} faults injected, "
+        f"{len(chaos['unexpected_exits'])} unexpected exits",
+        f"  1ClickImpact: {emulator['create_calls']} create calls, {emulator['create_calls_failed']} of them "
+        f"failed (5xx or connection broken), {emulator['listing_calls']} listing calls",
+        f"  settled: {'yes' if summary['settled'] else 'NO'} in {summary['timings_s'].get('settle_s', 0):g}s"
+        f" after the chaos; {len(summary['replays'])} replay(s) of failed events"
+        + (f" ({', '.join(str(len(r['events'])) for r in summary['replays'])} events)" if summary["replays"] else ""),
+        "",
+        summary["table"],
+        "",
+        f"soak: {'PASS' if summary['ok'] else 'FAIL'}",
+    ]
+    return "\n".join(lines)
+
+
 def soak_section(summary: dict[str, Any]) -> str:
     """One soak run as a section of SOAK.md: when, the command, what it did and found."""
     started = datetime.fromisoformat(summary["started"]).strftime("%Y-%m-%d %H:%M UTC")

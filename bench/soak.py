@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import random
 import secrets
@@ -29,12 +28,13 @@ from types import FrameType
 from typing import Any
 
 import httpx
-import psycopg
 from psycopg.rows import dict_row
 
 from bench.chaos import Chaos, Service, Stack
 from bench.processes import ROOT, free_port
+from bench.report import record_soak, soak_text
 from bench.servers import PrivatePostgres, PrivateRedis
+from bench.settling import Settler, database_state, say
 from bench.traffic import Delivery, Sender, plan_deliveries
 from bench.verdict import Verdict, judge, planned_captures, rules_toml, soak_rules, table
 
@@ -42,9 +42,6 @@ log = logging.getLogger("soak")
 
 CP_KEY, IMPACT_KEY = "cp_live_sandbox", "test_sandbox"  # the emulator's keys
 CREATE_ENDPOINTS = ("capture_carbon", "plant_tree", "clean_ocean")
-OPEN_EVENTS = ("pending", "queued", "processing")
-OPEN_CAPTURES = ("pending", "unknown")
-REPLAY_ROUNDS = 3
 
 
 class SetupError(Exception):
@@ -88,7 +85,7 @@ class Soak:
         self.chaos: Chaos | None = None
         self.secret = secrets.token_hex(32)
         self.env: dict[str, str] = {}
-        self.replays: list[dict[str, Any]] = []
+        self.settler: Settler | None = None
         self.timings: dict[str, float] = {}
         self.rules = soak_rules(mixed_case_email=config.mixed_case_email)
         self.versions: dict[str, str] = {}
@@ -101,6 +98,7 @@ class Soak:
         began = time.monotonic()
         self.setup()
         self.versions = versions(self.postgres, self.redis)  # the code as it starts
+        self.timings["setup_s"] = time.monotonic() - began
         distinct, sends = plan_deliveries(config.deliveries, random.Random(config.seed))
         assert self.stack is not None and self.redis is not None and self.postgres is not None
         self.sender = Sender(sends, self.stack.bases, self.secret.encode(), duration_s=config.duration_s * 0.85)
@@ -119,6 +117,7 @@ class Soak:
             f"{config.receivers} receivers, {config.workers} workers, seed {config.seed}")
         self.sender.start()
         self.chaos.start()
+        chaos_began = time.monotonic()
         chaos_ends = time.monotonic() + config.duration_s
         next_report = time.monotonic() + 15
         while time.monotonic() < chaos_ends:
@@ -127,7 +126,7 @@ class Soak:
                 raise SetupError(f"the chaos loop failed: {self.chaos.error!r}")
             if time.monotonic() >= next_report:
                 next_report += 15
-                state = self.database_state()
+                state = database_state(self.postgres.url)
                 say(f"{len(self.chaos.record.actions)} chaos actions; {self.sender.answered()} of "
                     f"{len(sends)} sends answered; events {state['events'] if state else '(database down)'}")
         self.chaos.stop()
@@ -135,10 +134,19 @@ class Soak:
         self.chaos.restore()
         self.stack.wait_ready()
         self.control("profile", {"random_failure_rate": 0})
-        self.timings["chaos_s"] = time.monotonic() - began
+        self.timings["chaos_s"] = time.monotonic() - chaos_began
+        settle_began = time.monotonic()
 
-        settled = self.settle()
-        self.timings["settle_s"] = time.monotonic() - began - self.timings["chaos_s"]
+        self.settler = Settler(
+            self.postgres.url,
+            self.env,
+            self.sender,
+            self.chaos.supervise,
+            timeout_s=config.settle_timeout_s,
+            quiet_s=config.late_finish_s + 3 + 2,  # a late create, the strict listings' lag, a margin
+        )
+        settled = self.settler.settle()
+        self.timings["settle_s"] = time.monotonic() - settle_began
         verdict, emulator = self.judge(distinct)
         self.timings["total_s"] = time.monotonic() - began
         return self.summary(started_at, distinct, sends, settled, verdict, emulator)
@@ -218,88 +226,6 @@ class Soak:
         except httpx.HTTPError:
             return False
 
-    # -- settling -------------------------------------------------------------------------
-
-    def settle(self) -> bool:
-        """Wait (bounded) until every delivery is answered and every event and capture is
-        final; failed events are replayed, as an admin would. Then a quiet spell as long as
-        a late create may take, and the same check again."""
-        assert self.sender is not None and self.chaos is not None
-        deadline = time.monotonic() + self.config.settle_timeout_s
-        self.sender.give_up_at = deadline
-        quiet = self.config.late_finish_s + 3 + 2  # a late create, the strict listings' lag, a margin
-        checked_quiet = False
-        last_report = 0.0
-        while time.monotonic() < deadline:
-            self.chaos.supervise()
-            state = self.database_state()
-            # A failed event may leave captures open (never sent, or unknown): a replay is
-            # what settles them, so only events (and answers) are waited for here.
-            open_now = state is None or state["open_events"] or not self.sender.done()
-            if time.monotonic() - last_report > 10:
-                last_report = time.monotonic()
-                say(f"settling: {self.sender.unanswered()} sends unanswered; {state}")
-            if open_now:
-                time.sleep(1)
-                continue
-            assert state is not None
-            if state["failed"]:
-                if len(self.replays) >= REPLAY_ROUNDS:
-                    say(f"{state['failed']} events still failed after {REPLAY_ROUNDS} replays")
-                    return True  # final, and the verdict shows them
-                self.replay_failed()
-                checked_quiet = False
-                continue
-            if state["open_captures"]:
-                say(f"every event final, yet {state['open_captures']} captures open: {state['captures']}")
-            if checked_quiet:
-                return True
-            say(f"all final; quiet for {quiet:g}s (a late create may still land), then once more")
-            time.sleep(quiet)
-            checked_quiet = True
-        say(f"NOT SETTLED within {self.config.settle_timeout_s:g}s: {self.database_state()}, "
-            f"{self.sender.unanswered()} sends unanswered")
-        return False
-
-    def database_state(self) -> dict[str, Any] | None:
-        try:
-            with self.connect() as conn:
-                events = dict(conn.execute("SELECT status, count(*) FROM events GROUP BY status").fetchall())
-                captures = dict(conn.execute("SELECT status, count(*) FROM captures GROUP BY status").fetchall())
-        except psycopg.Error:
-            return None
-        return {
-            "open_events": sum(events.get(s, 0) for s in OPEN_EVENTS),
-            "open_captures": sum(captures.get(s, 0) for s in OPEN_CAPTURES),
-            "failed": events.get("failed", 0),
-            "events": events,
-            "captures": captures,
-        }
-
-    def replay_failed(self) -> None:
-        """`carbonhook events replay --status failed`, after noting why each had failed."""
-        with self.connect() as conn:
-            failed = conn.execute(
-                "SELECT e.id, e.subject_id, e.last_error, "
-                "(SELECT string_agg(c.id || ':' || c.status, ' ') FROM captures c WHERE c.event_id = e.id) "
-                "FROM events e WHERE e.status = 'failed' ORDER BY e.id"
-            ).fetchall()
-        say(f"replaying {len(failed)} failed events: " + "; ".join(f"{i} {s}: {(e or '')[:120]}" for i, s, e, _ in failed[:5]))
-        done = subprocess.run(
-            [sys.executable, "-m", "carbonhook", "events", "replay", "--status", "failed", "--reason", "soak: after the chaos"],
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("CARBONHOOK_")}, **self.env},
-            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-        )
-        self.replays.append({
-            "events": [{"id": i, "subject": s, "last_error": e, "captures": c} for i, s, e, c in failed],
-            "exit_code": done.returncode,
-            "output": (done.stdout + done.stderr)[-500:],
-        })
-
-    def connect(self) -> psycopg.Connection[Any]:
-        assert self.postgres is not None
-        return psycopg.connect(self.postgres.url, connect_timeout=3, autocommit=True)
-
     # -- the verdict ----------------------------------------------------------------------
 
     def judge(self, distinct: list[Delivery]) -> tuple[Verdict, dict[str, Any]]:
@@ -307,7 +233,8 @@ class Soak:
         impacts = httpx.get(f"{self.emulator_url}/_emulator/impacts", timeout=30).json()
         cancelled = httpx.get(f"{self.emulator_url}/_emulator/cancelled", timeout=30).json()
         calls = httpx.get(f"{self.emulator_url}/_emulator/calls", timeout=30).json()
-        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
+        assert self.settler is not None
+        with self.settler.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
             ledger = cur.execute("SELECT * FROM captures ORDER BY id").fetchall()
             events = cur.execute(
                 "SELECT id, type, subject_id, event_ts, received_at, status, attempts, last_error, note FROM events ORDER BY id"
@@ -374,7 +301,7 @@ class Soak:
             },
             "chaos": self.chaos.record.as_dict(),
             "emulator": emulator,
-            "replays": self.replays,
+            "replays": self.settler.replays if self.settler is not None else [],
             "verdict": {
                 "agree": verdict.agree,
                 "planned": verdict.planned,
@@ -423,10 +350,6 @@ def versions(postgres: PrivatePostgres | None, redis: PrivateRedis | None) -> di
     return found
 
 
-def say(text: str) -> None:
-    print(f"[soak {datetime.now().strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
 def wait_for(predicate: Any, timeout: float, what: str, service: Service | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -436,39 +359,8 @@ def wait_for(predicate: Any, timeout: float, what: str, service: Service | None 
         time.sleep(0.1)
 
 
-def render(summary: dict[str, Any]) -> str:
-    """The human summary: what was done, then the three counts and every discrepancy."""
-    chaos, deliveries, emulator = summary["chaos"], summary["deliveries"], summary["emulator"]
-    kills = sum(chaos["kills"].values())
-    restarts = sum(chaos["service_restarts"].values())
-    lines = [
-        f"soak: {summary['command']}",
-        f"  deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends "
-        f"({deliveries['resends']} exact re-sends), {deliveries['http_attempts']} HTTP attempts; "
-        f"refused or broken on the way: {_counts(deliveries['refused_or_broken']) or 'none'}",
-        f"  chaos: {kills} SIGKILLs ({_counts(chaos['kills'])}), {sum(chaos['stops'].values())} SIGTERMs, "
-        f"{restarts} service restarts ({_counts(chaos['service_restarts'])}; down "
-        f"{_counts(chaos['outage_seconds'])} s), {sum(chaos['faults_injected'].values())} faults injected, "
-        f"{len(chaos['unexpected_exits'])} unexpected exits",
-        f"  1ClickImpact: {emulator['create_calls']} create calls, {emulator['create_calls_failed']} of them "
-        f"failed (5xx or connection broken), {emulator['listing_calls']} listing calls",
-        f"  settled: {'yes' if summary['settled'] else 'NO'} in {summary['timings_s'].get('settle_s', 0):g}s"
-        f" after the chaos; {len(summary['replays'])} replay(s) of failed events"
-        + (f" ({', '.join(str(len(r['events'])) for r in summary['replays'])} events)" if summary["replays"] else ""),
-        "",
-        summary["table"],
-        "",
-        f"soak: {'PASS' if summary['ok'] else 'FAIL'}",
-    ]
-    return "\n".join(lines)
-
-
-def _counts(counts: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items())
-
-
 def parse_args(argv: list[str] | None) -> Config:
-    parser = argparse.ArgumentParser(prog="bench/soak", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench/soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=180, help="seconds of chaos (default 180)")
     parser.add_argument("--deliveries", type=int, default=None, help="distinct deliveries (default: 2 per second of chaos)")
     parser.add_argument("--seed", type=int, default=1)
@@ -533,7 +425,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Both end the run cleanly; SIGINT explicitly, as a shell may start a background job with
+    # it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     soak = Soak(config)
     try:
         summary = soak.run()
@@ -550,10 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         soak.close()
     (config.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if config.record:
-        from bench.report import record_soak
-
         record_soak(summary)
-    text = render(summary)
+    text = soak_text(summary)
     if config.json:
         print(text, file=sys.stderr)
         print(json.dumps(summary, indent=2, default=str))

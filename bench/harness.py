@@ -462,7 +462,8 @@ class Bench:
     def listing(self) -> None:
         """Failed events among the stored ones: the query, the admin API, the CLI."""
         from carbonhook.database import create_sync_engine
-        from carbonhook.store import EventFilter, EventStore
+        from carbonhook.event_queries import EventFilter
+        from carbonhook.store import EventStore
 
         config = self.config
         database_url = self.big_url

@@ -119,5 +119,10 @@ class RetryableError(ApiError):
         self.retry_after = retry_after
 
 
+class StillSettling(RetryableError):
+    """A capture's outcome is not known yet (its record may still appear): look again later.
+    Waiting is not failing: it does not use up the event's retries."""
+
+
 class AmbiguousError(RetryableError):
     """The request may have taken effect (timeout after sending, dropped connection, 5xx)."""

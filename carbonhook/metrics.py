@@ -14,6 +14,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -37,6 +38,8 @@ class Metrics:
     api_requests: Counter
     api_seconds: Histogram
     sweeper_reenqueued: Counter
+    reversals: Counter
+    audit_discrepancies: Gauge
 
 
 @functools.cache
@@ -71,6 +74,16 @@ def metrics() -> Metrics:
         ),
         sweeper_reenqueued=Counter(
             "carbonhook_sweeper_reenqueued", "Events the sweeper handed to the queue again"
+        ),
+        reversals=Counter(
+            "carbonhook_duplicates_reversed",
+            "Impacts found standing twice for one capture and reversed at 1ClickImpact",
+            ["rule"],
+        ),
+        audit_discrepancies=Gauge(
+            "carbonhook_audit_discrepancies",
+            "What the last audit of the ledger against 1ClickImpact's records left unresolved",
+            multiprocess_mode="max",
         ),
     )
 

@@ -15,8 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from carbonhook.errors import BadRequest, NotFound
+from carbonhook.event_queries import EventFilter
 from carbonhook.statuses import EventStatus
-from carbonhook.store import EventFilter, EventStore
+from carbonhook.store import EventStore
 from receiver.events import parse_timestamp
 from receiver.lockout import Lockout, client_address, retry_after
 

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carbonhook.errors import PermanentError, PlanError, RetryableError
+from carbonhook.capture_rows import CaptureRow
+from carbonhook.errors import PermanentError, PlanError, RetryableError, StillSettling
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
-from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
 from carbonhook.schema import utcnow
 from carbonhook.settings import Settings
@@ -142,14 +143,17 @@ class Processor:
         return EventStatus.FAILED
 
     def _retry(self, event: ClaimedEvent, exc: RetryableError) -> str:
-        if event.attempts > self.settings.max_retries:
+        waiting = isinstance(exc, StillSettling)  # not a failure: no retry used up
+        if not waiting and event.attempts > self.settings.max_retries:
             return self._fail(event, f"gave up after {event.attempts} attempts: {exc}", exc.status)
         delay = (
             exc.retry_after
             if exc.retry_after is not None
             else backoff_s(event.attempts, self.settings)
         )
-        self.store.retry_later(event, delay_s=delay, error=str(exc), http_status=exc.status)
+        self.store.retry_later(
+            event, delay_s=delay, error=str(exc), http_status=exc.status, counted=not waiting
+        )
         self.enqueue(event.id, delay)
         log.info(
             "event %s retry in %.1fs: %s",

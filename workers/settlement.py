@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from carbonhook.errors import AmbiguousError, PermanentError, RetryableError
-from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.capture_rows import CaptureRow
+from carbonhook.errors import AmbiguousError, PermanentError, RetryableError, StillSettling
+from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
 from carbonhook.settings import Settings
 from carbonhook.spend import SpendLimits
@@ -100,7 +101,7 @@ class Settlement:
             return
         # A growing interval: often at first (a listing may lag by seconds), then less.
         wait = min(window - age, max(FIRST_LOOK_S, age / 2))
-        raise RetryableError(
+        raise StillSettling(
             f"capture {row.id}: not found at 1ClickImpact yet; looking again in {wait:.0f}s",
             retry_after=wait,
         )
@@ -114,7 +115,7 @@ class Settlement:
             return CaptureStatus.HELD
         if start.decision == "busy" or start.token is None:
             if self.ledger.signature_unknown(row):
-                raise RetryableError(
+                raise StillSettling(
                     f"capture {row.id}: another capture of {row.amount} {row.action} for the "
                     "same customer is unknown; waiting until it is settled",
                     retry_after=max(FIRST_LOOK_S, self.settings.reconcile_after_s / 4),

@@ -13,10 +13,11 @@ from carbonhook.cli.bootstrap import build_admin, settings_for
 from carbonhook.cli.tables import print_json, print_table, progress
 from carbonhook.database import create_sync_engine
 from carbonhook.errors import UsageError
+from carbonhook.event_queries import EventFilter
 from carbonhook.ledger import Ledger
 from carbonhook.queue import is_shared, make_broker
 from carbonhook.statuses import CaptureStatus, EventStatus
-from carbonhook.store import EventFilter, EventStore
+from carbonhook.store import EventStore
 
 
 @contextmanager

@@ -62,7 +62,9 @@ def build_worker(
     threads: int | None = None,
 ) -> WorkerRuntime:
     """Everything a worker needs, from settings (loud about what is missing)."""
+    from carbonhook.audit_log import AuditLog
     from workers.actors import declare_actors
+    from workers.audit import Auditor
     from workers.carbonpass import CarbonPassClient
     from workers.impact import ImpactClient
     from workers.processing import Processor
@@ -97,11 +99,19 @@ def build_worker(
         enqueue=enqueue,
     )
     declare_actors(broker, processor, time_limit_s=max(600.0, settings.lease_s))
+    auditor = Auditor(
+        processor.ledger,
+        AuditLog(engine),
+        processor.impact,
+        settle_s=settings.reconcile_after_s,
+    )
     sweeper = Sweeper(
         processor.store,
         lambda ids: enqueue_events(broker, ids),
         interval_s=settings.sweep_interval_s,
         lease_s=settings.lease_s,
+        audit=auditor.run,
+        audit_interval_s=settings.audit_interval_s,
     )
     return WorkerRuntime(
         processor=processor,
@@ -110,6 +120,24 @@ def build_worker(
         rules=rules,
         threads=threads or settings.worker_threads,
     )
+
+
+def build_auditor(settings: Settings) -> Any:
+    """The audit of the ledger against 1ClickImpact (`carbonhook audit`); close its
+    `impact` client and dispose of its ledger's engine when done."""
+    from carbonhook.audit_log import AuditLog
+    from workers.audit import Auditor
+    from workers.impact import ImpactClient
+
+    settings.require("impact_api_key")
+    assert settings.impact_api_key is not None
+    engine = create_sync_engine(settings.database_url, pool_size=2)
+    impact = ImpactClient(
+        settings.impact_api_url,
+        settings.impact_api_key.get_secret_value(),
+        timeout_s=settings.http_timeout_s,
+    )
+    return Auditor(Ledger(engine), AuditLog(engine), impact, settle_s=settings.reconcile_after_s)
 
 
 # -- admins ---------------------------------------------------------------------------------

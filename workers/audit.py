@@ -170,7 +170,9 @@ class Auditor:
             if duplicate is not keep:
                 reason = f"carbonhook: duplicate of capture {row.id} ({row.rule}, {row.subject_id})"
                 if self.log.begin_reversal(row.id, duplicate, reason):
-                    self._cancel(row.id, row.rule, duplicate.user_id, duplicate.time_utc, reason, report)
+                    self._cancel(
+                        row.id, row.rule, duplicate.user_id, duplicate.time_utc, reason, report
+                    )
 
     def _retry_reversals(self, report: AuditReport) -> None:
         done = {(str(r["user_id"]), str(r["time_utc"])) for r in report.reversed}

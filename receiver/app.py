@@ -39,6 +39,10 @@ from receiver.signature import HEADER, verify_signature
 
 log = logging.getLogger(__name__)
 
+# /metrics answers from the database's figures of at most this long ago, however often (and by
+# whomever) it is scraped: they are GROUP BY queries over every event and capture.
+STORE_METRICS_MAX_AGE_S = 15.0
+
 
 DELIVERY_OUTCOMES = (
     "accepted",
@@ -71,13 +75,15 @@ class Services:
     enqueuer: Enqueuer | RedisEnqueuer
     limits: Limits = lambda: (None, None)
     outcomes: dict[str, Any] = field(default_factory=dict)
-    # The database's figures for /metrics, queried at most every 15 s however often it is scraped.
     store_metrics: CachedCollector = field(init=False)
 
     def __post_init__(self) -> None:
         deliveries = metrics().deliveries
         self.outcomes = {name: deliveries.labels(name) for name in DELIVERY_OUTCOMES}
-        self.store_metrics = CachedCollector(StoreCollector(self.store.engine, self.limits).collect)
+        self.store_metrics = CachedCollector(
+            StoreCollector(self.store.engine, self.limits).collect,
+            max_age_s=STORE_METRICS_MAX_AGE_S,
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -4,7 +4,8 @@ Every body must arrive within `timeout_s` of the request's start (a client that 
 holds a connection and its buffer: it gets 408 and the connection is closed). Under /admin, where
 only small forms and JSON objects are posted, a body over `ADMIN_BODY_BYTES` gets 413 and
 multipart gets 415 before anything reads them (the sign-in form is parsed before any check;
-multipart files would be spooled to disk). The refusals are raised from `receive`, so a route
+multipart files would be spooled to disk): at once when the headers say so, whichever route it
+is, else as the body is read. Those met while reading are raised from `receive`, so a route
 meets them where it reads its body and receiver/app.py answers them like every error of ours.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import time
 
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carbonhook.errors import BodyTimeout, BodyTooLarge, CarbonhookError, UnsupportedMediaType
@@ -54,14 +56,23 @@ class BodyLimits:
             return
         limit = body_limit(scope["path"])
         refused = refusal(Headers(scope=scope), limit)
+        if refused is not None:
+            # Answered here, before any route (which might answer 401 or 403 first, leaving the
+            # client to send the rest); the same JSON receiver/app.py gives every error of ours.
+            assert refused.http_status is not None
+            answer = JSONResponse(
+                {"error": refused.code, "message": str(refused)},
+                status_code=refused.http_status,
+                headers={"Connection": "close"},
+            )
+            await answer(scope, receive, send)
+            return
         deadline = time.monotonic() + self.timeout_s
         size = 0
         complete = False
 
         async def bounded() -> Message:
             nonlocal size, complete
-            if refused is not None:
-                raise refused
             if complete:  # past the body: only a disconnect is left to wait for
                 return await receive()
             try:

@@ -137,7 +137,7 @@ def test_urls_with_passwords_and_secrets_never_show_in_repr(monkeypatch, tmp_pat
 def test_forwarded_allow_ips_must_name_addresses(monkeypatch, tmp_path, value):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CARBONHOOK_FORWARDED_ALLOW_IPS", value)
-    with pytest.raises(SettingsError, match="^CARBONHOOK_FORWARDED_ALLOW_IPS: "):
+    with pytest.raises(SettingsError, match=r"^CARBONHOOK_FORWARDED_ALLOW_IPS: "):
         load_settings()
     monkeypatch.setenv("CARBONHOOK_FORWARDED_ALLOW_IPS", "10.244.0.0/16, 127.0.0.1")
     assert load_settings().forwarded_allow_ips == "10.244.0.0/16,127.0.0.1"

@@ -12,9 +12,10 @@ import dramatiq
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -120,6 +121,17 @@ async def answer_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         {"error": exc.code, "message": message}, status_code=status, headers=headers
     )
+
+
+async def answer_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405: JSON on the admin API, as its document says; text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/admin/api/"):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -242,5 +254,5 @@ def create_app(
         routes=all_routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={CarbonhookError: answer_error},
+        exception_handlers={CarbonhookError: answer_error, HTTPException: answer_http_error},
     )

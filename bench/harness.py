@@ -29,7 +29,7 @@ from bench.profiles import start_recording, summarize
 from bench.stores import Broker, Events, PostgresDatabases, sqlite_database
 from receiver.signature import sign
 
-SECRET = "bench-secret"
+SECRET = "bench-webhook-secret-91c4"
 ADMIN_TOKEN = "bench-admin-token"
 CP_KEY, IMPACT_KEY = "cp_live_sandbox", "test_sandbox"
 RULES = Path(__file__).with_name("rules.toml")

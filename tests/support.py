@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CARBONHOOK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CARBONHOOK_TEST_REDIS", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("CARBONHOOK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
-SECRET = "test-secret"
+SECRET = "test-webhook-secret-5b8e2f"
 CP_KEY = "cp_live_sandbox"
 IMPACT_KEY = "test_sandbox"
 

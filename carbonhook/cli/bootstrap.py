@@ -74,8 +74,10 @@ def build_worker(
 
     settings.require("carbonpass_api_key", "impact_api_key")
     rules = rules or RulesHolder(settings.rules_file)
-    broker = broker or make_broker(settings.broker_url)
-    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
+    broker = broker or make_broker(settings.broker_url.get_secret_value())
+    engine = create_sync_engine(
+        settings.database_url.get_secret_value(), pool_size=settings.db_pool_size
+    )
     assert settings.carbonpass_api_key is not None and settings.impact_api_key is not None
 
     def enqueue(event_id: int, delay_s: float = 0) -> None:
@@ -131,7 +133,7 @@ def build_auditor(settings: Settings) -> Any:
 
     settings.require("impact_api_key")
     assert settings.impact_api_key is not None
-    engine = create_sync_engine(settings.database_url, pool_size=2)
+    engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
     impact = ImpactClient(
         settings.impact_api_url,
         settings.impact_api_key.get_secret_value(),
@@ -145,7 +147,7 @@ def build_auditor(settings: Settings) -> Any:
 
 def build_admin(settings: Settings, broker: dramatiq.Broker | None) -> Admin:
     """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
-    engine = create_sync_engine(settings.database_url, pool_size=2)
+    engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
     enqueue = None if broker is None else functools.partial(enqueue_events, broker)
     return Admin(EventStore(engine), Ledger(engine), enqueue)
 
@@ -160,16 +162,20 @@ def build_receiver_services(
     from receiver.app import Services
     from receiver.intake import create_intake
 
-    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = create_sync_engine(
+        settings.database_url.get_secret_value(), pool_size=settings.db_pool_size
+    )
     store = EventStore(engine)
-    broker = broker if broker is not None else make_broker(settings.broker_url)
-    intake = create_intake(settings.database_url, pool_size=settings.intake_pool_size)
+    broker = broker if broker is not None else make_broker(settings.broker_url.get_secret_value())
+    intake = create_intake(
+        settings.database_url.get_secret_value(), pool_size=settings.intake_pool_size
+    )
     return Services(
         settings=settings,
         intake=intake,
         store=store,
         broker=broker,
-        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_pending),
+        enqueuer=make_enqueuer(broker, settings.broker_url.get_secret_value(), store.mark_pending),
         limits=limits or (lambda: (None, None)),
     )
 

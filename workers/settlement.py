@@ -39,7 +39,7 @@ class Settlement:
     ledger: Ledger
     impact: ImpactClient
     reconciler: Reconciler
-    hold_lease: Callable[[], None]  # before a call: the event's lease must outlive it
+    hold_lease: Callable[[], None]  # before a call: raises if the event was taken over
 
     def settle(self, row: CaptureRow, event_id: int, limits: SpendLimits) -> str:
         """A planned row: its status once settled (`captured`, `held`, …)."""

@@ -36,17 +36,6 @@ def auditor(harness: Harness) -> Any:
     return harness.runtime.sweeper.audit.__self__  # type: ignore[union-attr]
 
 
-def settle(harness: Harness, event_id: int, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = harness.processor.process(event_id)
-        if status not in ("retry", None):
-            return str(status)
-        assert time.monotonic() < deadline, harness.status(event_id)
-        time.sleep(0.2)
-        harness.due_now(event_id)
-
-
 def tag_of_row(harness: Harness, capture_id: int, attempt: str = "elsewhere") -> dict[str, str]:
     deployment = harness.processor.ledger.deployment_id()
     return {"carbonhook_tag": f"{deployment}/{capture_id}/{attempt}", "carbonhook_capture": str(capture_id)}
@@ -59,7 +48,7 @@ def test_a_capture_finished_late_and_sent_again_stands_once_after_the_audit(db_u
         # 1ClickImpact finishes the first call after the settle window: the row is sent again.
         emulator.control("faults", {"endpoint": "capture_carbon", "mode": "late_finish", "delay_s": 3, "times": 1})
         event_id = harness.deliver(make_body())
-        assert settle(harness, event_id) == "succeeded"
+        assert harness.settle(event_id) == "succeeded"
         time.sleep(3.5)  # now the late one stands too
         assert len(emulator.impacts) == 2
         report = auditor(harness).run()
@@ -97,7 +86,7 @@ def test_without_metadata_in_the_listings_a_second_record_is_reported_never_canc
     harness = Harness(db_url, emulator, RULES, http_timeout_s=0.5, reconcile_after_s=1)
     try:
         emulator.control("faults", {"endpoint": "capture_carbon", "mode": "late_finish", "delay_s": 3, "times": 1})
-        assert settle(harness, harness.deliver(make_body())) == "succeeded"
+        assert harness.settle(harness.deliver(make_body())) == "succeeded"
         time.sleep(3.5)
         report = auditor(harness).run()
         assert report.confirmed == 1 and len(report.untagged) == 1  # nothing proves it ours

@@ -174,28 +174,13 @@ def strict(emulator: RunningEmulator, **overrides: object) -> None:
     assert answer["name"] == "strict", answer
 
 
-def settle(harness: Harness, event_id: int, timeout: float = 30) -> str:
-    """Process the event until it ends, letting each retry delay pass at once (a listing's lag
-    and the settle window still pass in real time)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        status = harness.processor.process(event_id)
-        if status not in ("retry", None):
-            return str(status)
-        assert time.monotonic() < deadline, harness.status(event_id)
-        time.sleep(0.2)
-        harness.due_now(event_id)
-
-
 def test_a_lost_answer_whose_record_is_listed_only_seconds_later_is_found_not_sent_again(db_url: str, emulator: RunningEmulator):
     strict(emulator, records_lag_s=2.0)
     harness = Harness(db_url, emulator, RULES, reconcile_after_s=6)
     try:
         emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
         event_id = harness.deliver(make_body())
-        assert settle(harness, event_id) == "succeeded"
+        assert harness.settle(event_id) == "succeeded"
         assert len(emulator.impacts) == 1
         assert [c[4] for c in harness.captures()] == ["captured"]
     finally:
@@ -210,7 +195,7 @@ def test_a_capture_that_1clickimpact_finishes_after_the_caller_gave_up_is_found_
         event_id = harness.deliver(make_body())
         assert harness.processor.process(event_id) == "retry"
         assert harness.captures()[0][4] == "unknown" and emulator.impacts == []  # not made yet
-        assert settle(harness, event_id) == "succeeded"
+        assert harness.settle(event_id) == "succeeded"
         assert len(emulator.impacts) == 1
         [impact] = emulator.impacts
         assert harness.captures()[0][4:6] == ("captured", impact["user_id"])
@@ -225,7 +210,7 @@ def test_without_metadata_a_record_whose_email_1clickimpact_lower_cased_is_still
     try:
         emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
         event_id = harness.deliver(make_body())
-        assert settle(harness, event_id) == "succeeded"
+        assert harness.settle(event_id) == "succeeded"
         assert len(emulator.impacts) == 1
         [impact] = emulator.impacts
         assert query(harness.db, "SELECT status, user_id, time_utc FROM captures") == [("captured", impact["user_id"], impact["time_utc"])]

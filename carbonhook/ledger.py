@@ -309,6 +309,28 @@ class Ledger(Decisions):
                 spend.release(conn, row.id)
         return bool(changed)
 
+    def revive(self, row: CaptureRow) -> CaptureRow | None:
+        """A superseded row planned again: `pending`, as if new (it was never sent, or proved
+        not to have happened); None if it changed since it was read."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Capture)
+                .where(
+                    Capture.id == row.id,
+                    Capture.status == CaptureStatus.SUPERSEDED,
+                    Capture.attempt_token.is_not_distinct_from(row.attempt_token),
+                )
+                .values(
+                    status=CaptureStatus.PENDING,
+                    attempt_token=None,
+                    attempted_at=None,
+                    note="planned again",
+                    updated_at=utcnow(),
+                )
+            ).rowcount
+            rows = self._rows(conn, Capture.id == row.id) if changed else []
+        return rows[0] if rows else None
+
     def attempt_age_s(self, capture_id: int) -> float | None:
         """Seconds since the row's last attempt began, by the database's clock."""
         with self.engine.connect() as conn:

@@ -214,7 +214,8 @@ class Processor:
 def _standing_twin(row: CaptureRow, standing: list[CaptureRow]) -> CaptureRow | None:
     """A row of the event, no longer planned, whose capture stands and is `row`'s (same part,
     action, amount and customer): `row` is the same capture under a new name, never sent."""
-    if row.status != CaptureStatus.PENDING or row.attempt_token is not None:
+    never_sent = row.status == CaptureStatus.PENDING and row.attempt_token is None
+    if not never_sent and row.status != CaptureStatus.SUPERSEDED:
         return None
     email = (row.customer_email or "").lower()
     for other in standing:

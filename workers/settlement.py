@@ -43,6 +43,13 @@ class Settlement:
 
     def settle(self, row: CaptureRow, event_id: int, limits: SpendLimits) -> str:
         """A planned row: its status once settled (`captured`, `held`, …)."""
+        if row.status == CaptureStatus.SUPERSEDED:  # no longer planned before, planned now
+            revived = self.ledger.revive(row)
+            if revived is None:
+                raise RetryableError(
+                    f"capture {row.id} changed under us; looking again", retry_after=1.0
+                )
+            row = revived
         if row.status in SETTLED_CAPTURES or row.status == CaptureStatus.HELD:
             return row.status
         if row.in_flight:
@@ -72,6 +79,8 @@ class Settlement:
     def supersede_by(self, row: CaptureRow, standing: CaptureRow) -> str:
         """A new row whose capture already stands under another row of the event (a rule
         renamed, say): superseded, not sent a second time."""
+        if row.status == CaptureStatus.SUPERSEDED:
+            return row.status
         reason = f"already captured as capture {standing.id} (rule {standing.rule})"
         if self.ledger.supersede(row, reason):
             return CaptureStatus.SUPERSEDED

@@ -240,3 +240,31 @@ def test_a_record_tagged_by_another_deployment_is_never_taken_for_ours(db_url: s
         assert query(harness.db, "SELECT user_id, time_utc FROM captures") == [(ours[0]["user_id"], ours[0]["time_utc"])]
     finally:
         harness.runtime.close()
+
+
+def test_a_superseded_row_planned_again_is_sent_once(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 429, "retry_after": 0, "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    use_rules(harness, NOTHING_MATCHES)
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [c[4] for c in harness.captures()] == ["superseded"]
+    use_rules(harness, RULES)  # the rule comes back; an admin replays the event
+    harness.processor.store.replay(event_id, via="cli", reason="rule restored", status="queued")
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [c[4] for c in harness.captures()] == ["captured"]
+    assert len(harness.emulator.impacts) == 1
+
+
+def test_a_renamed_rule_replayed_again_still_sends_nothing_more(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    use_rules(harness, RENAMED)
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "succeeded"
+    harness.processor.store.replay(event_id, via="cli", reason="again", status="queued")
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [(c[0], c[4]) for c in harness.captures()] == [("published", "captured"), ("published-v2", "superseded")]
+    assert len(harness.emulator.impacts) == 1

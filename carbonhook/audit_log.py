@@ -108,6 +108,38 @@ class AuditLog:
             )
             return [row[0] for row in rows]
 
+    def stale_unknown(self, *, older_than_s: float) -> list[tuple[int, str | None]]:
+        """`unknown` rows whose attempt began more than `older_than_s` ago, with its token."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Capture.id, Capture.attempt_token).where(
+                    Capture.status == CaptureStatus.UNKNOWN,
+                    seconds_since(Capture.attempted_at) > older_than_s,
+                )
+            )
+            return [(int(row[0]), row[1]) for row in rows]
+
+    def not_found(self, capture_id: int, token: str | None) -> bool:
+        """An `unknown` row the listings prove never happened: `failed` (it is sent again when
+        its event runs again), its reserved amount given back, if it is still as it was read."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Capture)
+                .where(
+                    Capture.id == capture_id,
+                    Capture.status == CaptureStatus.UNKNOWN,
+                    Capture.attempt_token.is_not_distinct_from(token),
+                )
+                .values(
+                    status=CaptureStatus.FAILED,
+                    note="not found at 1ClickImpact by the audit: it never happened",
+                    updated_at=db_now(),
+                )
+            ).rowcount
+            if changed:
+                spend.release(conn, capture_id)
+        return bool(changed)
+
     def flag(self, capture_id: int, note: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(

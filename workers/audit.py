@@ -8,7 +8,10 @@ the last day), and for the records tagged by this deployment (carbonhook/tags.py
 - a record tagged with a row the ledger does not know as captured is attached to it;
 - two records tagged with one row are a double capture: the later one is reversed with
   `POST /v1/cancel_impact` (the reason names the row), and the reversal is recorded on the row;
-- a `captured` row with no record once its settle window has passed is flagged.
+- a `captured` row with no record once its settle window has passed is flagged;
+- an `unknown` row with no record once its settle window has passed never happened, when the
+  listings can prove it (they carry metadata): it becomes `failed` and is sent again when its
+  event runs again; when they cannot, it is flagged for a person to resolve.
 
 Records with no tag, or another deployment's, are reported, never cancelled: nothing proves
 they are ours.
@@ -41,6 +44,7 @@ class AuditReport:
     records: int = 0
     confirmed: int = 0
     attached: list[int] = field(default_factory=list)
+    not_found: list[int] = field(default_factory=list)
     reversed: list[dict[str, object]] = field(default_factory=list)
     flagged: list[dict[str, object]] = field(default_factory=list)
     untagged: list[dict[str, object]] = field(default_factory=list)
@@ -59,6 +63,7 @@ class AuditReport:
             "records": self.records,
             "confirmed": self.confirmed,
             "attached": self.attached,
+            "not_found": self.not_found,
             "reversed": self.reversed,
             "flagged": self.flagged,
             "untagged": self.untagged,
@@ -131,6 +136,7 @@ class Auditor:
             note = "captured, but no record at 1ClickImpact after the settle window"
             self.log.flag(capture_id, note)
             report.flagged.append({"capture_id": capture_id, "note": note})
+        self._settle_unknown(records, tagged, report)
         metrics().audit_discrepancies.set(report.discrepancies)
         if report.discrepancies or report.reversed or report.attached:
             log.warning(
@@ -142,6 +148,26 @@ class Auditor:
                 len(report.errors),
             )
         return report
+
+    def _settle_unknown(
+        self, records: list[Impact], tagged: dict[int, list[Impact]], report: AuditReport
+    ) -> None:
+        """`unknown` rows past their settle window with no record: when the listings prove it
+        (they carry metadata, or list nothing at all), the call never happened; otherwise a
+        person must check and resolve."""
+        provable = not records or any(record.metadata is not None for record in records)
+        for capture_id, token in self.log.stale_unknown(older_than_s=self.settle_s):
+            if capture_id in tagged:
+                continue  # attached above
+            if provable:
+                if self.log.not_found(capture_id, token):
+                    report.not_found.append(capture_id)
+                continue
+            note = (
+                "unknown past its settle window, and the listings carry no tags: check and resolve"
+            )
+            self.log.flag(capture_id, note)
+            report.flagged.append({"capture_id": capture_id, "note": note})
 
     def _records(self, start: datetime) -> list[Impact]:
         since = (start - timedelta(days=1)).date()

@@ -165,3 +165,37 @@ def test_carbonhook_audit_exits_1_while_a_discrepancy_remains(harness: Harness):
     time.sleep(0.6)
     code, report = audit()
     assert code == 1 and report["discrepancies"] == 1 and report["flagged"][0]["capture_id"] == 1
+
+
+def test_an_unknown_capture_that_never_happened_is_proved_so_and_failed(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 502, "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    harness.due_now(event_id)
+    claimed = harness.processor.store.claim(event_id, lease_s=60)
+    assert claimed is not None
+    assert harness.processor.store.finish(claimed, "failed", error="gave up")  # retries ran out
+    time.sleep(1.1)  # past the settle window; 1ClickImpact lists nothing: absence is proved
+    report = auditor(harness).run()
+    assert report.not_found == [1] and report.discrepancies == 0
+    assert query(harness.db, "SELECT status FROM captures WHERE id = 1") == [("failed",)]
+    assert query(harness.db, "SELECT lbs FROM spend WHERE \"window\" LIKE 'day:%'") == [(0,)]
+    harness.processor.store.replay(event_id, via="cli", reason="again", status="queued")
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+
+
+def test_without_metadata_an_unknown_capture_past_its_window_is_left_for_a_person(db_url: str, emulator: RunningEmulator):
+    emulator.control("profile", {"name": "strict", "records_lag_s": 0.0})
+    harness = Harness(db_url, emulator, RULES)
+    try:
+        assert harness.processor.process(harness.deliver(make_body(subject="crp_done"))) == "succeeded"
+        emulator.control("faults", {"endpoint": "capture_carbon", "status": 502, "times": 1})
+        lost = harness.deliver(make_body(subject="crp_lost"))
+        assert harness.processor.process(lost) == "retry"
+        time.sleep(1.1)
+        report = auditor(harness).run()
+        assert report.not_found == [] and [f["capture_id"] for f in report.flagged] == [2]
+        assert query(harness.db, "SELECT status FROM captures WHERE id = 2") == [("unknown",)]
+    finally:
+        harness.runtime.close()

@@ -29,7 +29,7 @@ from bench.profiles import start_recording, summarize
 from bench.stores import Broker, Events, PostgresDatabases, sqlite_database
 from receiver.signature import sign
 
-SECRET = "bench-secret"
+SECRET = "bench-webhook-secret-91c4"
 ADMIN_TOKEN = "bench-admin-token"
 CP_KEY, IMPACT_KEY = "cp_live_sandbox", "test_sandbox"
 RULES = Path(__file__).with_name("rules.toml")
@@ -462,7 +462,8 @@ class Bench:
     def listing(self) -> None:
         """Failed events among the stored ones: the query, the admin API, the CLI."""
         from carbonhook.database import create_sync_engine
-        from carbonhook.store import EventFilter, EventStore
+        from carbonhook.event_queries import EventFilter
+        from carbonhook.store import EventStore
 
         config = self.config
         database_url = self.big_url

@@ -7,10 +7,12 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from carbonhook.capture_rows import CaptureRow
 from carbonhook.errors import Conflict
-from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.event_queries import EventFilter
+from carbonhook.ledger import Ledger
 from carbonhook.statuses import EventStatus
-from carbonhook.store import EventFilter, EventStore
+from carbonhook.store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -30,3 +30,4 @@ class Impact:
     customer_id: str | None = None
     customer_email: str | None = None
     metadata: dict[str, str] | None = None
+    action: str | None = None  # which create call made it, where a listing says

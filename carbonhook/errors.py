@@ -58,6 +58,20 @@ class BodyTooLarge(CarbonhookError):
     code = "too_large"
 
 
+class BodyTimeout(CarbonhookError):
+    """A request body did not arrive within the time the service waits for one."""
+
+    http_status = 408
+    code = "timeout"
+
+
+class UnsupportedMediaType(CarbonhookError):
+    """A request body of a kind the route does not read (multipart on the admin surfaces)."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
 class StoreUnavailable(CarbonhookError):
     """The event store cannot be reached; the sender should retry."""
 
@@ -117,6 +131,11 @@ class RetryableError(ApiError):
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+
+
+class StillSettling(RetryableError):
+    """A capture's outcome is not known yet (its record may still appear): look again later.
+    Waiting is not failing: it does not use up the event's retries."""
 
 
 class AmbiguousError(RetryableError):

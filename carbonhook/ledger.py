@@ -4,11 +4,9 @@ atomically, every decision one conditional update."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import Engine, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carbonhook import spend
@@ -21,57 +19,14 @@ from carbonhook.attempts import (
     same_signature,
     signature_params,
 )
+from carbonhook.capture_rows import ROW_COLUMNS, CaptureRow
 from carbonhook.captures import Impact, PlannedCapture
 from carbonhook.clock import db_now, seconds_since
 from carbonhook.database import DriverStatement, insert_ignore, insert_ignore_statement
-from carbonhook.errors import Conflict, NotFound
-from carbonhook.schema import Capture, DeltaMark, Deployment, Reversal, utcnow
+from carbonhook.decisions import Decisions
+from carbonhook.schema import Capture, DeltaMark, Deployment, utcnow
 from carbonhook.spend import SpendLimits
 from carbonhook.statuses import CaptureStatus
-
-
-@dataclass(frozen=True, slots=True)
-class CaptureRow:
-    """One ledger row as a worker reads it: unique per (rule, subject_id, part).
-
-    Its `status` moves through the capture state machine (carbonhook/statuses.py): `pending`
-    is written before the call, so every call has an owner; `captured`, `failed` or `unknown`
-    record the answer (or its absence); `held` waits for an admin over a spend limit;
-    `skipped` and `dry_run` are never sent; `superseded` was never sent and is no longer
-    planned. `attempt_token` names the attempt under way or last made: every write of an
-    attempt's outcome is conditional on it, so a worker that lost its lease cannot overwrite a
-    newer attempt. `spend_day` is the UTC day whose windows hold its reserved amount (None:
-    nothing reserved).
-    """
-
-    id: int
-    event_id: int
-    rule: str
-    subject_id: str
-    part: int
-    action: str
-    amount: int
-    customer_email: str | None
-    customer_name: str | None
-    notify: bool
-    approved: bool
-    status: str
-    attempts: int
-    attempted_at: datetime | None
-    spend_day: str | None
-    user_id: str | None
-    time_utc: str | None
-    attempt_token: str | None
-
-    @property
-    def in_flight(self) -> bool:
-        """A call may have left for this row and its outcome is not known."""
-        return self.status == CaptureStatus.UNKNOWN or (
-            self.status == CaptureStatus.PENDING and self.attempt_token is not None
-        )
-
-
-ROW_COLUMNS = [getattr(Capture, name) for name in CaptureRow.__slots__]  # type: ignore[attr-defined]
 
 # A new ledger row (`planned_values`; a column it leaves out is NULL), and the row back if
 # there was none.
@@ -142,7 +97,7 @@ class _OverLimit(Exception):
     """Raised inside a reservation's transaction to roll it back."""
 
 
-class Ledger:
+class Ledger(Decisions):
     """The capture ledger over the event store's database.
 
     Every call to 1ClickImpact has a row written before it (`ensure`), an attempt begun under a
@@ -154,7 +109,7 @@ class Ledger:
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self._deployment: str | None = None
 
     def deployment_id(self) -> str:
@@ -222,11 +177,6 @@ class Ledger:
                 insert_ignore(conn, Capture, values | extra)
             conn.execute(update(DeltaMark).where(key).values(offset_tco2e=after))
             return self._rows(conn, ours)
-
-    def rows_of_event(self, event_id: int) -> list[CaptureRow]:
-        """Every row `event_id` ever planned, whatever its rules say now."""
-        with self.engine.connect() as conn:
-            return self._rows(conn, Capture.event_id == event_id)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -359,6 +309,28 @@ class Ledger:
                 spend.release(conn, row.id)
         return bool(changed)
 
+    def revive(self, row: CaptureRow) -> CaptureRow | None:
+        """A superseded row planned again: `pending`, as if new (it was never sent, or proved
+        not to have happened); None if it changed since it was read."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(Capture)
+                .where(
+                    Capture.id == row.id,
+                    Capture.status == CaptureStatus.SUPERSEDED,
+                    Capture.attempt_token.is_not_distinct_from(row.attempt_token),
+                )
+                .values(
+                    status=CaptureStatus.PENDING,
+                    attempt_token=None,
+                    attempted_at=None,
+                    note="planned again",
+                    updated_at=utcnow(),
+                )
+            ).rowcount
+            rows = self._rows(conn, Capture.id == row.id) if changed else []
+        return rows[0] if rows else None
+
     def attempt_age_s(self, capture_id: int) -> float | None:
         """Seconds since the row's last attempt began, by the database's clock."""
         with self.engine.connect() as conn:
@@ -366,20 +338,6 @@ class Ledger:
                 select(seconds_since(Capture.attempted_at)).where(Capture.id == capture_id)
             ).scalar()
         return None if age is None else float(age)
-
-    def attributed(self, impacts: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these `(user_id, time_utc)` a row owns, or an audit reversed."""
-        found: set[tuple[str, str]] = set()
-        with self.engine.connect() as conn:
-            for start in range(0, len(impacts), 500):
-                batch = impacts[start : start + 500]
-                for table in (Capture, Reversal):
-                    pairs = tuple_(table.user_id, table.time_utc)
-                    rows = conn.execute(
-                        select(table.user_id, table.time_utc).where(pairs.in_(batch))
-                    )
-                    found.update((str(u), str(t)) for u, t in rows)
-        return found
 
     def _end(self, capture_id: int, token: str, values: dict[str, Any], *, release: bool) -> bool:
         with self.engine.begin() as conn:
@@ -395,113 +353,3 @@ class Ledger:
             if changed and release:
                 spend.release(conn, capture_id)
         return bool(changed)
-
-    # -- admins ---------------------------------------------------------------------------
-
-    def approve(self, capture_id: int) -> CaptureRow:
-        """A held capture may be sent once, past the limits."""
-        return self._decide(
-            capture_id,
-            CaptureStatus.HELD,
-            {
-                "status": CaptureStatus.PENDING,
-                "approved": True,
-                "attempted_at": None,
-                "attempt_token": None,
-                "note": "approved past the limits",
-            },
-        )
-
-    def reject(self, capture_id: int) -> CaptureRow:
-        """A held capture is never sent (nothing was reserved for it)."""
-        return self._decide(
-            capture_id,
-            CaptureStatus.HELD,
-            {"status": CaptureStatus.REJECTED, "note": "rejected by an admin"},
-        )
-
-    def resolve(self, capture_id: int, *, captured: bool) -> CaptureRow:
-        """An admin's answer for an `unknown` capture after checking 1ClickImpact; not
-        captured gives its reserved spend back in the same transaction."""
-        if captured:
-            values = {"status": CaptureStatus.CAPTURED, "note": "resolved by an admin: captured"}
-        else:
-            values = {
-                "status": CaptureStatus.FAILED,
-                "note": "resolved by an admin: not captured",
-            }
-        return self._decide(capture_id, CaptureStatus.UNKNOWN, values, release=not captured)
-
-    def _decide(
-        self, capture_id: int, from_status: str, values: dict[str, Any], *, release: bool = False
-    ) -> CaptureRow:
-        """One conditional update on the row's current status; a refused decision changes
-        nothing."""
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(Capture)
-                .where(Capture.id == capture_id, Capture.status == from_status)
-                .values(updated_at=utcnow(), **values)
-            ).rowcount
-            if changed and release:
-                spend.release(conn, capture_id)
-            rows = self._rows(conn, Capture.id == capture_id)
-        if not rows:
-            raise NotFound(f"capture {capture_id} not found")
-        if not changed:
-            raise Conflict(f"capture {capture_id} is {rows[0].status}, not {from_status}")
-        return rows[0]
-
-    # -- reading --------------------------------------------------------------------------
-
-    def get(self, capture_id: int) -> CaptureRow:
-        with self.engine.connect() as conn:
-            rows = self._rows(conn, Capture.id == capture_id)
-        if not rows:
-            raise NotFound(f"capture {capture_id} not found")
-        return rows[0]
-
-    def list_captures(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 50,
-        before_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        stmt = select(Capture)
-        if status:
-            stmt = stmt.where(Capture.status == status)
-        if before_id is not None:
-            stmt = stmt.where(Capture.id < before_id)
-        with self.engine.connect() as conn:
-            return [
-                dict(row._mapping)
-                for row in conn.execute(stmt.order_by(Capture.id.desc()).limit(limit))
-            ]
-
-    def spent(self, window: str) -> int:
-        """What is reserved in a spend window (`day:2026-11-25`, `trees:month:2026-11`, …)."""
-        with self.engine.connect() as conn:
-            return spend.spent(conn, window)
-
-    def open_count(self, event_id: int) -> int:
-        """How many of the event's rows have a call whose outcome is not known."""
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(Capture)
-                    .where(
-                        Capture.event_id == event_id,
-                        Capture.status.in_((CaptureStatus.PENDING, CaptureStatus.UNKNOWN)),
-                    )
-                ).scalar_one()
-            )
-
-    def _rows(self, conn: Connection, where: Any) -> list[CaptureRow]:
-        return [
-            CaptureRow(*row)
-            for row in conn.execute(
-                select(*ROW_COLUMNS).where(where).order_by(Capture.part, Capture.id)
-            )
-        ]

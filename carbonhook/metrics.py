@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -37,6 +40,8 @@ class Metrics:
     api_requests: Counter
     api_seconds: Histogram
     sweeper_reenqueued: Counter
+    reversals: Counter
+    audit_discrepancies: Gauge
 
 
 @functools.cache
@@ -71,6 +76,16 @@ def metrics() -> Metrics:
         ),
         sweeper_reenqueued=Counter(
             "carbonhook_sweeper_reenqueued", "Events the sweeper handed to the queue again"
+        ),
+        reversals=Counter(
+            "carbonhook_duplicates_reversed",
+            "Impacts found standing twice for one capture and reversed at 1ClickImpact",
+            ["rule"],
+        ),
+        audit_discrepancies=Gauge(
+            "carbonhook_audit_discrepancies",
+            "What the last audit of the ledger against 1ClickImpact's records left unresolved",
+            multiprocess_mode="max",
         ),
     )
 
@@ -117,6 +132,34 @@ class StoreCollector:
             if value is not None:
                 limit.add_metric([name], value)
         yield from (events, captures, spend, limit)
+
+
+class CachedCollector:
+    """What `collect` yields, kept for `max_age_s`: scrapes, however many, query at most that
+    often (the store's figures are GROUP BY queries over every event and capture)."""
+
+    def __init__(
+        self,
+        collect: Callable[[], Iterator[Metric]],
+        *,
+        max_age_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._collect = collect
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()  # scrapes run on the thread pool
+        self._taken_at: float | None = None
+        self._metrics: list[Metric] = []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = self._clock()
+            if self._taken_at is None or now - self._taken_at >= self.max_age_s:
+                self._metrics = list(self._collect())
+                self._taken_at = now
+            kept = self._metrics
+        yield from kept
 
 
 def exposition(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -14,6 +16,33 @@ ENV_PREFIX = "CARBONHOOK_"
 # The admin token is a bearer password for replays and approvals, which spend money: refuse one
 # short enough to guess (the lockout slows guessing per address, not per token).
 ADMIN_TOKEN_MIN_CHARS = 16
+# What `serve`, `worker` and `run` refuse at start-up (`Settings.check_production`): a webhook
+# secret or admin token this short, or one that still holds an example file's placeholder (anyone
+# who read the repository could then sign deliveries that spend money).
+SECRET_MIN_CHARS = 16
+PLACEHOLDER_MARKS = ("change-me", "changeme", "example", "your_")
+MAKE_ONE = "make a real one with `openssl rand -hex 32`"
+
+
+class SecretUrl(SecretStr):
+    """A URL that may hold a password (database, broker): shown with the password masked."""
+
+    def _display(self) -> str:
+        return mask_password(self.get_secret_value())
+
+
+def mask_password(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "**********"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class Settings(BaseSettings):
@@ -23,17 +52,22 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str = "sqlite:///carbonhook.db"
-    broker_url: str = "memory://"
+    database_url: SecretUrl = SecretUrl("sqlite:///carbonhook.db")
+    broker_url: SecretUrl = SecretUrl("memory://")
     webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     carbonpass_api_url: str = "https://carbonpass.co/api/v1"
     carbonpass_api_key: SecretStr | None = None
     impact_api_url: str = "https://api.1clickimpact.com"
     impact_api_key: SecretStr | None = None
+    allow_insecure_apis: bool = False
     rules_file: Path = Path("rules.toml")
     admin_token: SecretStr | None = None
 
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=200, gt=0)
+    forwarded_allow_ips: str | None = None
+    metrics_port: int | None = Field(default=None, gt=0, lt=65536)
     http_timeout_s: float = Field(default=10.0, gt=0)
     max_retries: int = Field(default=10, ge=0)
     retry_min_backoff_s: float = Field(default=15.0, ge=0)
@@ -41,6 +75,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=30.0, gt=0)
     reconcile_after_s: float = Field(default=60.0, ge=0)
+    audit_interval_s: float = Field(default=300.0, gt=0)
     db_pool_size: int = Field(default=10, gt=0)
     intake_pool_size: int = Field(default=32, gt=0)
     worker_threads: int = Field(default=8, gt=0)
@@ -59,10 +94,23 @@ class Settings(BaseSettings):
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().strip()) < ADMIN_TOKEN_MIN_CHARS:
             raise ValueError(
-                f"must be at least {ADMIN_TOKEN_MIN_CHARS} characters "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                f"must be at least {ADMIN_TOKEN_MIN_CHARS} characters (e.g. `openssl rand -hex 32`)"
             )
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for item in value.split(","):
+            if item.strip() == "*":
+                raise ValueError("`*` trusts every client: list the proxies' addresses or CIDRs")
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item.strip()!r} is not an IP address or CIDR") from None
+        return ",".join(item.strip() for item in value.split(","))
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -76,9 +124,67 @@ class Settings(BaseSettings):
             if value is None or value == () or value == "":
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} is required but not set")
 
+    def check_production(self) -> None:
+        """Raise `SettingsError` naming the variable when a secret is a placeholder or too short,
+        or an API is reached over plain HTTP off this host; `serve`, `worker` and `run` call it
+        at start-up (the sandbox does not: its demo secret is public on purpose)."""
+        for secret in self.webhook_secrets:
+            _check_secret("webhook_secrets", secret, min_chars=SECRET_MIN_CHARS)
+        if self.admin_token is not None:
+            _check_secret("admin_token", self.admin_token, min_chars=ADMIN_TOKEN_MIN_CHARS)
+        for name in ("carbonpass_api_key", "impact_api_key"):
+            key = getattr(self, name)
+            if key is not None:
+                _check_secret(name, key, min_chars=1)
+        for name in ("carbonpass_api_url", "impact_api_url"):
+            _check_api_url(name, getattr(self, name), allow_http=self.allow_insecure_apis)
+
     @property
     def secret_bytes(self) -> tuple[bytes, ...]:
         return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
+
+
+def _variable(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def placeholder_mark(value: str) -> str | None:
+    """The placeholder an example file put in `value`, if it still holds one."""
+    lowered = value.lower()
+    return next((mark for mark in PLACEHOLDER_MARKS if mark in lowered), None)
+
+
+def _check_secret(name: str, secret: SecretStr, *, min_chars: int) -> None:
+    value = secret.get_secret_value().strip()
+    mark = placeholder_mark(value)
+    if mark is not None:
+        raise SettingsError(f"{_variable(name)}: holds a placeholder ({mark!r}); {MAKE_ONE}")
+    if len(value) < min_chars:
+        raise SettingsError(
+            f"{_variable(name)}: a secret is shorter than {min_chars} characters; {MAKE_ONE}"
+        )
+
+
+def _check_api_url(name: str, url: str, *, allow_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme != "http" or not parts.hostname:
+        raise SettingsError(f"{_variable(name)}: not an https:// URL: {mask_password(url)!r}")
+    if not (allow_http or _is_loopback(parts.hostname)):
+        raise SettingsError(
+            f"{_variable(name)}: plain http:// off this host sends the API key in clear; "
+            f"use https:// (or set {ENV_PREFIX}ALLOW_INSECURE_APIS=1 for a test API)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -15,12 +15,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from carbonhook.errors import BadRequest, NotFound
-from carbonhook.statuses import EventStatus
-from carbonhook.store import EventFilter, EventStore
+from carbonhook.event_queries import EventFilter
+from carbonhook.statuses import CaptureStatus, EventStatus
+from carbonhook.store import EventStore
 from receiver.events import parse_timestamp
 from receiver.lockout import Lockout, client_address, retry_after
+from receiver.openapi import DECISIONS, MAX_ID, document
 
 MAX_PAGE = 500
+MAX_TEXT = 2000  # characters of a reason
+MAX_FILTER = 100  # characters of a type filter (the column's width)
 
 
 class AdminOperations(Protocol):
@@ -98,17 +102,35 @@ def _unauthorized() -> Response:
     )
 
 
+def text(value: Any, name: str, *, max_chars: int = MAX_TEXT) -> str | None:
+    """`value` as text the database can keep (UTF-8, no NUL), or a `BadRequest` naming it."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name!r} must be a string")
+    if len(value) > max_chars:
+        raise BadRequest(f"{name!r} is longer than {max_chars} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name!r} is not valid Unicode (a lone surrogate)") from None
+    if "\x00" in value:
+        raise BadRequest(f"{name!r} contains a NUL character")
+    return value
+
+
 def event_filter(params: dict[str, Any]) -> EventFilter:
     """A filter from query or body parameters; unknown values are a `BadRequest`."""
-    status = params.get("status") or None
+    status = text(params.get("status"), "status")
     if status is not None and status not in tuple(EventStatus):
         raise BadRequest(f"unknown status {status!r}; one of {', '.join(tuple(EventStatus))}")
-    since = params.get("since") or None
+    since = text(params.get("since"), "since")
     try:
         since_at = parse_timestamp(since) if since else None
     except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"'since' is not ISO-8601: {since!r}") from None
-    return EventFilter(status=status, type=params.get("type") or None, since=since_at)
+    kind = text(params.get("type"), "type", max_chars=MAX_FILTER)
+    return EventFilter(status=status, type=kind, since=since_at)
 
 
 def _int(value: Any, name: str, default: int | None = None) -> int | None:
@@ -120,13 +142,29 @@ def _int(value: Any, name: str, default: int | None = None) -> int | None:
         raise BadRequest(f"{name!r} must be a whole number") from None
 
 
+def _cursor(value: Any) -> int | None:
+    """An id to page before: 1 to the largest id."""
+    cursor = _int(value, "cursor")
+    if cursor is not None and not 0 < cursor <= MAX_ID:
+        raise BadRequest(f"'cursor' must be between 1 and {MAX_ID}")
+    return cursor
+
+
+def _id(request: Request) -> int:
+    """The path's id; one past the id columns' range names nothing (404, not a crash)."""
+    value = int(request.path_params["id"])
+    if not 0 < value <= MAX_ID:
+        raise NotFound(f"no object has id {value}")
+    return value
+
+
 async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser
         raise BadRequest("body is not JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
@@ -138,7 +176,10 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
 
     def page(params: Any) -> tuple[int, int | None]:
         limit = min(MAX_PAGE, max(1, _int(params.get("limit"), "limit", 50) or 50))
-        return limit, _int(params.get("cursor"), "cursor")
+        return limit, _cursor(params.get("cursor"))
+
+    async def openapi(request: Request) -> Response:
+        return _json(document())
 
     async def list_events(request: Request) -> Response:
         limit, cursor = page(request.query_params)
@@ -148,15 +189,14 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
         return _json({"events": rows, "next_cursor": next_cursor})
 
     async def show_event(request: Request) -> Response:
-        detail = await run_in_threadpool(admin.store.get_event, request.path_params["id"])
+        detail = await run_in_threadpool(admin.store.get_event, _id(request))
         return _json(detail)
 
     async def replay_event(request: Request) -> Response:
+        event_id = _id(request)
         body = await _body(request)
-        event_id = request.path_params["id"]
-        previous = await run_in_threadpool(
-            lambda: admin.replay(event_id, via="api", reason=body.get("reason"))
-        )
+        reason = text(body.get("reason"), "reason")
+        previous = await run_in_threadpool(lambda: admin.replay(event_id, via="api", reason=reason))
         return _json({"id": event_id, "previous_status": previous, "status": "queued"})
 
     async def replay_events(request: Request) -> Response:
@@ -165,23 +205,27 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
         filt = event_filter(params)
         if filt == EventFilter():
             raise BadRequest("give at least one filter (status, type, since)")
+        reason = text(params.get("reason"), "reason")
         ids = await run_in_threadpool(
-            lambda: list(admin.replay_matching(filt, via="api", reason=params.get("reason")))
+            lambda: list(admin.replay_matching(filt, via="api", reason=reason))
         )
         return _json({"replayed": len(ids), "ids": ids})
 
     async def list_captures(request: Request) -> Response:
         limit, cursor = page(request.query_params)
+        status = text(request.query_params.get("status"), "status")
+        if status is not None and status not in tuple(CaptureStatus):
+            raise BadRequest(f"unknown status {status!r}; one of {', '.join(tuple(CaptureStatus))}")
         rows = await run_in_threadpool(
-            lambda: admin.list_captures(
-                status=request.query_params.get("status"), limit=limit, before_id=cursor
-            )
+            lambda: admin.list_captures(status=status, limit=limit, before_id=cursor)
         )
         next_cursor = rows[-1]["id"] if len(rows) == limit else None
         return _json({"captures": rows, "next_cursor": next_cursor})
 
     async def decide(request: Request) -> Response:
-        capture_id, decision = request.path_params["id"], request.path_params["decision"]
+        capture_id, decision = _id(request), request.path_params["decision"]
+        if decision not in DECISIONS:
+            raise NotFound(f"no action {decision!r}; use approve, reject or resolve")
         body = await _body(request)
         if decision == "approve":
             row = await run_in_threadpool(lambda: admin.approve(capture_id, via="api"))
@@ -191,13 +235,12 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
             row = await run_in_threadpool(
                 lambda: admin.resolve(capture_id, captured=body["captured"], via="api")
             )
-        elif decision == "resolve":
-            raise BadRequest('resolve needs {"captured": true|false}')
         else:
-            raise NotFound(f"no action {decision!r}; use approve, reject or resolve")
+            raise BadRequest('resolve needs {"captured": true|false}')
         return _json(row)
 
     routes = [
+        ("/admin/api/openapi.json", openapi, "GET"),
         ("/admin/api/events", list_events, "GET"),
         ("/admin/api/events/replay", replay_events, "POST"),
         ("/admin/api/events/{id:int}", show_event, "GET"),

@@ -12,28 +12,37 @@ import dramatiq
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from carbonhook.errors import (
+    BodyTimeout,
     BodyTooLarge,
     CarbonhookError,
     InvalidDelivery,
     SignatureError,
     StoreUnavailable,
 )
-from carbonhook.metrics import Limits, StoreCollector, exposition, metrics
+from carbonhook.metrics import CachedCollector, Limits, StoreCollector, exposition, metrics
 from carbonhook.queue import Enqueuer, RedisEnqueuer, ping_broker
 from carbonhook.settings import Settings
 from carbonhook.store import EventStore
 from receiver.admin import AdminOperations, admin_api_routes
+from receiver.bodies import BodyLimits
 from receiver.events import parse_delivery
 from receiver.intake import Intake
 from receiver.lockout import Lockout
 from receiver.signature import HEADER, verify_signature
 
 log = logging.getLogger(__name__)
+
+# /metrics answers from the database's figures of at most this long ago, however often (and by
+# whomever) it is scraped: they are GROUP BY queries over every event and capture.
+STORE_METRICS_MAX_AGE_S = 15.0
 
 
 DELIVERY_OUTCOMES = (
@@ -43,11 +52,13 @@ DELIVERY_OUTCOMES = (
     "bad_signature",
     "invalid",
     "too_large",
+    "timeout",
     "unavailable",
 )
 # The outcome counted for each way a delivery is refused.
 _REFUSALS: dict[type[CarbonhookError], str] = {
     BodyTooLarge: "too_large",
+    BodyTimeout: "timeout",
     SignatureError: "bad_signature",
     InvalidDelivery: "invalid",
     StoreUnavailable: "unavailable",
@@ -65,10 +76,15 @@ class Services:
     enqueuer: Enqueuer | RedisEnqueuer
     limits: Limits = lambda: (None, None)
     outcomes: dict[str, Any] = field(default_factory=dict)
+    store_metrics: CachedCollector = field(init=False)
 
     def __post_init__(self) -> None:
         deliveries = metrics().deliveries
         self.outcomes = {name: deliveries.labels(name) for name in DELIVERY_OUTCOMES}
+        self.store_metrics = CachedCollector(
+            StoreCollector(self.store.engine, self.limits).collect,
+            max_age_s=STORE_METRICS_MAX_AGE_S,
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -100,7 +116,22 @@ async def answer_error(request: Request, exc: Exception) -> Response:
     if page is not None:
         return page(exc, status)
     message = "internal error" if status == 500 else exc.public_message or str(exc)
-    return JSONResponse({"error": exc.code, "message": message}, status_code=status)
+    # A body refused before it was read whole: the rest of it is not read either.
+    headers = {"Connection": "close"} if status in (408, 413, 415) else None
+    return JSONResponse(
+        {"error": exc.code, "message": message}, status_code=status, headers=headers
+    )
+
+
+async def answer_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405: JSON on the admin API, as its document says; text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/admin/api/"):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -132,8 +163,7 @@ async def receive_webhook(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics: Prometheus text format."""
     services: Services = request.app.state.services
-    collector = StoreCollector(services.store.engine, services.limits)
-    text = await run_in_threadpool(exposition, collector.collect)
+    text = await run_in_threadpool(exposition, services.store_metrics.collect)
     return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -157,6 +187,27 @@ async def readyz(request: Request) -> Response:
         checks["broker"] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+class MetricsPort:
+    """With CARBONHOOK_METRICS_PORT set, /metrics answers on that port only and nothing else
+    does, so a network policy can let Prometheus reach one port and the proxy the other."""
+
+    def __init__(self, app: ASGIApp, *, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            on_metrics_port = server is not None and server[1] == self.port
+            if on_metrics_port != (scope["path"] == "/metrics"):
+                answer = JSONResponse(
+                    {"error": "not_found", "message": "not served on this port"}, status_code=404
+                )
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -196,8 +247,12 @@ def create_app(
         all_routes += admin_api_routes(
             admin, settings.admin_token.get_secret_value(), lockout or Lockout()
         )
+    middleware = [Middleware(BodyLimits, timeout_s=settings.body_timeout_s)]
+    if settings.metrics_port is not None:
+        middleware.append(Middleware(MetricsPort, port=settings.metrics_port))
     return Starlette(
         routes=all_routes,
+        middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={CarbonhookError: answer_error},
+        exception_handlers={CarbonhookError: answer_error, HTTPException: answer_http_error},
     )

@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 
 from carbonhook.errors import BadRequest
+from carbonhook.event_queries import EventFilter
 from carbonhook.statuses import EventStatus
-from carbonhook.store import EventFilter
 
 
 def safe_next(value: str | None, default: str = "/admin") -> str:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CARBONHOOK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CARBONHOOK_TEST_REDIS", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("CARBONHOOK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
-SECRET = "test-secret"
+SECRET = "test-webhook-secret-5b8e2f"
 CP_KEY = "cp_live_sandbox"
 IMPACT_KEY = "test_sandbox"
 
@@ -288,3 +288,15 @@ class Harness:
 
     def captures(self) -> list[tuple[Any, ...]]:
         return query(self.db, "SELECT rule, subject_id, part, amount, status, user_id, customer_email FROM captures ORDER BY id")
+
+    def settle(self, event_id: int, timeout: float = 30) -> str:
+        """Process the event until it ends, letting each retry delay pass at once (a listing's
+        lag and a settle window still pass in real time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.processor.process(event_id)
+            if status not in ("retry", None):
+                return str(status)
+            assert time.monotonic() < deadline, self.status(event_id)
+            time.sleep(0.2)
+            self.due_now(event_id)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 
 from carbonhook.actions import ACTIONS, Action
 from carbonhook.captures import Impact
-from carbonhook.errors import AmbiguousError
+from carbonhook.errors import AmbiguousError, RetryableError
 from workers.http import Api, send
 
 MAX_AMOUNT = 10_000_000
@@ -75,22 +76,22 @@ class ImpactClient:
 
     def records(
         self,
-        action: str,
+        action: str | None,
         *,
         customers: bool,
         since: date,
         customer_email: str | None = None,
         newest_first: bool = False,
     ) -> Iterator[Impact]:
-        """Every record of `action` since `since`, following the cursor."""
-        key = ACTIONS[Action(action)].amount_key
+        """Every record of `action` (None: of every action) since `since`, page by page."""
         path = "/v1/customer_records" if customers else "/v1/records"
         params: dict[str, Any] = {
-            "filter_by": key,
             "start_date": since.isoformat(),
             "limit": RECORDS_PAGE,
             "sort_order": "desc" if newest_first else "asc",
         }
+        if action is not None:
+            params["filter_by"] = ACTIONS[Action(action)].amount_key
         if customers and customer_email:
             params["customer_email"] = customer_email
         while True:
@@ -103,15 +104,49 @@ class ImpactClient:
                 side_effect=False,
                 endpoint=path.rsplit("/", 1)[1],
             )
-            page = response.json()
-            items = page.get("customer_records" if customers else "user_records") or []
-            for item in items:
-                if isinstance(item, dict) and key in item:
-                    yield _impact(item, key)
-            cursor = page.get("cursor")
+            items, cursor = decipher_records(
+                response, "customer_records" if customers else "user_records", action
+            )
+            yield from items
             if not cursor or not items:
                 return
             params["cursor"] = cursor
+
+    def cancel(self, user_id: str, time_utc: str, *, reason: str) -> None:
+        """Reverse one impact. 1ClickImpact answers a repeated cancel with the same result
+        without reversing twice, so a cancel whose answer was lost is simply sent again."""
+        send(
+            self.http,
+            "POST",
+            "/v1/cancel_impact",
+            json={"user_id": user_id, "time_utc": time_utc, "reason": reason[:200]},
+            what="POST /v1/cancel_impact",
+            side_effect=False,
+            endpoint="cancel_impact",
+        )
+
+
+def decipher_records(
+    response: httpx.Response, list_key: str, action: str | None
+) -> tuple[list[Impact], str | None]:
+    """One listing page's records and the cursor of the next (pure); records of other actions
+    than `action` (when given) and items we cannot read are left out."""
+    try:
+        page = response.json()
+    except ValueError:
+        raise RetryableError("records: answer is not JSON", status=response.status_code) from None
+    items = page.get(list_key) if isinstance(page, dict) else None
+    found: list[Impact] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        for each, spec in ACTIONS.items():
+            if spec.amount_key in item and (action is None or each == action):
+                with contextlib.suppress(KeyError, TypeError, ValueError):  # unreadable: skipped
+                    found.append(_impact(item, spec.amount_key, action=each))
+                break
+    cursor = page.get("cursor") if isinstance(page, dict) else None
+    return found, cursor if isinstance(cursor, str) and cursor else None
 
 
 def decipher_created(response: httpx.Response, key: str, *, what: str) -> Impact:
@@ -123,10 +158,11 @@ def decipher_created(response: httpx.Response, key: str, *, what: str) -> Impact
         raise AmbiguousError(f"{what}: unreadable answer", status=response.status_code) from None
 
 
-def _impact(answer: dict[str, Any], key: str) -> Impact:
+def _impact(answer: dict[str, Any], key: str, *, action: str | None = None) -> Impact:
     customer = answer.get("customer") or {}
     metadata = answer.get("metadata")
     return Impact(
+        action=action,
         user_id=str(answer["user_id"]),
         time_utc=str(answer["time_utc"]),
         amount=int(answer[key]),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carbonhook.errors import PermanentError, PlanError, RetryableError
+from carbonhook.capture_rows import CaptureRow
+from carbonhook.errors import PermanentError, PlanError, RetryableError, StillSettling
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
-from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
 from carbonhook.schema import utcnow
 from carbonhook.settings import Settings
@@ -18,6 +17,7 @@ from carbonhook.statuses import CaptureStatus, EventStatus
 from carbonhook.store import ClaimedEvent, EventStore
 from workers.carbonpass import CarbonPassClient
 from workers.impact import ImpactClient
+from workers.leases import LeaseLost, Leases
 from workers.planning import Resources, explain, needed_sources
 from workers.reconciliation import Reconciler
 from workers.rules import RuleSet
@@ -34,10 +34,6 @@ def backoff_s(attempt: int, settings: Settings) -> float:
     return float(min(settings.retry_max_backoff_s, delay))
 
 
-class _LeaseLost(Exception):
-    """Another worker took the event over: this attempt must write nothing more."""
-
-
 @dataclass
 class Processor:
     """Safe to run twice for one event: the claim, its token and the ledger decide."""
@@ -49,9 +45,10 @@ class Processor:
     impact: ImpactClient
     rules: Callable[[], RuleSet]
     enqueue: Callable[[int, float], None]
-    _in_flight: dict[int, ClaimedEvent] = field(default_factory=dict)
-    _renewed_at: dict[int, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    leases: Leases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.leases = Leases(self.store, self.settings.lease_s)
 
     def process(self, event_id: int) -> str | None:
         """Work on event `event_id` if it can be claimed; return its new status."""
@@ -62,41 +59,21 @@ class Processor:
             if wait is not None:
                 self.enqueue(event_id, wait)
             return None
-        with self._lock:
-            self._in_flight[event.id] = event
-            self._renewed_at[event.id] = time.monotonic()
+        self.leases.hold(event)
         try:
             return self._attempt(event)
         finally:
-            with self._lock:
-                self._in_flight.pop(event.id, None)
-                self._renewed_at.pop(event.id, None)
+            self.leases.drop(event)
 
     def release_all(self) -> None:
         """Give back every event still held (the worker is stopping)."""
-        with self._lock:
-            held = list(self._in_flight.values())
-        for event in held:
+        for event in self.leases.held():
             self.store.release(event)
-
-    def hold_lease(self, event: ClaimedEvent) -> None:
-        """Before a call: renew the lease unless it outlives the call's whole time limit (each
-        phase of a request has the timeout), so no other worker takes the event over while
-        the call is in flight. Raises `_LeaseLost` if it was taken over already."""
-        call_s = 4 * self.settings.http_timeout_s + 5.0
-        with self._lock:
-            since = time.monotonic() - self._renewed_at.get(event.id, 0.0)
-        if since + call_s < self.settings.lease_s * 0.8:
-            return
-        if not self.store.renew(event, lease_s=self.settings.lease_s):
-            raise _LeaseLost
-        with self._lock:
-            self._renewed_at[event.id] = time.monotonic()
 
     def _attempt(self, event: ClaimedEvent) -> str:
         try:
             status, note = self._work(event)
-        except _LeaseLost:
+        except LeaseLost:
             log.warning("event %s: lease lost to another worker; stopping", event.id)
             return "lost"
         except PermanentError as exc:
@@ -142,14 +119,17 @@ class Processor:
         return EventStatus.FAILED
 
     def _retry(self, event: ClaimedEvent, exc: RetryableError) -> str:
-        if event.attempts > self.settings.max_retries:
+        waiting = isinstance(exc, StillSettling)  # not a failure: no retry used up
+        if not waiting and event.attempts > self.settings.max_retries:
             return self._fail(event, f"gave up after {event.attempts} attempts: {exc}", exc.status)
         delay = (
             exc.retry_after
             if exc.retry_after is not None
             else backoff_s(event.attempts, self.settings)
         )
-        self.store.retry_later(event, delay_s=delay, error=str(exc), http_status=exc.status)
+        self.store.retry_later(
+            event, delay_s=delay, error=str(exc), http_status=exc.status, counted=not waiting
+        )
         self.enqueue(event.id, delay)
         log.info(
             "event %s retry in %.1fs: %s",
@@ -215,7 +195,7 @@ class Processor:
             ledger=self.ledger,
             impact=self.impact,
             reconciler=Reconciler(self.ledger, self.impact),
-            hold_lease=lambda: self.hold_lease(event),
+            hold_lease=lambda: self.leases.check(event),
         )
 
     def _fetch(self, event: ClaimedEvent, ruleset: RuleSet) -> Resources:
@@ -234,7 +214,8 @@ class Processor:
 def _standing_twin(row: CaptureRow, standing: list[CaptureRow]) -> CaptureRow | None:
     """A row of the event, no longer planned, whose capture stands and is `row`'s (same part,
     action, amount and customer): `row` is the same capture under a new name, never sent."""
-    if row.status != CaptureStatus.PENDING or row.attempt_token is not None:
+    never_sent = row.status == CaptureStatus.PENDING and row.attempt_token is None
+    if not never_sent and row.status != CaptureStatus.SUPERSEDED:
         return None
     email = (row.customer_email or "").lower()
     for other in standing:

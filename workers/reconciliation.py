@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from carbonhook.capture_rows import CaptureRow
 from carbonhook.captures import Impact
-from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.ledger import Ledger
 from carbonhook.tags import CAPTURE_KEY, tag_of
 from workers.impact import ImpactClient
 
@@ -95,7 +96,8 @@ class Reconciler:
                 row.action,
                 customers=customers,
                 since=since,
-                customer_email=row.customer_email if customers else None,
+                # No `customer_email` filter: whether 1ClickImpact compares it in any case is
+                # not documented, and a listing that keeps e-mails lower-cased would miss ours.
                 newest_first=True,
             ):
                 records.append(record)

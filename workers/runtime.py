@@ -38,6 +38,7 @@ class WorkerRuntime:
             worker_timeout=POLL_MS,
         )
         self.worker.start()
+        self.processor.leases.start()
         self.sweeper.start()
 
     def stop(self, timeout_s: float = 30) -> None:
@@ -45,6 +46,7 @@ class WorkerRuntime:
         self.sweeper.stop()
         if self.worker is not None:
             self.worker.stop(timeout=int(timeout_s * 1000))
+        self.processor.leases.stop()
         self.processor.release_all()
         self.close()
 

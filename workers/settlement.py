@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from carbonhook.errors import AmbiguousError, PermanentError, RetryableError
-from carbonhook.ledger import CaptureRow, Ledger
+from carbonhook.capture_rows import CaptureRow
+from carbonhook.errors import AmbiguousError, PermanentError, RetryableError, StillSettling
+from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
 from carbonhook.settings import Settings
 from carbonhook.spend import SpendLimits
@@ -38,10 +39,17 @@ class Settlement:
     ledger: Ledger
     impact: ImpactClient
     reconciler: Reconciler
-    hold_lease: Callable[[], None]  # before a call: the event's lease must outlive it
+    hold_lease: Callable[[], None]  # before a call: raises if the event was taken over
 
     def settle(self, row: CaptureRow, event_id: int, limits: SpendLimits) -> str:
         """A planned row: its status once settled (`captured`, `held`, …)."""
+        if row.status == CaptureStatus.SUPERSEDED:  # no longer planned before, planned now
+            revived = self.ledger.revive(row)
+            if revived is None:
+                raise RetryableError(
+                    f"capture {row.id} changed under us; looking again", retry_after=1.0
+                )
+            row = revived
         if row.status in SETTLED_CAPTURES or row.status == CaptureStatus.HELD:
             return row.status
         if row.in_flight:
@@ -71,6 +79,8 @@ class Settlement:
     def supersede_by(self, row: CaptureRow, standing: CaptureRow) -> str:
         """A new row whose capture already stands under another row of the event (a rule
         renamed, say): superseded, not sent a second time."""
+        if row.status == CaptureStatus.SUPERSEDED:
+            return row.status
         reason = f"already captured as capture {standing.id} (rule {standing.rule})"
         if self.ledger.supersede(row, reason):
             return CaptureStatus.SUPERSEDED
@@ -100,7 +110,7 @@ class Settlement:
             return
         # A growing interval: often at first (a listing may lag by seconds), then less.
         wait = min(window - age, max(FIRST_LOOK_S, age / 2))
-        raise RetryableError(
+        raise StillSettling(
             f"capture {row.id}: not found at 1ClickImpact yet; looking again in {wait:.0f}s",
             retry_after=wait,
         )
@@ -114,7 +124,7 @@ class Settlement:
             return CaptureStatus.HELD
         if start.decision == "busy" or start.token is None:
             if self.ledger.signature_unknown(row):
-                raise RetryableError(
+                raise StillSettling(
                     f"capture {row.id}: another capture of {row.amount} {row.action} for the "
                     "same customer is unknown; waiting until it is settled",
                     retry_after=max(FIRST_LOOK_S, self.settings.reconcile_after_s / 4),

@@ -1,10 +1,13 @@
-"""The sweeper: finds events the queue may have lost and hands them to it again."""
+"""The sweeper: finds events the queue may have lost and hands them to it again, and every
+`CARBONHOOK_AUDIT_INTERVAL_S` audits the ledger against 1ClickImpact (workers/audit.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from carbonhook.metrics import metrics
 from carbonhook.store import EventStore
@@ -23,11 +26,16 @@ class Sweeper:
         *,
         interval_s: float,
         lease_s: float,
+        audit: Callable[[], Any] | None = None,
+        audit_interval_s: float = 300.0,
     ) -> None:
         self.store = store
         self.enqueue = enqueue
         self.interval_s = interval_s
         self.lease_s = lease_s
+        self.audit = audit
+        self.audit_interval_s = audit_interval_s
+        self._next_audit = time.monotonic() + min(audit_interval_s, 60.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="carbonhook-sweeper", daemon=True)
 
@@ -56,3 +64,9 @@ class Sweeper:
                 self.sweep_once()
             except Exception as exc:  # database or broker down: try again next period
                 log.warning("sweep failed: %s", exc)
+            if self.audit is not None and time.monotonic() >= self._next_audit:
+                self._next_audit = time.monotonic() + self.audit_interval_s
+                try:
+                    self.audit()
+                except Exception as exc:  # an API or database outage: the next audit retries
+                    log.warning("audit failed: %s", exc)

@@ -13,16 +13,17 @@ from carbonhook.cli.bootstrap import build_admin, settings_for
 from carbonhook.cli.tables import print_json, print_table, progress
 from carbonhook.database import create_sync_engine
 from carbonhook.errors import UsageError
+from carbonhook.event_queries import EventFilter
 from carbonhook.ledger import Ledger
 from carbonhook.queue import is_shared, make_broker
 from carbonhook.statuses import CaptureStatus, EventStatus
-from carbonhook.store import EventFilter, EventStore
+from carbonhook.store import EventStore
 
 
 @contextmanager
 def _database() -> Iterator[Engine]:
     """The event store's engine for one command, closed when the command ends."""
-    engine = create_sync_engine(settings_for().database_url, pool_size=1)
+    engine = create_sync_engine(settings_for().database_url.get_secret_value(), pool_size=1)
     try:
         yield engine
     finally:
@@ -33,7 +34,7 @@ def _database() -> Iterator[Engine]:
 def _cli_admin() -> Iterator[tuple[Admin, bool]]:
     """The admin actions and whether replayed events reach a shared queue; closed at the end."""
     settings = settings_for()
-    broker = make_broker(settings.broker_url)
+    broker = make_broker(settings.broker_url.get_secret_value())
     shared = is_shared(broker)
     # Without a queue this process shares, replayed events stay `pending`, and the sweeper of
     # the running `carbonhook run` picks them up within CARBONHOOK_SWEEP_INTERVAL_S.

@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_iso)
     p.add_argument("--reason")
 
+    p = add(
+        "audit",
+        _command("audit", "audit"),
+        "compare the ledger with 1ClickImpact's records and reverse proven duplicates",
+    )
+    p.add_argument("--since", type=_iso, help="read the records from this time (ISO-8601)")
+    p.add_argument("--json", action="store_true")
+
     captures = add("captures", _needs_subcommand(parser), "the capture ledger")
     cap_sub = captures.add_subparsers(dest="captures_command", required=True, metavar="ACTION")
     p = cap_sub.add_parser("list", help="list ledger rows, newest first")

@@ -62,7 +62,9 @@ def build_worker(
     threads: int | None = None,
 ) -> WorkerRuntime:
     """Everything a worker needs, from settings (loud about what is missing)."""
+    from carbonhook.audit_log import AuditLog
     from workers.actors import declare_actors
+    from workers.audit import Auditor
     from workers.carbonpass import CarbonPassClient
     from workers.impact import ImpactClient
     from workers.processing import Processor
@@ -72,8 +74,10 @@ def build_worker(
 
     settings.require("carbonpass_api_key", "impact_api_key")
     rules = rules or RulesHolder(settings.rules_file)
-    broker = broker or make_broker(settings.broker_url)
-    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
+    broker = broker or make_broker(settings.broker_url.get_secret_value())
+    engine = create_sync_engine(
+        settings.database_url.get_secret_value(), pool_size=settings.db_pool_size
+    )
     assert settings.carbonpass_api_key is not None and settings.impact_api_key is not None
 
     def enqueue(event_id: int, delay_s: float = 0) -> None:
@@ -97,11 +101,19 @@ def build_worker(
         enqueue=enqueue,
     )
     declare_actors(broker, processor, time_limit_s=max(600.0, settings.lease_s))
+    auditor = Auditor(
+        processor.ledger,
+        AuditLog(engine),
+        processor.impact,
+        settle_s=settings.reconcile_after_s,
+    )
     sweeper = Sweeper(
         processor.store,
         lambda ids: enqueue_events(broker, ids),
         interval_s=settings.sweep_interval_s,
         lease_s=settings.lease_s,
+        audit=auditor.run,
+        audit_interval_s=settings.audit_interval_s,
     )
     return WorkerRuntime(
         processor=processor,
@@ -112,12 +124,30 @@ def build_worker(
     )
 
 
+def build_auditor(settings: Settings) -> Any:
+    """The audit of the ledger against 1ClickImpact (`carbonhook audit`); close its
+    `impact` client and dispose of its ledger's engine when done."""
+    from carbonhook.audit_log import AuditLog
+    from workers.audit import Auditor
+    from workers.impact import ImpactClient
+
+    settings.require("impact_api_key")
+    assert settings.impact_api_key is not None
+    engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
+    impact = ImpactClient(
+        settings.impact_api_url,
+        settings.impact_api_key.get_secret_value(),
+        timeout_s=settings.http_timeout_s,
+    )
+    return Auditor(Ledger(engine), AuditLog(engine), impact, settle_s=settings.reconcile_after_s)
+
+
 # -- admins ---------------------------------------------------------------------------------
 
 
 def build_admin(settings: Settings, broker: dramatiq.Broker | None) -> Admin:
     """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
-    engine = create_sync_engine(settings.database_url, pool_size=2)
+    engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
     enqueue = None if broker is None else functools.partial(enqueue_events, broker)
     return Admin(EventStore(engine), Ledger(engine), enqueue)
 
@@ -132,16 +162,20 @@ def build_receiver_services(
     from receiver.app import Services
     from receiver.intake import create_intake
 
-    engine = create_sync_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = create_sync_engine(
+        settings.database_url.get_secret_value(), pool_size=settings.db_pool_size
+    )
     store = EventStore(engine)
-    broker = broker if broker is not None else make_broker(settings.broker_url)
-    intake = create_intake(settings.database_url, pool_size=settings.intake_pool_size)
+    broker = broker if broker is not None else make_broker(settings.broker_url.get_secret_value())
+    intake = create_intake(
+        settings.database_url.get_secret_value(), pool_size=settings.intake_pool_size
+    )
     return Services(
         settings=settings,
         intake=intake,
         store=store,
         broker=broker,
-        enqueuer=make_enqueuer(broker, settings.broker_url, store.mark_pending),
+        enqueuer=make_enqueuer(broker, settings.broker_url.get_secret_value(), store.mark_pending),
         limits=limits or (lambda: (None, None)),
     )
 

@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_for(args.sandbox, **overrides)
     configure_logging(settings.log_level, settings.log_format)
     settings.require("webhook_secrets")
-    upgrade(settings.database_url)
+    if not args.sandbox:  # the sandbox's demo secret is public on purpose
+        settings.check_production()
+    upgrade(settings.database_url.get_secret_value())
     runtime = build_worker(settings)
     runtime.start()
     requeue_pending(runtime.processor.store, runtime.broker)
@@ -70,14 +72,19 @@ def run(args: argparse.Namespace) -> int:
             f"  then look:          .venv/bin/carbonhook events list; .venv/bin/carbonhook captures list",
             flush=True,
         )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        limit_concurrency=settings.max_connections,
     )
     install_reload(runtime.rules)
     exit_quietly_after_shutdown()
     freeze_start_up_objects()
     try:
-        server.run()
+        listen(config, settings.metrics_port)
     finally:
         runtime.stop()
         if emulator is not None:
@@ -90,11 +97,12 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings_for()
     configure_logging(settings.log_level, settings.log_format)
     settings.require("webhook_secrets")
+    settings.check_production()
     if args.workers > 1:
         app: Any = "carbonhook.cli.processes:receiver_app"
         factory = True
     else:
-        app = build_receiver(settings, make_broker(settings.broker_url))
+        app = build_receiver(settings, make_broker(settings.broker_url.get_secret_value()))
         factory = False
     options: dict[str, Any] = {
         "host": args.host,
@@ -106,20 +114,51 @@ def serve(args: argparse.Namespace) -> int:
         "ssl_keyfile": args.ssl_keyfile,
         "proxy_headers": True,
         "server_header": False,
+        # Each connection may hold a body of up to CARBONHOOK_MAX_BODY_BYTES: past this many at
+        # once, new ones get 503 rather than the memory.
+        "limit_concurrency": settings.max_connections,
     }
-    if args.forwarded_allow_ips:
-        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    forwarded_allow_ips = args.forwarded_allow_ips or settings.forwarded_allow_ips
+    if forwarded_allow_ips:
+        options["forwarded_allow_ips"] = forwarded_allow_ips
+    config = uvicorn.Config(app, **options)
+    if not factory:
+        config.load_app()
     exit_quietly_after_shutdown()
     freeze_start_up_objects()
-    uvicorn.run(app, **options)
+    listen(config, settings.metrics_port)
     return 0
+
+
+def listen(config: uvicorn.Config, metrics_port: int | None) -> None:
+    """Serve `config` (in `config.workers` processes), also on `metrics_port` when it is set:
+    the app answers only /metrics there (receiver/app.py `MetricsPort`)."""
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config)
+    if metrics_port is None and config.workers <= 1:
+        server.run()
+    else:
+        sockets = [config.bind_socket()]
+        if metrics_port is not None:
+            metrics = uvicorn.Config(
+                config.app, host=config.host, port=metrics_port, log_config=None
+            )
+            sockets.append(metrics.bind_socket())
+        if config.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    if config.workers <= 1 and not server.started:
+        raise SystemExit(3)  # uvicorn said why (the port is taken, the app did not start)
 
 
 def receiver_app() -> Any:
     """App factory for `serve --workers N` (each uvicorn process builds its own)."""
     settings = settings_for()
     configure_logging(settings.log_level, settings.log_format)
-    app = build_receiver(settings, make_broker(settings.broker_url))
+    settings.check_production()
+    app = build_receiver(settings, make_broker(settings.broker_url.get_secret_value()))
     freeze_start_up_objects()
     return app
 
@@ -128,7 +167,8 @@ def worker(args: argparse.Namespace) -> int:
     """Dramatiq workers: one process here, or N child processes."""
     settings = settings_for()
     configure_logging(settings.log_level, settings.log_format)
-    broker = make_broker(settings.broker_url)
+    settings.check_production()
+    broker = make_broker(settings.broker_url.get_secret_value())
     if not is_shared(broker):
         raise UsageError(
             "carbonhook worker needs a shared broker: set CARBONHOOK_BROKER_URL to redis://… or amqp://… "
@@ -191,7 +231,7 @@ def supervise(processes: int, threads: int | None, metrics_port: int | None) -> 
 
 def migrate(args: argparse.Namespace) -> int:
     settings = settings_for()
-    upgrade(settings.database_url)
+    upgrade(settings.database_url.get_secret_value())
     print("database is up to date")
     return 0
 

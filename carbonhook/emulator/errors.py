@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from carbonhook.errors import CarbonhookError
 
-class InvalidRequest(ValueError):
+
+class InvalidRequest(CarbonhookError, ValueError):
     """A request the emulated API refuses, with the status and message to answer."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -12,7 +14,7 @@ class InvalidRequest(ValueError):
         self.status = status
 
 
-class ConnectionDropped(Exception):
+class ConnectionDropped(CarbonhookError):
     """Raised mid-response (fault mode "drop") so the server aborts the connection."""
 
 

@@ -160,3 +160,42 @@ def test_run_at_start_up_hands_over_what_its_queue_cannot_have(sqlite_url: str, 
         store.engine.dispose()
     assert handed == ([refused, queued] if in_process else [refused])
     assert query(sqlite_url, "SELECT status FROM events ORDER BY id") == [("queued",), ("queued",)]
+
+
+PLACEHOLDER_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "CARBONHOOK_DATABASE_URL": "postgresql://carbonhook:pg-Pa55word-7e1@127.0.0.1:9/carbonhook",
+    "CARBONHOOK_BROKER_URL": "redis://:redis-Pa55word-3c2@127.0.0.1:9/0",
+    "CARBONHOOK_WEBHOOK_SECRETS": "change-me-webhook-secret",
+    "CARBONHOOK_CARBONPASS_API_KEY": "cp_live_0123456789",
+    "CARBONHOOK_IMPACT_API_KEY": "live_0123456789",
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "variable"),
+    [
+        (["serve"], {}, "CARBONHOOK_WEBHOOK_SECRETS"),
+        (["serve", "--workers", "2"], {}, "CARBONHOOK_WEBHOOK_SECRETS"),
+        (["run"], {}, "CARBONHOOK_WEBHOOK_SECRETS"),
+        (["worker"], {}, "CARBONHOOK_WEBHOOK_SECRETS"),
+        (["serve"], {"CARBONHOOK_WEBHOOK_SECRETS": "0123456789abcde"}, "CARBONHOOK_WEBHOOK_SECRETS"),
+        (["serve"], {"CARBONHOOK_WEBHOOK_SECRETS": "9f86d081884c7d659a2f", "CARBONHOOK_ADMIN_TOKEN": "change-me-admin-token"}, "CARBONHOOK_ADMIN_TOKEN"),
+        (["worker"], {"CARBONHOOK_WEBHOOK_SECRETS": "9f86d081884c7d659a2f", "CARBONHOOK_IMPACT_API_URL": "http://impact.internal"}, "CARBONHOOK_IMPACT_API_URL"),
+    ],
+)
+def test_the_services_refuse_to_start_on_an_example_secret_naming_the_variable(tmp_path: Path, command: list[str], env: dict[str, str], variable: str):
+    result = subprocess.run([sys.executable, "-m", "carbonhook", *command], env={**PLACEHOLDER_ENV, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"carbonhook: error: {variable}: "), result.stderr
+    for secret in ("change-me-webhook-secret", "pg-Pa55word", "redis-Pa55word", "change-me-admin-token"):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_the_sandbox_keeps_its_demo_secret(tmp_path: Path):
+    from carbonhook.cli.bootstrap import SANDBOX_SECRET, settings_for
+
+    settings = settings_for(True)
+    assert settings.webhook_secrets[0].get_secret_value() == SANDBOX_SECRET
+    with pytest.raises(Exception, match="CARBONHOOK_WEBHOOK_SECRETS"):
+        settings.check_production()  # which is why `run --sandbox` does not call it

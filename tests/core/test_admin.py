@@ -9,8 +9,9 @@ from sqlalchemy import Engine
 
 from carbonhook.admin import Admin
 from carbonhook.database import create_sync_engine
+from carbonhook.event_queries import EventFilter
 from carbonhook.ledger import Ledger
-from carbonhook.store import EventFilter, EventStore
+from carbonhook.store import EventStore
 from tests.support import make_body, query, store_delivery
 
 

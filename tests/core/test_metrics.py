@@ -30,8 +30,10 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-def test_metrics_count_deliveries_events_captures_and_spend(sqlite_url: str, emulator: RunningEmulator):
+def test_metrics_count_deliveries_events_captures_and_spend(sqlite_url: str, emulator: RunningEmulator, monkeypatch):
     from carbonhook.cli.bootstrap import build_worker
+
+    monkeypatch.setattr("receiver.app.STORE_METRICS_MAX_AGE_S", 0.0)  # every scrape reads the database
 
     server, rec = start_receiver(sqlite_url, max_body_bytes=2000)
     settings = settings_for_test(sqlite_url, emulator)
@@ -64,3 +66,39 @@ def test_metrics_count_deliveries_events_captures_and_spend(sqlite_url: str, emu
     assert delta(before, after, "carbonhook_api_requests_total", api="impact", endpoint="capture_carbon", status="200") == 3
     assert delta(before, after, "carbonhook_api_requests_total", api="carbonpass", endpoint="crp", status="200") == 4
     assert delta(before, after, "carbonhook_event_processing_seconds_count", type="crp.generated", status="succeeded") == 3
+
+
+def test_scrapes_read_the_database_at_most_every_15_seconds(sqlite_url: str):
+    server, rec = start_receiver(sqlite_url)
+    try:
+        first = scrape(rec.base)
+        assert rec.post(make_body(subject="crp_cached")).status_code == 202
+        second = scrape(rec.base)
+    finally:
+        server.stop()
+    assert ("carbonhook_events", (("status", "queued"),)) not in first
+    assert ("carbonhook_events", (("status", "queued"),)) not in second  # the figures of the first
+    assert delta(first, second, "carbonhook_deliveries_total", outcome="accepted") == 1  # counters are live
+
+
+def test_the_cache_answers_until_its_figures_are_15_seconds_old():
+    from prometheus_client.core import GaugeMetricFamily
+
+    from carbonhook.metrics import CachedCollector
+
+    now = [100.0]
+    queries = []
+
+    def collect():
+        queries.append(now[0])
+        family = GaugeMetricFamily("carbonhook_events", "Events by status", labels=["status"])
+        family.add_metric(["queued"], len(queries))
+        yield family
+
+    cached = CachedCollector(collect, max_age_s=15, clock=lambda: now[0])
+    values = []
+    for at in (100.0, 105.0, 114.9, 115.0, 129.0, 130.0):
+        now[0] = at
+        values.append([sample.value for family in cached.collect() for sample in family.samples])
+    assert queries == [100.0, 115.0, 130.0]
+    assert values == [[1], [1], [1], [2], [2], [3]]

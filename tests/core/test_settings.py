@@ -7,8 +7,8 @@ from carbonhook.settings import load_settings
 def test_defaults_are_the_embedded_ones(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     settings = load_settings()
-    assert settings.database_url == "sqlite:///carbonhook.db"
-    assert settings.broker_url == "memory://"
+    assert settings.database_url.get_secret_value() == "sqlite:///carbonhook.db"
+    assert settings.broker_url.get_secret_value() == "memory://"
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.http_timeout_s == 10
     assert (settings.max_retries, settings.retry_min_backoff_s, settings.retry_max_backoff_s) == (10, 15, 3600)
@@ -60,3 +60,84 @@ def test_an_admin_token_of_16_characters_is_taken(monkeypatch, tmp_path):
     monkeypatch.setenv("CARBONHOOK_ADMIN_TOKEN", "x" * 16)
     token = load_settings().admin_token
     assert token is not None and token.get_secret_value() == "x" * 16
+
+
+# -- what `serve`, `worker` and `run` refuse at start-up --------------------------------------
+
+REAL = "9f86d081884c7d659a2feaa0c55ad015"
+
+
+def production(**overrides):
+    values = {"webhook_secrets": REAL, "admin_token": REAL, "carbonpass_api_key": "cp_live_abc", "impact_api_key": "live_abc"}
+    values.update(overrides)
+    return load_settings(_env_file=None, **values)
+
+
+def test_real_secrets_and_https_apis_pass_the_production_check(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    production().check_production()
+    production(carbonpass_api_url="http://127.0.0.1:8900/api/v1", impact_api_url="http://localhost:8900").check_production()
+    production(impact_api_url="http://[::1]:8900").check_production()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("webhook_secrets", "change-me-webhook-secret"),
+        ("webhook_secrets", f"{REAL},CHANGEME-0123456789abcdef"),
+        ("webhook_secrets", "whsec_EXAMPLE_0123456789abcdef"),
+        ("webhook_secrets", "your_webhook_secret_goes_here"),
+        ("webhook_secrets", "0123456789abcde"),
+        ("webhook_secrets", f"tiny-1,{REAL}"),
+        ("admin_token", "change-me-admin-token"),
+        ("admin_token", "an-example-admin-token"),
+        ("carbonpass_api_key", "change-me-carbonpass-api-key"),
+        ("impact_api_key", "your_api_key"),
+    ],
+)
+def test_a_placeholder_or_short_secret_is_refused_naming_the_variable_not_the_value(monkeypatch, tmp_path, name, value):
+    monkeypatch.chdir(tmp_path)
+    settings = production(**{name: value})
+    with pytest.raises(SettingsError, match=rf"^CARBONHOOK_{name.upper()}: .*openssl rand -hex 32") as caught:
+        settings.check_production()
+    for part in value.split(","):
+        assert part not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["carbonpass_api_url", "impact_api_url"])
+def test_plain_http_off_this_host_is_refused_unless_allowed(monkeypatch, tmp_path, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=rf"^CARBONHOOK_{name.upper()}: plain http://.*CARBONHOOK_ALLOW_INSECURE_APIS=1"):
+        production(**{name: "http://api.internal:8080"}).check_production()
+    with pytest.raises(SettingsError, match=rf"^CARBONHOOK_{name.upper()}: not an https:// URL"):
+        production(**{name: "ftp://api.internal"}).check_production()
+    monkeypatch.setenv("CARBONHOOK_ALLOW_INSECURE_APIS", "1")
+    production(**{name: "http://api.internal:8080"}).check_production()
+
+
+def test_urls_with_passwords_and_secrets_never_show_in_repr(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_DATABASE_URL", "postgresql://carbonhook:pg-Pa55word@db.internal:5432/carbonhook")
+    monkeypatch.setenv("CARBONHOOK_BROKER_URL", "redis://:redis-Pa55word@redis.internal:6379/0")
+    monkeypatch.setenv("CARBONHOOK_WEBHOOK_SECRETS", "whsec-Sup3rS3cret-0001")
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKEN", "admin-Sup3rS3cret-0002")
+    monkeypatch.setenv("CARBONHOOK_CARBONPASS_API_KEY", "cp_live_Sup3rS3cret")
+    monkeypatch.setenv("CARBONHOOK_IMPACT_API_KEY", "live_Sup3rS3cret")
+    settings = load_settings()
+    shown = repr(settings) + str(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    for secret in ("pg-Pa55word", "redis-Pa55word", "Sup3rS3cret"):
+        assert secret not in shown
+    # The rest of a URL still helps: which host, which database.
+    assert "postgresql://carbonhook:***@db.internal:5432/carbonhook" in repr(settings)
+    assert "redis://:***@redis.internal:6379/0" in repr(settings)
+    assert settings.database_url.get_secret_value().endswith("pg-Pa55word@db.internal:5432/carbonhook")
+
+
+@pytest.mark.parametrize("value", ["*", "10.0.0.0/8,*", "ingress"])
+def test_forwarded_allow_ips_must_name_addresses(monkeypatch, tmp_path, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_FORWARDED_ALLOW_IPS", value)
+    with pytest.raises(SettingsError, match=r"^CARBONHOOK_FORWARDED_ALLOW_IPS: "):
+        load_settings()
+    monkeypatch.setenv("CARBONHOOK_FORWARDED_ALLOW_IPS", "10.244.0.0/16, 127.0.0.1")
+    assert load_settings().forwarded_allow_ips == "10.244.0.0/16,127.0.0.1"

@@ -1,4 +1,6 @@
-"""The recipes in deploy/: they parse, name only real settings, and pass the checkers at hand."""
+"""The recipes in deploy/: they parse, name only real settings, expose only what they must, and
+pass the checkers (`docker compose config`, caddy, `systemd-analyze`), which skip locally when
+absent and fail in CI (.ci/run installs them)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from carbonhook.errors import SettingsError
 from carbonhook.settings import ENV_PREFIX, Settings
+from tests.support import CI
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SYSTEMD = DEPLOY / "systemd"
@@ -38,11 +42,26 @@ APP_SERVICES = ("migrate", "receiver", "worker")
 INSTALLED_CARBONHOOK = "/opt/carbonhook/.venv/bin/carbonhook"
 UNITS = ("carbonhook-migrate.service", "carbonhook-receiver.service", "carbonhook-worker@.service")
 # A compose file's values used for ${...} interpolation when a compose client checks it.
-COMPOSE_VARIABLES = {"CARBONHOOK_DOMAIN": "hooks.example.com", "POSTGRES_PASSWORD": "test-only"}
+COMPOSE_VARIABLES = {
+    "CARBONHOOK_DOMAIN": "hooks.example.com",
+    "POSTGRES_PASSWORD": "test-only",
+    "REDIS_PASSWORD": "test-only",
+}
+# `systemd-analyze security`: 0 is fully locked down, 10 fully exposed; "OK" ends at 4.9.
+MAX_EXPOSURE = 3.0
+# A third-party image by digest, or by a tag naming an exact version (16.6, 7.4.1; not 16 or 7).
+PINNED_IMAGE = re.compile(r"[\w./-]+(@sha256:[0-9a-f]{64}|:\d+\.\d+(\.\d+)?(-[\w.-]+)?)")
 
 
 def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+
+
+def _tool_missing(why: str) -> None:
+    """Skip when a checker is absent locally; fail in CI, which installs it (.ci/run)."""
+    if CI:
+        pytest.fail(f"{why} (CI installs it: .ci/run)")
+    pytest.skip(why)
 
 
 # --- compose.yaml and the Caddyfile -------------------------------------------------------------
@@ -96,11 +115,35 @@ def test_compose_runs_every_part_of_the_service(compose: dict[str, Any]) -> None
 
 def test_compose_uses_postgresql_16_and_redis_7_with_healthchecks(compose: dict[str, Any]) -> None:
     services = _services(compose)
-    assert re.fullmatch(r"postgres:16([.-].*)?", services["postgres"]["image"])
-    assert re.fullmatch(r"redis:7([.-].*)?", services["redis"]["image"])
+    assert re.fullmatch(r"postgres:16([.@-].*)?", services["postgres"]["image"])
+    assert re.fullmatch(r"redis:7([.@-].*)?", services["redis"]["image"])
     for name in ("postgres", "redis"):
         healthcheck = services[name]["healthcheck"]
         assert healthcheck["test"] and not healthcheck.get("disable", False), name
+
+
+def test_compose_pins_every_third_party_image(compose: dict[str, Any]) -> None:
+    for name, service in _services(compose).items():
+        if name in APP_SERVICES:
+            continue  # carbonhook's own image, built from deploy/Dockerfile
+        assert PINNED_IMAGE.fullmatch(service["image"]), f"{name}: {service['image']} is not pinned"
+    for stage in _dockerfile_stages():
+        base = stage[0][1].split()[0]
+        assert PINNED_IMAGE.fullmatch(base), f"Dockerfile: {base} is not pinned"
+
+
+def test_compose_redis_needs_the_password_the_app_uses(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    redis = services["redis"]
+    command = _command(redis)
+    password = command[command.index("--requirepass") + 1]
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", password), password
+    assert (
+        _environment(redis)["REDISCLI_AUTH"] == password
+    )  # what the healthcheck's redis-cli sends
+    for name in APP_SERVICES:
+        broker = _environment(services[name])["CARBONHOOK_BROKER_URL"]
+        assert broker == f"redis://:{password}@redis:6379/0", name
 
 
 def test_compose_migrate_runs_once_after_postgres_is_healthy(compose: dict[str, Any]) -> None:
@@ -132,7 +175,7 @@ def test_compose_app_services_set_only_real_settings(compose: dict[str, Any]) ->
         environment = _environment(_services(compose)[name])
         assert set(environment) <= SETTING_NAMES, name
         assert environment["CARBONHOOK_DATABASE_URL"].startswith("postgresql://"), name
-        assert environment["CARBONHOOK_BROKER_URL"].startswith("redis://redis:6379"), name
+        assert environment["CARBONHOOK_BROKER_URL"].startswith("redis://:"), name
 
 
 def test_compose_runs_the_receiver_and_two_workers(compose: dict[str, Any]) -> None:
@@ -175,6 +218,16 @@ def test_caddyfile_serves_the_domain_from_the_environment_and_proxies_to_the_rec
     assert re.search(r"^\s*reverse_proxy\s+receiver:8000\s*$", caddyfile, re.MULTILINE)
 
 
+def test_caddyfile_bounds_bodies_and_reads_and_sets_hsts() -> None:
+    caddyfile = (DEPLOY / "Caddyfile").read_text()
+    size = re.search(r"request_body\s*\{\s*max_size\s+(\d+)MB\s*\}", caddyfile)
+    assert size and 1 <= int(size.group(1)) <= 4, "request_body max_size of a few MB"
+    for timeout in ("read_header", "read_body", "write", "idle"):
+        assert re.search(rf"^\s*{timeout}\s+\d+[sm]\s*$", caddyfile, re.MULTILINE), timeout
+    hsts = re.search(r'header\s+Strict-Transport-Security\s+"max-age=(\d+)', caddyfile)
+    assert hsts and int(hsts.group(1)) >= 180 * 86400
+
+
 def test_compose_file_matches_the_compose_specification() -> None:
     pytest.importorskip("check_jsonschema", reason="check-jsonschema (a dev dependency) is absent")
     result = _run(
@@ -191,7 +244,8 @@ def test_compose_file_matches_the_compose_specification() -> None:
 
 
 def _compose_client() -> tuple[list[str] | None, str]:
-    """The compose command, or None and why there is none."""
+    """The compose command (the docker plugin, else Debian's docker-compose, 1.29 or 2.x), or
+    None and why there is none."""
     docker = shutil.which("docker")
     if docker is None:
         why = "no docker client is installed"
@@ -204,15 +258,18 @@ def _compose_client() -> tuple[list[str] | None, str]:
             pytest.fail(f"`docker compose version` failed:\n{output}")
         why = "the docker compose plugin is not installed"
     standalone = shutil.which("docker-compose")
-    if standalone is not None and _run([standalone, "version", "--short"]).stdout.startswith("2"):
-        return [standalone], ""
+    if standalone is not None:
+        version = _run([standalone, "version", "--short"]).stdout.strip()
+        if re.match(r"v?(2|1\.(29|[3-9]\d))\.", version):
+            return [standalone], ""
+        why += f", and docker-compose {version} is older than 1.29"
     return None, why
 
 
 def test_docker_compose_accepts_the_compose_file(tmp_path: Path) -> None:
     client, why_not = _compose_client()
     if client is None:
-        pytest.skip(f"`docker compose config` cannot run: {why_not}")
+        _tool_missing(f"`docker compose config` cannot run: {why_not}")
     # A copy, with the files an operator creates next to it, so the check needs nothing of theirs.
     deploy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, deploy)
@@ -224,20 +281,29 @@ def test_docker_compose_accepts_the_compose_file(tmp_path: Path) -> None:
         env={**os.environ, **COMPOSE_VARIABLES},
     )
     assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    broker = resolved["services"]["receiver"]["environment"]["CARBONHOOK_BROKER_URL"]
+    assert broker == "redis://:test-only@redis:6379/0"
 
 
 def test_caddy_accepts_the_caddyfile() -> None:
     caddy = shutil.which("caddy")
     if caddy is None:
-        pytest.skip("caddy is not installed")
+        _tool_missing("caddy is not installed")
     result = _run(
         [caddy, "adapt", "--adapter", "caddyfile", "--config", str(DEPLOY / "Caddyfile")],
         env={**os.environ, "CARBONHOOK_DOMAIN": "hooks.example.com"},
     )
     assert result.returncode == 0, result.stderr
-    config = json.dumps(json.loads(result.stdout))
+    adapted = json.loads(result.stdout)
+    config = json.dumps(adapted)
     assert '"host": ["hooks.example.com"]' in config
     assert '"dial": "receiver:8000"' in config
+    server = next(iter(adapted["apps"]["http"]["servers"].values()))
+    for timeout in ("read_header_timeout", "read_timeout", "write_timeout", "idle_timeout"):
+        assert 0 < server[timeout] <= 300 * 10**9, timeout  # nanoseconds
+    assert '"handler": "request_body", "max_size": 2000000' in config
+    assert '"Strict-Transport-Security": ["max-age=31536000; includeSubDomains"]' in config
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -265,7 +331,7 @@ def test_dockerfile_builds_the_wheel_in_a_separate_slim_stage() -> None:
     assert len(stages) >= 2
     bases = [stage[0][1] for stage in stages]
     assert all(
-        re.fullmatch(r"python:3\.11-slim(@\S+)?(\s+AS\s+\S+)?", base, re.IGNORECASE)
+        re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?(@\S+)?(\s+AS\s+\S+)?", base, re.IGNORECASE)
         for base in bases
     )
     builder = re.fullmatch(r"\S+\s+AS\s+(\S+)", bases[0], re.IGNORECASE)
@@ -408,6 +474,13 @@ def test_units_are_hardened(name: str) -> None:
     assert service["ReadWritePaths"]
 
 
+def test_the_receiver_unit_listens_on_loopback_behind_the_proxy() -> None:
+    command = _unit("carbonhook-receiver.service")["Service"]["ExecStart"][0].split()
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--forwarded-allow-ips") + 1] == "127.0.0.1"
+    assert "--ssl-certfile" not in command  # plain HTTP, so only on loopback
+
+
 def test_migrate_unit_runs_once() -> None:
     service = _unit("carbonhook-migrate.service")["Service"]
     assert service["Type"] == ["oneshot"]
@@ -436,7 +509,8 @@ def test_receiver_and_worker_units_need_migrate_restart_and_stop_gracefully(
 def systemd_analyze() -> str:
     path = shutil.which("systemd-analyze")
     if path is None:
-        pytest.skip("systemd-analyze is not installed")
+        _tool_missing("systemd-analyze is not installed")
+    assert path is not None
     return path
 
 
@@ -474,6 +548,36 @@ def _verify(systemd_analyze: str, units: Path) -> str:
 
 def test_systemd_accepts_the_units(systemd_analyze: str, verifiable_units: Path) -> None:
     assert _verify(systemd_analyze, verifiable_units) == ""
+
+
+def _exposure(systemd_analyze: str, unit: Path) -> float:
+    """`systemd-analyze security --offline=true`'s overall exposure level of `unit`."""
+    result = _run([systemd_analyze, "security", "--offline=true", "--no-pager", str(unit)])
+    output = result.stdout + result.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", output)
+    assert found, output
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["carbonhook-migrate.service", "carbonhook-receiver.service", "carbonhook-worker@1.service"],
+)
+def test_systemd_rates_each_unit_exposure_at_most_3(
+    systemd_analyze: str,
+    verifiable_units: Path,
+    name: str,
+    record_property: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    template = name.replace("@1.", "@.")
+    if template != name:
+        (verifiable_units / name).write_text((verifiable_units / template).read_text())
+    score = _exposure(systemd_analyze, verifiable_units / name)
+    record_property("exposure", score)
+    with capsys.disabled():
+        print(f"\n  systemd-analyze security {name}: exposure {score}", end="")
+    assert score <= MAX_EXPOSURE, f"{name}: exposure {score} > {MAX_EXPOSURE}"
 
 
 def test_systemd_verification_catches_a_misspelt_directive(
@@ -538,7 +642,17 @@ def _deployment(manifests: dict[tuple[str, str], dict[str, Any]], command: str) 
 
 def test_k8s_has_every_kind(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     kinds = sorted(kind for kind, _ in manifests)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Ingress", "Job", "Secret", "Service"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "Ingress",
+        "Job",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "Secret",
+        "Service",
+    ]
 
 
 def test_k8s_workloads_run_the_image_as_non_root_with_the_settings(
@@ -574,7 +688,87 @@ def test_k8s_receiver_probes_readyz_and_healthz(
     port_numbers = {port["containerPort"] for port in container["ports"]}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] in port_names | port_numbers
-    assert "--forwarded-allow-ips" in container["command"]
+
+
+def test_k8s_receiver_trusts_forwarded_headers_only_from_the_ingress_pods_cidr(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    container = _container(_deployment(manifests, "serve"))
+    assert "--forwarded-allow-ips" not in container["command"], "set in configmap.yaml"
+    trusted = _one(manifests, "ConfigMap")["data"]["CARBONHOOK_FORWARDED_ALLOW_IPS"]
+    networks = [ipaddress.ip_network(item.strip()) for item in trusted.split(",")]
+    assert networks and all(network.is_private and network.prefixlen >= 8 for network in networks)
+    assert "CARBONHOOK_FORWARDED_ALLOW_IPS" in (K8S / "configmap.yaml").read_text()
+    comment = (K8S / "configmap.yaml").read_text().split("CARBONHOOK_FORWARDED_ALLOW_IPS:")[0]
+    assert "ingress controller" in comment.rsplit("\n\n", 1)[-1], "the setting is documented"
+
+
+def _policies(manifests: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for (kind, _), m in manifests.items() if kind == "NetworkPolicy"]
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "extend this helper"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _pod_labels(manifest: dict[str, Any]) -> dict[str, str]:
+    return dict(manifest["spec"]["template"]["metadata"]["labels"])
+
+
+def test_k8s_only_the_ingress_reaches_the_receiver_and_only_prometheus_its_metrics(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    receiver = _deployment(manifests, "serve")
+    config = _one(manifests, "ConfigMap")["data"]
+    ports = {port["name"]: port["containerPort"] for port in _container(receiver)["ports"]}
+    assert ports == {"http": 8000, "metrics": int(config["CARBONHOOK_METRICS_PORT"])}
+    policies = [p for p in _policies(manifests) if _selects(p, _pod_labels(receiver))]
+    assert len(policies) == 1
+    policy = policies[0]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    allowed: dict[str, list[dict[str, Any]]] = {}
+    for rule in policy["ingress"]:
+        assert rule.get("from") and rule.get("ports"), "every rule names its peers and ports"
+        for port in rule["ports"]:
+            allowed.setdefault(port["port"], []).extend(rule["from"])
+    assert set(allowed) == {"http", "metrics"}
+    for port, who in (("http", "ingress-nginx"), ("metrics", "prometheus")):
+        for peer in allowed[port]:
+            assert "ipBlock" not in peer
+            assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == who, port
+            assert peer["namespaceSelector"]["matchLabels"], port
+
+
+def test_k8s_workers_and_migrations_accept_no_connections(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    for manifest in (_deployment(manifests, "worker"), _one(manifests, "Job")):
+        policies = [p for p in _policies(manifests) if _selects(p, _pod_labels(manifest))]
+        assert policies, manifest["metadata"]["name"]
+        for policy in policies:
+            assert policy["spec"]["policyTypes"] == ["Ingress"]
+            assert not policy["spec"].get("ingress"), "no rule: nothing may connect"
+
+
+def test_k8s_every_empty_dir_has_a_size_limit(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    seen = 0
+    for (kind, name), manifest in manifests.items():
+        if kind not in {"Deployment", "Job"}:
+            continue
+        for volume in _pod(manifest).get("volumes", []):
+            if "emptyDir" in volume:
+                seen += 1
+                assert volume["emptyDir"].get("sizeLimit"), f"{name}: {volume['name']}"
+    assert seen >= 2
 
 
 def test_k8s_service_selects_the_receiver_pods(
@@ -649,6 +843,37 @@ def test_k8s_settings_are_real_and_secrets_are_placeholders(
         assert "change-me" in value or ".example." in value, f"{name} is not a placeholder"
 
 
+REAL_SECRET = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+CHECKED_SECRETS = (
+    "CARBONHOOK_WEBHOOK_SECRETS",
+    "CARBONHOOK_ADMIN_TOKEN",
+    "CARBONHOOK_CARBONPASS_API_KEY",
+    "CARBONHOOK_IMPACT_API_KEY",
+)
+
+
+def _refused_at_start_up(values: dict[str, str], name: str) -> str:
+    """What check_production says with `values` real but `name`'s example value."""
+    real = {key: REAL_SECRET for key in CHECKED_SECRETS}
+    settings = Settings(_env_file=None, **{**_fields(real), **_fields({name: values[name]})})  # type: ignore[call-arg]
+    with pytest.raises(SettingsError) as refused:
+        settings.check_production()
+    return str(refused.value)
+
+
+def _fields(values: dict[str, str]) -> dict[str, str]:
+    return {key.removeprefix(ENV_PREFIX).lower(): value for key, value in values.items()}
+
+
+@pytest.mark.parametrize("name", CHECKED_SECRETS)
+def test_k8s_secret_placeholders_stop_the_service_at_start_up(
+    manifests: dict[tuple[str, str], dict[str, Any]], name: str
+) -> None:
+    secrets = _one(manifests, "Secret")["stringData"]
+    assert _refused_at_start_up(secrets, name).startswith(name + ": ")
+    assert "openssl rand -hex 32" in (K8S / "secret.yaml").read_text()
+
+
 def test_k8s_manifests_match_the_kubernetes_schemas() -> None:
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="kubernetes-validate (a dev dependency) is absent"
@@ -704,13 +929,20 @@ def test_env_example_values_suit_both_compose_and_systemd() -> None:
         assert value[0] not in "\"'" and " #" not in value, f"{name}: no quotes or inline comments"
 
 
+@pytest.mark.parametrize("name", CHECKED_SECRETS)
+def test_env_example_placeholders_stop_the_service_at_start_up(name: str) -> None:
+    active, commented = _env_example()
+    assert _refused_at_start_up({**commented, **active}, name).startswith(name + ": ")
+    assert "openssl rand -hex 32" in (DEPLOY / "carbonhook.env.example").read_text()
+
+
 def test_env_example_loads_as_settings(tmp_path: Path, clean_environment: None) -> None:
     active, commented = _env_example()
     env_file = tmp_path / "carbonhook.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {**commented, **active}.items()))
     settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
-    assert settings.database_url.startswith("postgresql://")
-    assert settings.broker_url.startswith(("redis://", "amqp://"))
+    assert settings.database_url.get_secret_value().startswith("postgresql://")
+    assert settings.broker_url.get_secret_value().startswith(("redis://", "amqp://"))
     assert settings.webhook_secrets
 
 

@@ -37,7 +37,7 @@ def env_for(db: str, broker: str, emulator_base: str, rules: Path) -> dict[str, 
     return {
         "CARBONHOOK_DATABASE_URL": db,
         "CARBONHOOK_BROKER_URL": broker,
-        "CARBONHOOK_WEBHOOK_SECRETS": f"old-secret,{SECRET}",
+        "CARBONHOOK_WEBHOOK_SECRETS": f"old-webhook-secret-7d3e,{SECRET}",
         "CARBONHOOK_CARBONPASS_API_URL": f"{emulator_base}/api/v1",
         "CARBONHOOK_CARBONPASS_API_KEY": CP_KEY,
         "CARBONHOOK_IMPACT_API_URL": emulator_base,
@@ -76,7 +76,7 @@ def test_a_signed_delivery_becomes_exactly_one_capture(pg_url: str, redis_url: s
 
     again = post(url, body)
     assert again.status_code == 200 and again.json() == {"id": event_id, "status": "duplicate"}
-    assert post(url, make_body(subject="crp_e2e2"), secret="old-secret").status_code == 202  # rotation
+    assert post(url, make_body(subject="crp_e2e2"), secret="old-webhook-secret-7d3e").status_code == 202  # rotation
 
     wrong = post(url, make_body(subject="crp_e2e3"), secret="not-the-secret")
     assert wrong.status_code == 401

@@ -217,12 +217,29 @@ def queue_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("private_redis").url)
 
 
-@pytest.fixture
+# The strict profile is 1ClickImpact as unkind as its documents allow: a new impact listed only
+# seconds later, no metadata in the listings, e-mails lower-cased, cancelled impacts still
+# listed. The settle window must outlast the listing's lag, as in production it must.
+PROFILES = {
+    "kind": {},
+    "strict": {"CARBONHOOK_RECONCILE_AFTER_S": "5"},
+}
+
+
+@pytest.fixture(params=sorted(PROFILES))
 def stack(
-    emulator: RunningEmulator, pg_url: str, queue_url: str, tmp_path: Path, procs: Any
+    request: pytest.FixtureRequest,
+    emulator: RunningEmulator,
+    pg_url: str,
+    queue_url: str,
+    tmp_path: Path,
+    procs: Any,
 ) -> Iterator[Stack]:
     # `procs` comes last so its processes stop before the emulator, Redis and the database.
+    profile = emulator.control("profile", {"name": request.param, "records_lag_s": 2.0} if request.param == "strict" else {"name": request.param})
+    assert profile["name"] == request.param
     s = Stack(procs, tmp_path, pg_url, queue_url, emulator)
+    s.env.update(PROFILES[request.param])
     yield s
     s.close()
 

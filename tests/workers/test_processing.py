@@ -13,6 +13,7 @@ from tests.support import (
     make_body,
     query,
     sent_statements,
+    wait_until,
 )
 
 RULES = """
@@ -244,3 +245,59 @@ def test_a_worker_whose_lease_was_taken_over_cannot_end_the_newer_attempt(harnes
     assert query(harness.db, f"SELECT status, last_error FROM events WHERE id = {event_id}") == [("queued", "503")]
     rows = query(harness.db, f"SELECT outcome, error, http_status FROM event_attempts WHERE event_id = {event_id}")
     assert rows == [("retry", "503", 503)]
+
+
+def test_a_worker_holds_its_lease_for_as_long_as_a_call_takes(db_url: str, emulator: RunningEmulator):
+    import threading
+
+    harness = Harness(db_url, emulator, RULES, lease_s=1)
+    harness.processor.leases.start()  # the heartbeat, as a running worker has it
+    try:
+        emulator.control("faults", {"endpoint": "capture_carbon", "mode": "hold", "times": 1})
+        event_id = harness.deliver(make_body())
+        worker = threading.Thread(target=harness.processor.process, args=(event_id,))
+        worker.start()
+        wait_until(lambda: emulator.state.held == 1, what="the capture call to be in flight")
+        [(claimed_until,)] = query(harness.db, f"SELECT lease_until FROM events WHERE id = {event_id}")
+        # The call outlasts the lease it was claimed with: the lease is renewed meanwhile.
+        wait_until(
+            lambda: query(harness.db, f"SELECT lease_until FROM events WHERE id = {event_id}")[0][0] != claimed_until
+            and lease_left(harness.db, event_id) > 0.3 and time_past(claimed_until, harness.db),
+            what="the lease to be renewed past its first end",
+        )
+        assert harness.processor.store.claim(event_id, lease_s=60) is None  # nobody takes it over
+        emulator.control("release")
+        worker.join(timeout=30)
+        assert harness.status(event_id)[0] == "succeeded"
+        assert len(emulator.impacts) == 1
+    finally:
+        harness.processor.leases.stop()
+        harness.runtime.close()
+
+
+def lease_left(db: str, event_id: int) -> float:
+    """How long the event's lease has left, by the database's clock."""
+    return -seconds_since_in_db(db, f"(SELECT lease_until FROM events WHERE id = {event_id})")
+
+
+def time_past(moment: object, db: str) -> bool:
+    """Whether the database's clock has passed `moment` (a value read from a time column)."""
+    from datetime import datetime
+
+    assert isinstance(moment, (datetime, str))
+    value = moment if isinstance(moment, str) else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return seconds_since_in_db(db, f"'{value}'") > 0
+
+
+def seconds_since_in_db(db: str, sql_time: str) -> float:
+    from sqlalchemy import create_engine, literal_column, select
+
+    from carbonhook.clock import seconds_since
+    from carbonhook.database import sync_url
+
+    engine = create_engine(sync_url(db))
+    with engine.connect() as conn:
+        expression = literal_column(sql_time if db.startswith("sqlite") else f"CAST({sql_time} AS timestamp)")
+        value = conn.execute(select(seconds_since(expression))).scalar_one()
+    engine.dispose()
+    return float(value)

@@ -167,3 +167,104 @@ def test_a_clean_ocean_rule_is_held_over_its_monthly_limit(db_url: str, emulator
         assert query(harness.db, "SELECT lbs FROM spend WHERE \"window\" LIKE 'waste:month:%'") == [(6,)]
     finally:
         harness.runtime.close()
+
+
+def strict(emulator: RunningEmulator, **overrides: object) -> None:
+    answer = emulator.control("profile", {"name": "strict", **overrides})
+    assert answer["name"] == "strict", answer
+
+
+def test_a_lost_answer_whose_record_is_listed_only_seconds_later_is_found_not_sent_again(db_url: str, emulator: RunningEmulator):
+    strict(emulator, records_lag_s=2.0)
+    harness = Harness(db_url, emulator, RULES, reconcile_after_s=6)
+    try:
+        emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
+        event_id = harness.deliver(make_body())
+        assert harness.settle(event_id) == "succeeded"
+        assert len(emulator.impacts) == 1
+        assert [c[4] for c in harness.captures()] == ["captured"]
+    finally:
+        harness.runtime.close()
+
+
+def test_a_capture_that_1clickimpact_finishes_after_the_caller_gave_up_is_found_not_sent_again(db_url: str, emulator: RunningEmulator):
+    strict(emulator)
+    harness = Harness(db_url, emulator, RULES, http_timeout_s=0.5, reconcile_after_s=8)
+    try:
+        emulator.control("faults", {"endpoint": "capture_carbon", "mode": "late_finish", "delay_s": 1.5, "times": 1})
+        event_id = harness.deliver(make_body())
+        assert harness.processor.process(event_id) == "retry"
+        assert harness.captures()[0][4] == "unknown" and emulator.impacts == []  # not made yet
+        assert harness.settle(event_id) == "succeeded"
+        assert len(emulator.impacts) == 1
+        [impact] = emulator.impacts
+        assert harness.captures()[0][4:6] == ("captured", impact["user_id"])
+    finally:
+        harness.runtime.close()
+
+
+def test_without_metadata_a_record_whose_email_1clickimpact_lower_cased_is_still_matched(db_url: str, emulator: RunningEmulator):
+    strict(emulator, records_lag_s=0.0)  # no metadata in listings, e-mails lower-cased
+    rules = RULES.replace('customer_email = "esg@example.com"', 'customer_email = "ESG@Example.com"')
+    harness = Harness(db_url, emulator, rules, reconcile_after_s=3)
+    try:
+        emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
+        event_id = harness.deliver(make_body())
+        assert harness.settle(event_id) == "succeeded"
+        assert len(emulator.impacts) == 1
+        [impact] = emulator.impacts
+        assert query(harness.db, "SELECT status, user_id, time_utc FROM captures") == [("captured", impact["user_id"], impact["time_utc"])]
+    finally:
+        harness.runtime.close()
+
+
+def test_a_record_tagged_by_another_deployment_is_never_taken_for_ours(db_url: str, emulator: RunningEmulator):
+    import time
+
+    harness = Harness(db_url, emulator, RULES)
+    try:
+        emulator.control("faults", {"endpoint": "capture_carbon", "status": 502, "times": 1})
+        event_id = harness.deliver(make_body())
+        assert harness.processor.process(event_id) == "retry"
+        [row] = query(harness.db, "SELECT id FROM captures")
+        # Another installation's capture: same amount and customer, a tag naming our row's id.
+        emulator.state.record_impact(
+            "capture_carbon", 500, customer_email="esg@example.com",
+            metadata={"carbonhook_tag": f"00000000-0000-0000-0000-000000000000/{row[0]}/x", "carbonhook_capture": str(row[0])},
+        )
+        time.sleep(1.1)  # the settle window passes: the row is sent, not matched to theirs
+        harness.due_now(event_id)
+        assert harness.processor.process(event_id) == "succeeded"
+        assert len(emulator.impacts) == 2
+        ours = [i for i in emulator.impacts if not i["metadata"]["carbonhook_tag"].startswith("00000000")]
+        assert query(harness.db, "SELECT user_id, time_utc FROM captures") == [(ours[0]["user_id"], ours[0]["time_utc"])]
+    finally:
+        harness.runtime.close()
+
+
+def test_a_superseded_row_planned_again_is_sent_once(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 429, "retry_after": 0, "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    use_rules(harness, NOTHING_MATCHES)
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [c[4] for c in harness.captures()] == ["superseded"]
+    use_rules(harness, RULES)  # the rule comes back; an admin replays the event
+    harness.processor.store.replay(event_id, via="cli", reason="rule restored", status="queued")
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [c[4] for c in harness.captures()] == ["captured"]
+    assert len(harness.emulator.impacts) == 1
+
+
+def test_a_renamed_rule_replayed_again_still_sends_nothing_more(harness: Harness):
+    harness.emulator.control("faults", {"endpoint": "capture_carbon", "mode": "drop", "times": 1})
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    use_rules(harness, RENAMED)
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "succeeded"
+    harness.processor.store.replay(event_id, via="cli", reason="again", status="queued")
+    assert harness.processor.process(event_id) == "succeeded"
+    assert [(c[0], c[4]) for c in harness.captures()] == [("published", "captured"), ("published-v2", "superseded")]
+    assert len(harness.emulator.impacts) == 1

@@ -344,7 +344,8 @@ def soak_section(summary: dict[str, Any]) -> str:
         f"- 1ClickImpact emulated `{config.get('profile', 'strict')}`, {config['failure_rate']:.0%} of creates"
         f" failing at random (late ones landing {config['late_finish_s']:g} s late);"
         f" CARBONHOOK_HTTP_TIMEOUT_S {config['http_timeout_s']:g}, RECONCILE_AFTER_S"
-        f" {config['reconcile_after_s']:g}, LEASE_S {config['lease_s']:g}, MAX_RETRIES {config['max_retries']}",
+        f" {config['reconcile_after_s']:g}, LEASE_S {config['lease_s']:g}, MAX_RETRIES {config['max_retries']}"
+        + (f", AUDIT_INTERVAL_S {config['audit_interval_s']:g}" if "audit_interval_s" in config else ""),
         f"- deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends,"
         f" {deliveries['http_attempts']} HTTP attempts (refused or broken: "
         f"{_pairs(deliveries['refused_or_broken']) or 'none'})",

@@ -63,9 +63,9 @@ class Config:
     reconcile_after_s: float
     late_finish_s: float
     lease_s: float
+    audit_interval_s: float
     max_retries: int
     settle_timeout_s: float
-    mixed_case_email: bool
     profile: str
     out: Path
     json: bool
@@ -87,7 +87,7 @@ class Soak:
         self.env: dict[str, str] = {}
         self.settler: Settler | None = None
         self.timings: dict[str, float] = {}
-        self.rules = soak_rules(mixed_case_email=config.mixed_case_email)
+        self.rules = soak_rules()
         self.versions: dict[str, str] = {}
 
     # -- the run --------------------------------------------------------------------------
@@ -192,6 +192,7 @@ class Soak:
             "CARBONHOOK_HTTP_TIMEOUT_S": f"{config.http_timeout_s:g}",
             "CARBONHOOK_RECONCILE_AFTER_S": f"{config.reconcile_after_s:g}",
             "CARBONHOOK_LEASE_S": f"{config.lease_s:g}",
+            "CARBONHOOK_AUDIT_INTERVAL_S": f"{config.audit_interval_s:g}",
             "CARBONHOOK_SWEEP_INTERVAL_S": "1",
             "CARBONHOOK_MAX_RETRIES": str(config.max_retries),
             "CARBONHOOK_RETRY_MIN_BACKOFF_S": "0.5",
@@ -373,13 +374,9 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--reconcile-after", type=float, default=8.0, help="CARBONHOOK_RECONCILE_AFTER_S; keep it above --late-finish + the strict listings' lag (3 s)")
     parser.add_argument("--late-finish", type=float, default=2.0, help="how late a create that finishes late lands (s)")
     parser.add_argument("--lease", type=float, default=10.0, help="CARBONHOOK_LEASE_S")
+    parser.add_argument("--audit-interval", type=float, default=5.0, help="CARBONHOOK_AUDIT_INTERVAL_S")
     parser.add_argument("--max-retries", type=int, default=12, help="CARBONHOOK_MAX_RETRIES")
     parser.add_argument("--settle-timeout", type=float, default=240, help="seconds to let everything settle after the chaos")
-    parser.add_argument(
-        "--mixed-case-email",
-        action="store_true",
-        help="write one shared rule's e-mail as ESG@Example.com (the strict emulator lists it lower-cased)",
-    )
     parser.add_argument(
         "--profile",
         choices=["strict", "kind"],
@@ -407,9 +404,9 @@ def parse_args(argv: list[str] | None) -> Config:
         reconcile_after_s=args.reconcile_after,
         late_finish_s=args.late_finish,
         lease_s=args.lease,
+        audit_interval_s=args.audit_interval,
         max_retries=args.max_retries,
         settle_timeout_s=args.settle_timeout,
-        mixed_case_email=args.mixed_case_email,
         profile=args.profile,
         out=args.out,
         json=args.json,

@@ -48,14 +48,12 @@ class SoakRule:
         return None if self.customer_email is None else self.customer_email.replace("{subject}", subject)
 
 
-def soak_rules(*, mixed_case_email: bool = False) -> tuple[SoakRule, ...]:
+def soak_rules() -> tuple[SoakRule, ...]:
     """Two signatures (action, amount, customer) shared by every CRP or every bill, where a
     record without our tag could be any row's; one per CRP; one to no customer (the user's
-    records). `mixed_case_email`: the shared CRP rule's e-mail as `ESG@Example.com`, which the
-    strict emulator lists lower-cased (docs/providers.md: "write rule e-mails in lower case")."""
-    shared = "ESG@Example.com" if mixed_case_email else "esg@example.com"
+    records). The shared e-mail in mixed case: the strict emulator lists it lower-cased."""
     return (
-        SoakRule("soak-crp-shared", CRP_GENERATED, 500, customer_email=shared, customer_name="Soak Ltd"),
+        SoakRule("soak-crp-shared", CRP_GENERATED, 500, customer_email="ESG@Example.com", customer_name="Soak Ltd"),
         SoakRule("soak-crp-own", CRP_GENERATED, 3, customer_email="crp+{subject}@example.com"),
         SoakRule("soak-bill-shared", BILL_CONFIRMED, 25),
         SoakRule("soak-bill-tree", BILL_CONFIRMED, 2, action="plant_tree", customer_email="bills@example.com"),

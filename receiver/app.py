@@ -220,8 +220,9 @@ def create_app(
 ) -> Starlette:
     """Build the receiver; `services` is called in the lifespan, so building it does no I/O.
 
-    The admin API exists only when CARBONHOOK_ADMIN_TOKEN is set and `admin` is given; give
-    it the dashboard's `lockout`, so that wrong tokens count the same on both.
+    The admin API exists only when an admin is configured (CARBONHOOK_ADMIN_TOKEN,
+    CARBONHOOK_ADMIN_TOKENS) and `admin` is given; give it the dashboard's `lockout`, so that
+    wrong tokens count the same on both.
     """
 
     @contextlib.asynccontextmanager
@@ -243,10 +244,9 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *(routes or []),
     ]
-    if settings.admin_token is not None and admin is not None:
-        all_routes += admin_api_routes(
-            admin, settings.admin_token.get_secret_value(), lockout or Lockout()
-        )
+    tokens = {name: token.get_secret_value() for name, token in settings.admins.items()}
+    if tokens and admin is not None:
+        all_routes += admin_api_routes(admin, tokens, lockout or Lockout())
     middleware = [Middleware(BodyLimits, timeout_s=settings.body_timeout_s)]
     if settings.metrics_port is not None:
         middleware.append(Middleware(MetricsPort, port=settings.metrics_port))

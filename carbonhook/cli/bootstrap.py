@@ -244,9 +244,9 @@ def build_receiver(
 
     routes: list[BaseRoute] = []
     lockout = Lockout()  # wrong tokens count the same on the pages and the API
-    if settings.admin_token is not None:
-        token = settings.admin_token.get_secret_value()
-        routes = dashboard_routes(admin, token=token, rules_info=rules_info, lockout=lockout)
+    tokens = {name: token.get_secret_value() for name, token in settings.admins.items()}
+    if tokens:
+        routes = dashboard_routes(admin, tokens=tokens, rules_info=rules_info, lockout=lockout)
     return build_receiver_app(
         settings, broker=broker, admin=admin, routes=routes, limits=limits, lockout=lockout
     )

@@ -265,6 +265,10 @@ def serve_metrics(port: int) -> None:
     import prometheus_client
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from carbonhook.metrics import metrics
+
+    metrics()  # every counter without labels at 0 from the first scrape: increase() sees its first step
+
     registry = prometheus_client.REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = prometheus_client.CollectorRegistry()

@@ -162,7 +162,7 @@ class StoreCollector:
         if newest is not None:
             last_delivery.add_metric([], _timestamp(newest))
         if held_since is not None:
-            oldest.add_metric([CaptureStatus.HELD], _timestamp(held_since))
+            oldest.add_metric([CaptureStatus.HELD.value], _timestamp(held_since))
         yield from (events, captures, spend, limit, last_delivery, oldest)
 
 

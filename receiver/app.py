@@ -195,7 +195,7 @@ async def readyz(request: Request) -> Response:
         checks["broker"] = "ok"
     except Exception as exc:  # any broker client error means "not ready"
         checks["broker"] = f"unavailable: {type(exc).__name__}"
-    ready = all(value == "ok" for value in checks.values()) and revision is not None
+    ready = all(value == "ok" for value in checks.values())
     body: dict[str, Any] = {"ready": ready, **checks}
     if revision is not None:
         body["revision"] = revision

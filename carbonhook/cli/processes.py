@@ -236,26 +236,26 @@ def wait_for_schema(settings: Settings, stop: threading.Event) -> bool:
     """Block until the schema is at the migrations' head (True) or `stop` is set (False),
     looking every SCHEMA_POLL_S and saying why once: a worker that started before
     `carbonhook migrate` leaves the events in the queue rather than failing them."""
-    said: set[str] = set()
+    said_unreadable = said_problem = False
     while True:
         try:
             state = read_schema(settings)
         except StoreUnavailable as exc:
-            if "unreadable" not in said:
-                said.add("unreadable")
+            if not said_unreadable:
                 log.warning("the database cannot be read (%s); the worker waits for it", exc)
+                said_unreadable = True
         else:
             if state.current:
-                if said:
+                if said_unreadable or said_problem:
                     log.info(
                         "the database schema is at revision %s: the worker starts", state.found
                     )
                 return True
-            if "problem" not in said:
-                said.add("problem")
+            if not said_problem:
                 log.error(
                     "%s; the worker waits for it, looking every %g s", state.problem, SCHEMA_POLL_S
                 )
+                said_problem = True
         if stop.wait(SCHEMA_POLL_S):
             return False
 
@@ -267,7 +267,7 @@ def serve_metrics(port: int) -> None:
 
     from carbonhook.metrics import metrics
 
-    metrics()  # every counter without labels at 0 from the first scrape: increase() sees its first step
+    metrics()  # counters without labels at 0 from the first scrape: increase() sees their first step
 
     registry = prometheus_client.REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -1,5 +1,6 @@
 """What admins do, for every interface (CLI, admin API, dashboard): replay, approve, reject,
-resolve. Each change is recorded on the event and handed to the queue."""
+resolve. Each change records who made it (`admin`: a name in CARBONHOOK_ADMIN_TOKENS, or the OS
+user of a command), through which interface (`via`) and why, and is handed to the queue."""
 
 from __future__ import annotations
 
@@ -31,21 +32,27 @@ class Admin:
         self.ledger = ledger
         self.enqueue = enqueue
 
-    def replay(self, event_id: int, *, via: str, reason: str | None) -> str:
+    def replay(self, event_id: int, *, admin: str, via: str, reason: str | None) -> str:
         """Replay one event; returns the status it had."""
-        previous = self.store.replay(event_id, via=via, reason=reason, status=self._replayed())
+        previous = self.store.replay(
+            event_id, admin=admin, via=via, reason=reason, status=self._replayed()
+        )
         self._hand_off([event_id])
         return previous
 
     def replay_matching(
-        self, filt: EventFilter, *, via: str, reason: str | None, batch: int = 500
+        self, filt: EventFilter, *, admin: str, via: str, reason: str | None, batch: int = 500
     ) -> Iterator[int]:
         """Replay every event matching `filt`, yielding each id as it is done."""
         ids = self.store.matching_ids(filt)
         for start in range(0, len(ids), batch):
             # Those that changed state since they were listed are left as they are.
             done = self.store.replay_many(
-                ids[start : start + batch], via=via, reason=reason, status=self._replayed()
+                ids[start : start + batch],
+                admin=admin,
+                via=via,
+                reason=reason,
+                status=self._replayed(),
             )
             self._hand_off(done)
             yield from done
@@ -55,20 +62,28 @@ class Admin:
     ) -> list[dict[str, Any]]:
         return self.ledger.list_captures(status=status, limit=limit, before_id=before_id)
 
-    def approve(self, capture_id: int, *, via: str) -> CaptureRow:
-        row = self.ledger.approve(capture_id)
-        self._requeue(row, via, f"capture {capture_id} approved")
+    def approve(
+        self, capture_id: int, *, admin: str, via: str, reason: str | None = None
+    ) -> CaptureRow:
+        row = self.ledger.approve(capture_id, admin=admin, via=via, reason=reason)
+        self._requeue(row, admin, via, f"capture {capture_id} approved", reason)
         return row
 
-    def reject(self, capture_id: int, *, via: str) -> CaptureRow:
-        row = self.ledger.reject(capture_id)
-        self._requeue(row, via, f"capture {capture_id} rejected")
+    def reject(
+        self, capture_id: int, *, admin: str, via: str, reason: str | None = None
+    ) -> CaptureRow:
+        row = self.ledger.reject(capture_id, admin=admin, via=via, reason=reason)
+        self._requeue(row, admin, via, f"capture {capture_id} rejected", reason)
         return row
 
-    def resolve(self, capture_id: int, *, captured: bool, via: str) -> CaptureRow:
-        row = self.ledger.resolve(capture_id, captured=captured)
+    def resolve(
+        self, capture_id: int, *, captured: bool, admin: str, via: str, reason: str | None = None
+    ) -> CaptureRow:
+        row = self.ledger.resolve(
+            capture_id, captured=captured, admin=admin, via=via, reason=reason
+        )
         word = "captured" if captured else "not captured"
-        self._requeue(row, via, f"capture {capture_id} resolved as {word}")
+        self._requeue(row, admin, via, f"capture {capture_id} resolved as {word}", reason)
         return row
 
     def _replayed(self) -> str:
@@ -85,9 +100,13 @@ class Admin:
             self.store.mark_pending(ids)  # the sweeper hands them over once the queue is back
             raise
 
-    def _requeue(self, row: CaptureRow, via: str, reason: str) -> None:
+    def _requeue(
+        self, row: CaptureRow, admin: str, via: str, what: str, reason: str | None
+    ) -> None:
         """Let the event finish now that a capture was decided (if it is not already running)."""
         try:
-            self.replay(row.event_id, via=via, reason=reason)
+            self.replay(
+                row.event_id, admin=admin, via=via, reason=f"{what}: {reason}" if reason else what
+            )
         except Conflict as exc:
             log.info("event %s not requeued: %s", row.event_id, exc)

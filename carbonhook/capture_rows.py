@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, func, select, tuple_
 
 from carbonhook import spend
 from carbonhook.errors import NotFound
-from carbonhook.schema import Capture, Reversal
+from carbonhook.schema import Capture, Decision, Reversal
 from carbonhook.statuses import CaptureStatus
 
 
@@ -121,9 +121,12 @@ class CaptureRows:
                 dict(row._mapping)
                 for row in conn.execute(stmt.order_by(Capture.id.desc()).limit(limit))
             ]
-            reversals = _reversals_of(conn, [row["id"] for row in rows])
+            ids = [row["id"] for row in rows]
+            reversals = _reversals_of(conn, ids)
+            decisions = decisions_of(conn, ids)
         for row in rows:
             row["reversals"] = reversals.get(row["id"], [])
+            row["decisions"] = decisions.get(row["id"], [])
         return rows
 
     def spent(self, window: str) -> int:
@@ -170,6 +173,28 @@ def _reversals_of(conn: Connection, capture_ids: list[int]) -> dict[int, list[di
                 "reason": row.reason,
                 "cancelled_at": row.cancelled_at,
                 "error": row.error,
+            }
+        )
+    return found
+
+
+def decisions_of(conn: Connection, capture_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Who decided these rows, how, through which interface and why; oldest first."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not capture_ids:
+        return found
+    rows = conn.execute(
+        select(Decision).where(Decision.capture_id.in_(capture_ids)).order_by(Decision.id)
+    )
+    for row in rows:
+        found.setdefault(row.capture_id, []).append(
+            {
+                "decision": row.decision,
+                "status": row.status,
+                "at": row.at,
+                "admin": row.admin,
+                "via": row.via,
+                "reason": row.reason,
             }
         )
     return found

@@ -60,6 +60,14 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def describe_error(exc: BaseException) -> str:
+    """A database error in one line for a log or /readyz: the driver's own words, without the
+    statement and parameters SQLAlchemy adds (a delivery's body may be among them)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    words = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {words[0]}" if words else type(cause).__name__
+
+
 def create_sync_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for workers, the CLI and the admin API."""
     if is_sqlite(url):

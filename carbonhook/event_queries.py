@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
+from carbonhook.capture_rows import decisions_of
 from carbonhook.clock import db_now
 from carbonhook.errors import Conflict, NotFound
 from carbonhook.schema import Capture, Event, EventAttempt, Replay, Reversal, utcnow
@@ -77,15 +78,23 @@ class EventQueries:
             if ids:
                 for reversal in _rows(conn, select(Reversal).where(Reversal.capture_id.in_(ids))):
                     reversed_by.setdefault(reversal["capture_id"], []).append(reversal)
+            decided = decisions_of(conn, ids)
             for capture in detail["captures"]:
                 capture["reversals"] = reversed_by.get(capture["id"], [])
+                capture["decisions"] = decided.get(capture["id"], [])
         return detail
 
     def replay(
-        self, event_id: int, *, via: str, reason: str | None, status: str = EventStatus.PENDING
+        self,
+        event_id: int,
+        *,
+        admin: str,
+        via: str,
+        reason: str | None,
+        status: str = EventStatus.PENDING,
     ) -> str:
         """Reset a replayable event to `status` (`queued`: the caller hands it to the queue;
-        `pending`: a sweeper will) and record why; returns its previous status."""
+        `pending`: a sweeper will) and record who, how and why; returns its previous status."""
         with self.engine.begin() as conn:
             row = conn.execute(select(Event.status).where(Event.id == event_id)).first()
             if row is None:
@@ -93,13 +102,16 @@ class EventQueries:
             if row.status not in REPLAYABLE_EVENTS:
                 allowed = "/".join(REPLAYABLE_EVENTS)
                 raise Conflict(f"event {event_id} is {row.status}; only {allowed} can be replayed")
-            _reset_for_replay(conn, {event_id: row.status}, status, via=via, reason=reason)
+            _reset_for_replay(
+                conn, {event_id: row.status}, status, admin=admin, via=via, reason=reason
+            )
         return str(row.status)
 
     def replay_many(
         self,
         event_ids: Sequence[int],
         *,
+        admin: str,
         via: str,
         reason: str | None,
         status: str = EventStatus.PENDING,
@@ -118,7 +130,7 @@ class EventQueries:
         with self.engine.begin() as conn:
             previous = {row.id: row.status for row in conn.execute(replayable)}
             if previous:
-                _reset_for_replay(conn, previous, status, via=via, reason=reason)
+                _reset_for_replay(conn, previous, status, admin=admin, via=via, reason=reason)
         return [event_id for event_id in event_ids if event_id in previous]
 
     def matching_ids(self, filt: EventFilter, *, limit: int | None = None) -> list[int]:
@@ -145,7 +157,13 @@ _SUMMARY_NAMES = [c.key for c in _SUMMARY]
 
 
 def _reset_for_replay(
-    conn: Any, previous: dict[int, str], status: str, *, via: str, reason: str | None
+    conn: Any,
+    previous: dict[int, str],
+    status: str,
+    *,
+    admin: str,
+    via: str,
+    reason: str | None,
 ) -> None:
     """Set these events (id → the status they had) back to `status` and record the replay,
     or raise `Conflict` (the caller's transaction rolls back) if one changed meanwhile."""
@@ -169,6 +187,7 @@ def _reset_for_replay(
             {
                 "event_id": event_id,
                 "at": now,
+                "admin": admin,
                 "via": via,
                 "reason": reason,
                 "previous_status": status,

@@ -5,6 +5,7 @@ scrape time, so every receiver reports the same truth."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -24,8 +25,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine, func, select
 
+from carbonhook.database import describe_error
 from carbonhook.schema import Capture, Event, Spend
+from carbonhook.statuses import CaptureStatus
 
+log = logging.getLogger(__name__)
 Limits = Callable[[], tuple[int | None, int | None]]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PROCESSING_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
@@ -42,12 +46,13 @@ class Metrics:
     sweeper_reenqueued: Counter
     reversals: Counter
     audit_discrepancies: Gauge
+    metrics_errors: Counter
 
 
 @functools.cache
 def metrics() -> Metrics:
     """The process's metrics, created on first use (never at import)."""
-    return Metrics(
+    made = Metrics(
         deliveries=Counter("carbonhook_deliveries", "Webhook deliveries by outcome", ["outcome"]),
         processing_seconds=Histogram(
             "carbonhook_event_processing_seconds",
@@ -87,11 +92,20 @@ def metrics() -> Metrics:
             "What the last audit of the ledger against 1ClickImpact's records left unresolved",
             multiprocess_mode="max",
         ),
+        metrics_errors=Counter(
+            "carbonhook_metrics_errors",
+            "Scrapes answered without a source's figures because it could not be read",
+            ["source"],
+        ),
     )
+    for source in ("database", "counters"):
+        made.metrics_errors.labels(source)  # at 0 from the start, so increase() sees the first
+    return made
 
 
 class StoreCollector:
-    """Gauges read from the database when scraped: events and captures by status, spend."""
+    """Gauges read from the database when scraped: events and captures by status, spend, when
+    the newest delivery was stored and since when the oldest held capture has waited."""
 
     def __init__(self, engine: Engine, limits: Limits) -> None:
         self.engine = engine
@@ -110,6 +124,15 @@ class StoreCollector:
         limit = GaugeMetricFamily(
             "carbonhook_spend_limit_lbs", "The configured limit for the window", labels=["window"]
         )
+        last_delivery = GaugeMetricFamily(
+            "carbonhook_last_delivery_timestamp_seconds",
+            "When the newest delivery was stored (absent while none is)",
+        )
+        oldest = GaugeMetricFamily(
+            "carbonhook_ledger_oldest_timestamp_seconds",
+            "When the longest-waiting ledger row in the status last changed (held rows only)",
+            labels=["status"],
+        )
         today = datetime.now(UTC).date().isoformat()
         with self.engine.connect() as conn:
             for status, count in conn.execute(
@@ -126,12 +149,26 @@ class StoreCollector:
                     select(Spend.window, Spend.lbs).where(Spend.window.in_(windows.values()))
                 ).all()
             )
+            # Both read an index (ix_events_received; ix_captures_status_id, then few rows).
+            newest = conn.execute(select(func.max(Event.received_at))).scalar()
+            held_since = conn.execute(
+                select(func.min(Capture.updated_at)).where(Capture.status == CaptureStatus.HELD)
+            ).scalar()
         for name, key in windows.items():
             spend.add_metric([name], found.get(key, 0))
         for name, value in zip(("day", "month"), self.limits(), strict=True):
             if value is not None:
                 limit.add_metric([name], value)
-        yield from (events, captures, spend, limit)
+        if newest is not None:
+            last_delivery.add_metric([], _timestamp(newest))
+        if held_since is not None:
+            oldest.add_metric([CaptureStatus.HELD.value], _timestamp(held_since))
+        yield from (events, captures, spend, limit, last_delivery, oldest)
+
+
+def _timestamp(moment: datetime) -> float:
+    """Seconds since the epoch of a time the database keeps as naive UTC."""
+    return moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
 
 
 class CachedCollector:
@@ -163,18 +200,31 @@ class CachedCollector:
 
 
 def exposition(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:
-    """The text to answer a scrape with: this process's (or all processes') counters, plus `extra`."""
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        text = generate_latest(registry)
-    else:
-        text = generate_latest(REGISTRY)
+    """The text to answer a scrape with: this process's (or all processes') counters, plus `extra`
+    (the database's figures). It never fails as a whole: figures that cannot be read are left
+    out of this answer, logged and counted in `carbonhook_metrics_errors_total{source}`."""
+    failures = metrics().metrics_errors
+    store_text = b""
     if extra is not None:
         store_registry = CollectorRegistry()
         store_registry.register(_Once(extra))
-        text += generate_latest(store_registry)
-    return text
+        try:
+            store_text = generate_latest(store_registry)
+        except Exception as exc:  # left out, logged and counted: not silent, and not a 500
+            failures.labels("database").inc()
+            log.warning("/metrics left out the database's figures: %s", describe_error(exc))
+    try:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            text = generate_latest(registry)
+        else:
+            text = generate_latest(REGISTRY)
+    except Exception as exc:  # a damaged multi-process file: the database's figures still go
+        failures.labels("counters").inc()
+        log.warning("/metrics left out this process's counters: %s", describe_error(exc))
+        text = b""
+    return text + store_text
 
 
 class _Once:

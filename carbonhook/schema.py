@@ -98,13 +98,15 @@ class EventAttempt(Base):
 
 
 class Replay(Base):
-    """An admin's replay of an event: when, through which interface, why."""
+    """An admin's replay of an event: when, who (None before named admins), through which
+    interface, why."""
 
     __tablename__ = "replays"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+    admin: Mapped[str | None] = mapped_column(String(64))
     via: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     previous_status: Mapped[str] = mapped_column(String(16))
@@ -150,6 +152,22 @@ class Capture(Base):
     audit_note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Decision(Base):
+    """An admin's decision on a capture (approve, reject, resolve) and what the row became:
+    when, who, through which interface, why. Written in the decision's own transaction."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    capture_id: Mapped[int] = mapped_column(ForeignKey("captures.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    admin: Mapped[str] = mapped_column(String(64))
+    via: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Spend(Base):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from carbonhook.errors import SettingsError
@@ -22,6 +23,10 @@ ADMIN_TOKEN_MIN_CHARS = 16
 SECRET_MIN_CHARS = 16
 PLACEHOLDER_MARKS = ("change-me", "changeme", "example", "your_")
 MAKE_ONE = "make a real one with `openssl rand -hex 32`"
+# Who did a replay or a decision: an admin's name in CARBONHOOK_ADMIN_TOKENS, the OS user of a
+# command (or its `--as`). Kept in the audit columns (64 wide); `=` and `,` separate the setting.
+ADMIN_NAME = re.compile(r"[\w.@+$-]{1,64}")
+DEFAULT_ADMIN = "admin"  # the name of CARBONHOOK_ADMIN_TOKEN's admin
 
 
 class SecretUrl(SecretStr):
@@ -62,6 +67,7 @@ class Settings(BaseSettings):
     allow_insecure_apis: bool = False
     rules_file: Path = Path("rules.toml")
     admin_token: SecretStr | None = None
+    admin_tokens: Annotated[dict[str, SecretStr] | None, NoDecode] = None
 
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     body_timeout_s: float = Field(default=10.0, gt=0)
@@ -98,6 +104,59 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _split_admins(cls, value: object) -> object:
+        """`name=token,name=token` (a token may hold `=`, never `,`); each name once."""
+        if not isinstance(value, str):
+            return value
+        admins: dict[str, str] = {}
+        for pair in value.split(","):
+            if not pair.strip():
+                continue
+            name, sep, token = pair.strip().partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise ValueError("each admin is `name=token`, comma-separated")
+            if name in admins:
+                raise ValueError(f"the admin {name!r} is named twice")
+            admins[name] = token.strip()
+        return admins
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _named_admins(
+        cls, value: dict[str, SecretStr] | None, info: ValidationInfo
+    ) -> dict[str, SecretStr] | None:
+        if not value:
+            return None
+        tokens = dict(value)
+        single = info.data.get("admin_token")
+        for name, token in tokens.items():
+            if not ADMIN_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name[:64]!r} is not an admin name (1 to 64 letters, digits or ._@+$-)"
+                )
+            if len(token.get_secret_value().strip()) < ADMIN_TOKEN_MIN_CHARS:
+                raise ValueError(
+                    f"admin {name!r}: the token must be at least {ADMIN_TOKEN_MIN_CHARS} "
+                    "characters (e.g. `openssl rand -hex 32`)"
+                )
+        if single is not None:
+            if DEFAULT_ADMIN in tokens:
+                raise ValueError(
+                    f"names {DEFAULT_ADMIN!r}, the admin of {ENV_PREFIX}ADMIN_TOKEN: "
+                    "set one of the two"
+                )
+            tokens = {DEFAULT_ADMIN: single, **tokens}
+        # A token says who its bearer is: two admins with one token would be one admin.
+        seen: dict[str, str] = {}
+        for name, token in tokens.items():
+            other = seen.setdefault(token.get_secret_value().strip(), name)
+            if other != name:
+                raise ValueError(f"admins {other!r} and {name!r} have the same token")
+        return value
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _networks(cls, value: str | None) -> str | None:
@@ -132,6 +191,10 @@ class Settings(BaseSettings):
             _check_secret("webhook_secrets", secret, min_chars=SECRET_MIN_CHARS)
         if self.admin_token is not None:
             _check_secret("admin_token", self.admin_token, min_chars=ADMIN_TOKEN_MIN_CHARS)
+        for name, token in (self.admin_tokens or {}).items():
+            _check_secret(
+                "admin_tokens", token, min_chars=ADMIN_TOKEN_MIN_CHARS, which=f"admin {name!r}"
+            )
         for name in ("carbonpass_api_key", "impact_api_key"):
             key = getattr(self, name)
             if key is not None:
@@ -142,6 +205,13 @@ class Settings(BaseSettings):
     @property
     def secret_bytes(self) -> tuple[bytes, ...]:
         return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
+
+    @property
+    def admins(self) -> dict[str, SecretStr]:
+        """Every admin's token by name: CARBONHOOK_ADMIN_TOKEN's is `admin`'s; empty when
+        the admin API and pages are off."""
+        single = {DEFAULT_ADMIN: self.admin_token} if self.admin_token is not None else {}
+        return {**single, **(self.admin_tokens or {})}
 
 
 def _variable(name: str) -> str:
@@ -154,14 +224,19 @@ def placeholder_mark(value: str) -> str | None:
     return next((mark for mark in PLACEHOLDER_MARKS if mark in lowered), None)
 
 
-def _check_secret(name: str, secret: SecretStr, *, min_chars: int) -> None:
+def _check_secret(
+    name: str, secret: SecretStr, *, min_chars: int, which: str | None = None
+) -> None:
     value = secret.get_secret_value().strip()
+    variable = _variable(name)
     mark = placeholder_mark(value)
     if mark is not None:
-        raise SettingsError(f"{_variable(name)}: holds a placeholder ({mark!r}); {MAKE_ONE}")
+        whose = f" the token of {which}" if which else ""
+        raise SettingsError(f"{variable}:{whose} holds a placeholder ({mark!r}); {MAKE_ONE}")
     if len(value) < min_chars:
+        what = f"the token of {which}" if which else "a secret"
         raise SettingsError(
-            f"{_variable(name)}: a secret is shorter than {min_chars} characters; {MAKE_ONE}"
+            f"{variable}: {what} is shorter than {min_chars} characters; {MAKE_ONE}"
         )
 
 

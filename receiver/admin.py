@@ -1,11 +1,13 @@
-"""The admin HTTP API under /admin/api (only when CARBONHOOK_ADMIN_TOKEN is set)."""
+"""The admin HTTP API under /admin/api (only when an admin is configured: CARBONHOOK_ADMIN_TOKEN,
+CARBONHOOK_ADMIN_TOKENS). A request acts as the admin whose token it bears."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,24 +34,50 @@ class AdminOperations(Protocol):
 
     store: EventStore
 
-    def replay(self, event_id: int, *, via: str, reason: str | None) -> str: ...
+    def replay(self, event_id: int, *, admin: str, via: str, reason: str | None) -> str: ...
     def replay_matching(
-        self, filt: EventFilter, *, via: str, reason: str | None
+        self, filt: EventFilter, *, admin: str, via: str, reason: str | None
     ) -> Iterator[int]: ...
-    def approve(self, capture_id: int, *, via: str) -> Any: ...
-    def reject(self, capture_id: int, *, via: str) -> Any: ...
-    def resolve(self, capture_id: int, *, captured: bool, via: str) -> Any: ...
+    def approve(self, capture_id: int, *, admin: str, via: str, reason: str | None) -> Any: ...
+    def reject(self, capture_id: int, *, admin: str, via: str, reason: str | None) -> Any: ...
+    def resolve(
+        self, capture_id: int, *, captured: bool, admin: str, via: str, reason: str | None
+    ) -> Any: ...
     def list_captures(
         self, *, status: str | None, limit: int, before_id: int | None
     ) -> list[dict[str, Any]]: ...
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+VIA = "api"  # the interface replays and decisions made here record
 
 
 def token_matches(given: str | None, token: str) -> bool:
-    """Constant-time comparison of a presented token with the configured one."""
-    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+    """Constant-time comparison of a presented token with a configured one, as SHA-256
+    digests: how long it takes depends neither on where they differ nor on their lengths."""
+    if given is None:
+        return False
+    return hmac.compare_digest(_digest(given), _digest(token))
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def admin_named(given: str | None, tokens: Mapping[str, str]) -> str | None:
+    """The name of the admin whose token `given` is, or None. Every configured token is
+    compared, in constant time, whichever matches: the time taken does not tell which."""
+    found = None
+    for name, token in tokens.items():
+        if token_matches(given, token):
+            found = name
+    return found
+
+
+def acting_admin(request: Request) -> str:
+    """The name of the admin a guarded request acts as."""
+    name: str = request.state.admin
+    return name
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -68,7 +96,7 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _guarded(token: str, lockout: Lockout, handler: Handler) -> Handler:
+def _guarded(tokens: Mapping[str, str], lockout: Lockout, handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
         address = client_address(request)
         wait_s = lockout.wait_s(address)
@@ -87,10 +115,12 @@ def _guarded(token: str, lockout: Lockout, handler: Handler) -> Handler:
         given = given.strip()
         if scheme.lower() != "bearer" or not given:
             return _unauthorized()
-        if not token_matches(given, token):
+        name = admin_named(given, tokens)
+        if name is None:
             lockout.wrong(address)
             return _unauthorized()
         lockout.right(address)
+        request.state.admin = name
         return await handler(request)  # our errors become answers in receiver/app.py
 
     return guarded
@@ -171,8 +201,11 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> list[Route]:
-    """The /admin/api routes, each behind the bearer token (`lockout` counts wrong ones)."""
+def admin_api_routes(
+    admin: AdminOperations, tokens: Mapping[str, str], lockout: Lockout
+) -> list[Route]:
+    """The /admin/api routes, each behind a bearer token of one of `tokens` (admin name →
+    token), acting as that admin; `lockout` counts wrong ones."""
 
     def page(params: Any) -> tuple[int, int | None]:
         limit = min(MAX_PAGE, max(1, _int(params.get("limit"), "limit", 50) or 50))
@@ -196,7 +229,10 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
         event_id = _id(request)
         body = await _body(request)
         reason = text(body.get("reason"), "reason")
-        previous = await run_in_threadpool(lambda: admin.replay(event_id, via="api", reason=reason))
+        who = acting_admin(request)
+        previous = await run_in_threadpool(
+            lambda: admin.replay(event_id, admin=who, via=VIA, reason=reason)
+        )
         return _json({"id": event_id, "previous_status": previous, "status": "queued"})
 
     async def replay_events(request: Request) -> Response:
@@ -206,8 +242,9 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
         if filt == EventFilter():
             raise BadRequest("give at least one filter (status, type, since)")
         reason = text(params.get("reason"), "reason")
+        who = acting_admin(request)
         ids = await run_in_threadpool(
-            lambda: list(admin.replay_matching(filt, via="api", reason=reason))
+            lambda: list(admin.replay_matching(filt, admin=who, via=VIA, reason=reason))
         )
         return _json({"replayed": len(ids), "ids": ids})
 
@@ -227,13 +264,22 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
         if decision not in DECISIONS:
             raise NotFound(f"no action {decision!r}; use approve, reject or resolve")
         body = await _body(request)
+        reason = text(body.get("reason"), "reason")
+        who = acting_admin(request)
         if decision == "approve":
-            row = await run_in_threadpool(lambda: admin.approve(capture_id, via="api"))
-        elif decision == "reject":
-            row = await run_in_threadpool(lambda: admin.reject(capture_id, via="api"))
-        elif decision == "resolve" and isinstance(body.get("captured"), bool):
             row = await run_in_threadpool(
-                lambda: admin.resolve(capture_id, captured=body["captured"], via="api")
+                lambda: admin.approve(capture_id, admin=who, via=VIA, reason=reason)
+            )
+        elif decision == "reject":
+            row = await run_in_threadpool(
+                lambda: admin.reject(capture_id, admin=who, via=VIA, reason=reason)
+            )
+        elif decision == "resolve" and isinstance(body.get("captured"), bool):
+            captured: bool = body["captured"]
+            row = await run_in_threadpool(
+                lambda: admin.resolve(
+                    capture_id, captured=captured, admin=who, via=VIA, reason=reason
+                )
             )
         else:
             raise BadRequest('resolve needs {"captured": true|false}')
@@ -249,6 +295,6 @@ def admin_api_routes(admin: AdminOperations, token: str, lockout: Lockout) -> li
         ("/admin/api/captures/{id:int}/{decision}", decide, "POST"),
     ]
     return [
-        Route(path, _guarded(token, lockout, handler), methods=[method])
+        Route(path, _guarded(tokens, lockout, handler), methods=[method])
         for path, handler, method in routes
     ]

@@ -28,6 +28,7 @@ from carbonhook.errors import (
     StoreUnavailable,
 )
 from carbonhook.metrics import CachedCollector, Limits, StoreCollector, exposition, metrics
+from carbonhook.migrate import SchemaState
 from carbonhook.queue import Enqueuer, RedisEnqueuer, ping_broker
 from carbonhook.settings import Settings
 from carbonhook.store import EventStore
@@ -74,6 +75,8 @@ class Services:
     store: EventStore
     broker: dramatiq.Broker
     enqueuer: Enqueuer | RedisEnqueuer
+    # Where the database's schema stands against this version's migrations (one query).
+    schema: Callable[[], SchemaState]
     limits: Limits = lambda: (None, None)
     outcomes: dict[str, Any] = field(default_factory=dict)
     store_metrics: CachedCollector = field(init=False)
@@ -147,7 +150,7 @@ async def receive_webhook(request: Request) -> Response:
     except tuple(_REFUSALS) as exc:
         outcomes[_REFUSALS[type(exc)]].inc()
         if isinstance(exc, StoreUnavailable):
-            log.warning("event store unavailable; answered 503")
+            log.warning("event store unavailable (%s); answered 503 (see /readyz)", exc)
         raise
     if not recorded.created:
         outcomes["duplicate"].inc()
@@ -172,21 +175,31 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the database and the broker answer."""
+    """Ready when the database answers, its schema is at this version's head, and the broker
+    answers; otherwise 503, saying which of them is not (and, for the schema, the revision
+    found and the one needed)."""
     services: Services = request.app.state.services
     checks: dict[str, str] = {}
+    revision: dict[str, str | None] | None = None
     try:
         await services.intake.ping()
-        checks["database"] = "ok"
+        state = await run_in_threadpool(services.schema)
     except StoreUnavailable as exc:
         checks["database"] = f"unavailable: {exc}"
+    else:
+        checks["database"] = "ok"
+        checks["schema"] = state.problem or "ok"
+        revision = {"found": state.found, "needed": state.needed}
     try:
         await run_in_threadpool(ping_broker, services.broker)
         checks["broker"] = "ok"
     except Exception as exc:  # any broker client error means "not ready"
         checks["broker"] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, **checks}
+    if revision is not None:
+        body["revision"] = revision
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 class MetricsPort:
@@ -220,8 +233,9 @@ def create_app(
 ) -> Starlette:
     """Build the receiver; `services` is called in the lifespan, so building it does no I/O.
 
-    The admin API exists only when CARBONHOOK_ADMIN_TOKEN is set and `admin` is given; give
-    it the dashboard's `lockout`, so that wrong tokens count the same on both.
+    The admin API exists only when an admin is configured (CARBONHOOK_ADMIN_TOKEN,
+    CARBONHOOK_ADMIN_TOKENS) and `admin` is given; give it the dashboard's `lockout`, so that
+    wrong tokens count the same on both.
     """
 
     @contextlib.asynccontextmanager
@@ -243,10 +257,9 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *(routes or []),
     ]
-    if settings.admin_token is not None and admin is not None:
-        all_routes += admin_api_routes(
-            admin, settings.admin_token.get_secret_value(), lockout or Lockout()
-        )
+    tokens = {name: token.get_secret_value() for name, token in settings.admins.items()}
+    if tokens and admin is not None:
+        all_routes += admin_api_routes(admin, tokens, lockout or Lockout())
     middleware = [Middleware(BodyLimits, timeout_s=settings.body_timeout_s)]
     if settings.metrics_port is not None:
         middleware.append(Middleware(MetricsPort, port=settings.metrics_port))

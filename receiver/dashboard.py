@@ -1,16 +1,17 @@
 """The admin dashboard under /admin: server-rendered pages over the admin operations.
 
-Signing in with CARBONHOOK_ADMIN_TOKEN sets a signed session cookie (receiver/sessions.py);
-every POST must carry the session's CSRF token. Pages only read and call `AdminOperations`;
-the overview's figures come from carbonhook/reports.py. How the pages look is
-receiver/pages.py; what their query strings mean is receiver/params.py.
+Signing in with an admin's token (CARBONHOOK_ADMIN_TOKEN, CARBONHOOK_ADMIN_TOKENS) sets a signed
+session cookie naming that admin (receiver/sessions.py), the one every replay and decision made
+from the pages records; every POST must carry the session's CSRF token. Pages only read and
+call `AdminOperations`; the overview's figures come from carbonhook/reports.py. How the pages
+look is receiver/pages.py; what their query strings mean is receiver/params.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +25,7 @@ from carbonhook.errors import BadRequest, CarbonhookError, Conflict
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
 from carbonhook.schema import utcnow
 from carbonhook.statuses import REPLAYABLE_EVENTS, CaptureStatus, EventStatus
-from receiver.admin import AdminOperations, token_matches
+from receiver.admin import AdminOperations, admin_named, text
 from receiver.lockout import Lockout, client_address, retry_after
 from receiver.pages import RulesInfo, chart_bars, environment, pretty_json, share
 from receiver.params import event_filter, here, page_cursor, query_string, safe_next
@@ -54,14 +55,14 @@ class Dashboard:
         self,
         admin: AdminOperations,
         sessions: Sessions,
-        token: str,
+        tokens: Mapping[str, str],
         rules_info: Callable[[], RulesInfo | None],
         page_size: int,
         lockout: Lockout,
     ) -> None:
         self.admin = admin
         self.sessions = sessions
-        self.token = token
+        self.tokens = tokens
         self.lockout = lockout
         self.rules_info = rules_info
         self.page_size = page_size
@@ -76,6 +77,7 @@ class Dashboard:
         html = self.templates.get_template(name).render(
             csrf=session.csrf if session else "",
             signed_in=bool(session and session.signed_in),
+            signed_in_as=session.admin if session else None,
             flash=flash,
             path=request.url.path,
             here=here(request),
@@ -151,7 +153,7 @@ class Dashboard:
             return RedirectResponse(target, status_code=303, headers=HEADERS)
         if session is not None:  # keep its CSRF token: another tab may hold the form
             return self.render(request, session, "login.html", next=target, error=None)
-        fresh = self.sessions.new(signed_in=False)
+        fresh = self.sessions.new(admin=None)
         response = self.render(request, fresh, "login.html", next=target, error=None)
         self.sessions.write(response, fresh, secure=_https(request))
         return response
@@ -170,17 +172,18 @@ class Dashboard:
             response = self.render(request, session, "login.html", 429, next=target, error=error)
             response.headers.update(retry_after(wait_s))
             return response
-        if not token_matches(given if isinstance(given, str) else None, self.token):
+        name = admin_named(given if isinstance(given, str) else None, self.tokens)
+        if name is None:
             self.lockout.wrong(address)
-            error = "That is not the admin token."
+            error = "That is not an admin's token."
             return self.render(request, session, "login.html", 403, next=target, error=error)
         self.lockout.right(address)
         response = RedirectResponse(target, status_code=303, headers=HEADERS)
-        self.sessions.write(response, self.sessions.new(signed_in=True), secure=_https(request))
+        self.sessions.write(response, self.sessions.new(admin=name), secure=_https(request))
         return response
 
     async def logout(self, request: Request, session: Session, form: dict[str, str]) -> Response:
-        signed_out = self.sessions.new(signed_in=False)
+        signed_out = self.sessions.new(admin=None)
         return self.redirect(request, signed_out, "/admin/login", "ok", "Signed out.")
 
     # -- pages -------------------------------------------------------------------------
@@ -259,9 +262,9 @@ class Dashboard:
 
     async def replay(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         event_id = request.path_params["id"]
-        reason = form.get("reason", "").strip() or None
+        reason, who = _reason(form), _who(session)
         previous = await run_in_threadpool(
-            lambda: self.admin.replay(event_id, via=VIA, reason=reason)
+            lambda: self.admin.replay(event_id, admin=who, via=VIA, reason=reason)
         )
         message = f"Event {event_id} queued for replay (it was {previous})."
         return self.redirect(request, session, f"/admin/events/{event_id}", "ok", message)
@@ -278,9 +281,9 @@ class Dashboard:
         self, request: Request, session: Session, form: dict[str, str]
     ) -> Response:
         filt = event_filter({**form, "status": "failed"})
-        reason = form.get("reason", "").strip() or None
+        reason, who = _reason(form), _who(session)
         ids = await run_in_threadpool(
-            lambda: list(self.admin.replay_matching(filt, via=VIA, reason=reason))
+            lambda: list(self.admin.replay_matching(filt, admin=who, via=VIA, reason=reason))
         )
         noun = "event" if len(ids) == 1 else "events"
         message = f"{len(ids)} failed {noun} queued for replay."
@@ -316,16 +319,23 @@ class Dashboard:
         capture_id = request.path_params["id"]
         decision = request.path_params["decision"]
         back = safe_next(form.get("next"), "/admin/captures")
+        reason, who = _reason(form), _who(session)
         if decision == "approve":
-            row = await run_in_threadpool(lambda: self.admin.approve(capture_id, via=VIA))
+            row = await run_in_threadpool(
+                lambda: self.admin.approve(capture_id, admin=who, via=VIA, reason=reason)
+            )
             done = "approved"
         elif decision == "reject":
-            row = await run_in_threadpool(lambda: self.admin.reject(capture_id, via=VIA))
+            row = await run_in_threadpool(
+                lambda: self.admin.reject(capture_id, admin=who, via=VIA, reason=reason)
+            )
             done = "rejected"
         elif decision == "resolve" and form.get("captured") in ("yes", "no"):
             captured = form["captured"] == "yes"
             row = await run_in_threadpool(
-                lambda: self.admin.resolve(capture_id, captured=captured, via=VIA)
+                lambda: self.admin.resolve(
+                    capture_id, captured=captured, admin=who, via=VIA, reason=reason
+                )
             )
             done = "resolved as " + ("captured" if captured else "not captured")
         else:
@@ -345,17 +355,28 @@ def _https(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def _who(session: Session) -> str:
+    """The signed-in admin a page's form acts as (`action` lets no one else through)."""
+    assert session.admin is not None
+    return session.admin
+
+
+def _reason(form: dict[str, str]) -> str | None:
+    """A form's reason, as the API takes one (a `BadRequest` is shown on the page)."""
+    return text(form.get("reason", "").strip(), "reason")
+
+
 def dashboard_routes(
     admin: AdminOperations,
     *,
-    token: str,
+    tokens: Mapping[str, str],
     rules_info: Callable[[], RulesInfo | None],
     lockout: Lockout,
     page_size: int = 25,
 ) -> list[BaseRoute]:
-    """The /admin pages (next to, never over, the /admin/api routes); `lockout` counts wrong
-    tokens, shared with the admin API."""
-    d = Dashboard(admin, Sessions(token), token, rules_info, page_size, lockout)
+    """The /admin pages (next to, never over, the /admin/api routes) for the admins in
+    `tokens` (name → token); `lockout` counts wrong tokens, shared with the admin API."""
+    d = Dashboard(admin, Sessions(tokens), tokens, rules_info, page_size, lockout)
     return [
         Route("/admin", d.view(d.overview), methods=["GET"]),
         Route("/admin/login", d.login_form, methods=["GET"]),

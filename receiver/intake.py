@@ -18,7 +18,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from carbonhook.database import create_intake_engine, is_sqlite
+from carbonhook.database import create_intake_engine, describe_error, is_sqlite
 from carbonhook.errors import InvalidDelivery, StoreUnavailable
 from carbonhook.schema import UTCDateTime, utcnow
 from carbonhook.statuses import EventStatus
@@ -143,7 +143,7 @@ class PostgresIntake:
         except asyncpg.DataError as exc:  # a value the database refuses: no retry will help
             raise InvalidDelivery("the delivery holds a value the event store cannot keep") from exc
         except _PG_UNAVAILABLE as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+            raise StoreUnavailable(describe_error(exc)) from exc
         return _recorded(row)
 
     async def ping(self) -> None:
@@ -152,7 +152,7 @@ class PostgresIntake:
             async with pool.acquire(timeout=5) as conn:
                 await conn.fetchval("SELECT 1")
         except _PG_UNAVAILABLE as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+            raise StoreUnavailable(describe_error(exc)) from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -186,7 +186,7 @@ class SqlIntake:
         except DataError as exc:  # a value the database refuses: the sender must not retry it
             raise InvalidDelivery("the delivery holds a value the event store cannot keep") from exc
         except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+            raise StoreUnavailable(describe_error(exc)) from exc
         return _recorded(row)
 
     def _time(self, moment: datetime) -> datetime | str:
@@ -202,7 +202,7 @@ class SqlIntake:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+            raise StoreUnavailable(describe_error(exc)) from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -14,6 +14,7 @@ from carbonhook.statuses import CaptureStatus, EventStatus
 
 MAX_ID = 2**63 - 1  # the id columns are 64-bit integers
 DECISIONS = ("approve", "reject", "resolve")
+INTERFACES = ("cli", "api", "dashboard")  # what `via` says an admin went through
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -117,10 +118,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Replay": {
         "type": "object",
-        "required": ["at", "via", "previous_status"],
+        "required": ["at", "admin", "via", "previous_status"],
         "properties": {
             "at": {"type": "string", "format": "date-time"},
-            "via": {"type": "string"},
+            "admin": {
+                "type": ["string", "null"],
+                "description": "who replayed it (null: before admins had names)",
+            },
+            "via": {"type": "string", "enum": list(INTERFACES)},
             "reason": {"type": ["string", "null"]},
             "previous_status": {"type": "string"},
         },
@@ -139,6 +144,20 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": list(CaptureStatus)},
             "approved": {"type": "boolean"},
             "attempts": {"type": "integer"},
+            "decisions": {"type": "array", "items": _ref("Decision")},
+        },
+    },
+    "Decision": {
+        "type": "object",
+        "description": "an admin's approve, reject or resolve, and what the capture became",
+        "required": ["decision", "status", "at", "admin", "via", "reason"],
+        "properties": {
+            "decision": {"type": "string", "enum": list(DECISIONS)},
+            "status": {"type": "string", "enum": list(CaptureStatus)},
+            "at": {"type": "string", "format": "date-time"},
+            "admin": {"type": "string", "description": "who decided"},
+            "via": {"type": "string", "enum": list(INTERFACES)},
+            "reason": {"type": ["string", "null"]},
         },
     },
     "ReplayBody": {
@@ -157,8 +176,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "DecisionBody": {
         "type": "object",
-        "description": "resolve needs `captured`; approve and reject take no body",
-        "properties": {"captured": {"type": "boolean"}},
+        "description": "resolve needs `captured`; all three take an optional `reason`",
+        "properties": {"captured": {"type": "boolean"}, "reason": _REASON},
     },
 }
 
@@ -280,7 +299,7 @@ def document() -> dict[str, Any]:
         "/admin/api/captures/{id}/{decision}": {
             "post": {
                 "operationId": "decideCapture",
-                "summary": "approve or reject a held capture; resolve an unknown one",
+                "summary": "approve or reject a held capture; resolve an unknown one (audited)",
                 "parameters": [
                     _id("capture"),
                     {
@@ -303,7 +322,11 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "carbonhook admin API",
             "version": "1",
-            "description": "Only when CARBONHOOK_ADMIN_TOKEN is set; JSON everywhere.",
+            "description": (
+                "Only when an admin is configured (CARBONHOOK_ADMIN_TOKEN, "
+                "CARBONHOOK_ADMIN_TOKENS); each request acts as the admin whose bearer token it "
+                "carries, and replays and decisions record that admin's name. JSON everywhere."
+            ),
         },
         "security": [{"bearer": []}],
         "paths": paths,

@@ -71,6 +71,13 @@ def _amount(capture: Mapping[str, Any]) -> str:
     return f"{amount:,} {'tree' if unit == 'trees' and amount == 1 else unit}"
 
 
+def _decided(decision: Mapping[str, Any]) -> str:
+    """An admin's decision in words: approved, rejected, resolved as (not) captured."""
+    if decision["decision"] == "resolve":
+        return "Resolved as " + ("captured" if decision["status"] == "captured" else "not captured")
+    return {"approve": "Approved", "reject": "Rejected"}.get(decision["decision"], "Decided")
+
+
 def environment() -> jinja2.Environment:
     """The templates in receiver/templates, autoescaped, with the pages' filters."""
     env = jinja2.Environment(
@@ -81,4 +88,5 @@ def environment() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["lbs"] = lambda n: f"{int(n or 0):,}"
     env.filters["amount"] = _amount
+    env.filters["decided"] = _decided
     return env

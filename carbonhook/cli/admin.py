@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -16,6 +18,7 @@ from carbonhook.errors import UsageError
 from carbonhook.event_queries import EventFilter
 from carbonhook.ledger import Ledger
 from carbonhook.queue import is_shared, make_broker
+from carbonhook.settings import ADMIN_NAME
 from carbonhook.statuses import CaptureStatus, EventStatus
 from carbonhook.store import EventStore
 
@@ -44,6 +47,22 @@ def _cli_admin() -> Iterator[tuple[Admin, bool]]:
     finally:
         admin.store.engine.dispose()
         broker.close()
+
+
+VIA = "cli"
+
+
+def _acting_admin(args: argparse.Namespace) -> str:
+    """Who a command acts as: `--as NAME`, else the OS user running it."""
+    name: str | None = args.acting_as
+    if name is None:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):  # no user name for this uid (a bare container)
+            raise UsageError("cannot tell who you are: name yourself with --as NAME") from None
+    if not ADMIN_NAME.fullmatch(name):
+        raise UsageError(f"{name[:64]!r} is not an admin name (1 to 64 letters, digits or ._@+$-)")
+    return name
 
 
 def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
@@ -100,7 +119,7 @@ def events_show(args: argparse.Namespace) -> int:
     print(f"{'body':12} {detail['body']}")
     for title, key, fields in (
         ("attempts", "attempt_history", ["started_at", "outcome", "http_status", "error"]),
-        ("replays", "replays", ["at", "via", "previous_status", "reason"]),
+        ("replays", "replays", ["at", "admin", "via", "previous_status", "reason"]),
         (
             "captures",
             "captures",
@@ -108,6 +127,13 @@ def events_show(args: argparse.Namespace) -> int:
         ),
     ):
         print_table(title, fields, [[row[f] for f in fields] for row in detail[key]])
+    fields = ["at", "admin", "via", "decision", "status", "reason"]
+    decisions = [
+        [capture["id"], *(decision[f] for f in fields)]
+        for capture in detail["captures"]
+        for decision in capture["decisions"]
+    ]
+    print_table("decisions", ["capture", *fields], decisions)
     return 0
 
 
@@ -115,17 +141,18 @@ def events_replay(args: argparse.Namespace) -> int:
     _check_choice(args.status, tuple(EventStatus), "status")
     if not args.ids and not args.status:
         raise UsageError("name event ids, or --status (e.g. --status failed)")
+    who = _acting_admin(args)
     with _cli_admin() as (admin, shared):
         if args.ids:
             for event_id in args.ids:
-                previous = admin.replay(event_id, via="cli", reason=args.reason)
+                previous = admin.replay(event_id, admin=who, via=VIA, reason=args.reason)
                 print(f"replayed event {event_id} (was {previous})")
         else:
             filt = EventFilter(status=args.status, type=args.type, since=args.since)
             total = len(admin.store.matching_ids(filt))
             done = 0
             with progress(total, "replaying") as advance:
-                for _ in admin.replay_matching(filt, via="cli", reason=args.reason):
+                for _ in admin.replay_matching(filt, admin=who, via=VIA, reason=args.reason):
                     done += 1
                     advance()
             print(f"replayed {done} of {total} events")
@@ -156,6 +183,7 @@ def captures_list(args: argparse.Namespace) -> int:
             "status",
             "user_id",
             "time_utc",
+            "decided by",
             "error / note",
         ],
         [
@@ -170,6 +198,7 @@ def captures_list(args: argparse.Namespace) -> int:
                 r["status"],
                 r["user_id"] or "",
                 r["time_utc"] or "",
+                _decided_by(r["decisions"]),
                 (r["error"] or r["note"] or "")[:50],
             ]
             for r in rows
@@ -178,13 +207,24 @@ def captures_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decided_by(decisions: list[dict[str, Any]]) -> str:
+    """The last decision on a row: `approve: alice (cli)`."""
+    if not decisions:
+        return ""
+    last = decisions[-1]
+    return f"{last['decision']}: {last['admin']} ({last['via']})"
+
+
 def captures_decide(args: argparse.Namespace) -> int:
+    who = _acting_admin(args)
     with _cli_admin() as (admin, _):
         if args.decision == "approve":
-            row = admin.approve(args.id, via="cli")
+            row = admin.approve(args.id, admin=who, via=VIA, reason=args.reason)
         elif args.decision == "reject":
-            row = admin.reject(args.id, via="cli")
+            row = admin.reject(args.id, admin=who, via=VIA, reason=args.reason)
         else:
-            row = admin.resolve(args.id, captured=args.captured, via="cli")
+            row = admin.resolve(
+                args.id, captured=args.captured, admin=who, via=VIA, reason=args.reason
+            )
     print(f"capture {row.id} is now {row.status}; event {row.event_id} queued to finish")
     return 0

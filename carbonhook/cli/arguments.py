@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type")
     p.add_argument("--since", type=_iso)
     p.add_argument("--reason")
+    _acting_admin(p)
 
     p = add(
         "audit",
@@ -158,13 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
         p = cap_sub.add_parser(name, help=text)
         p.set_defaults(handler=_command("admin", "captures_decide"), decision=name)
         p.add_argument("id", type=int)
+        p.add_argument("--reason", help="why, kept with the decision")
+        _acting_admin(p)
     p = cap_sub.add_parser("resolve", help="settle an unknown capture after checking 1ClickImpact")
     p.set_defaults(handler=_command("admin", "captures_decide"), decision="resolve")
     p.add_argument("id", type=int)
+    p.add_argument("--reason", help="why, kept with the decision")
+    _acting_admin(p)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--captured", dest="captured", action="store_true")
     group.add_argument("--not-captured", dest="captured", action="store_false")
     return parser
+
+
+def _acting_admin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--as",
+        dest="acting_as",
+        metavar="NAME",
+        help="the admin recorded as doing this (default: your OS user name)",
+    )
 
 
 def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from carbonhook.metrics import Limits
+    from carbonhook.migrate import SchemaState
     from receiver.app import Services
     from receiver.lockout import Lockout
     from receiver.pages import RulesInfo
@@ -49,6 +50,18 @@ def settings_for(sandbox: bool = False, **overrides: Any) -> Settings:
         overrides.setdefault("webhook_secrets", base.webhook_secrets or (SANDBOX_SECRET,))
         overrides.setdefault("rules_file", SANDBOX_RULES)
     return load_settings(**overrides)
+
+
+def read_schema(settings: Settings) -> SchemaState:
+    """Where the database's schema stands against this version's migrations, on a connection
+    of its own (`StoreUnavailable` when the database cannot be read)."""
+    from carbonhook.migrate import schema_state
+
+    engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=1)
+    try:
+        return schema_state(engine)
+    finally:
+        engine.dispose()
 
 
 # -- workers --------------------------------------------------------------------------------
@@ -159,6 +172,7 @@ def build_receiver_services(
     settings: Settings, *, broker: dramatiq.Broker | None = None, limits: Limits | None = None
 ) -> Services:
     """The receiver's adapters for `settings`: opened when its lifespan starts."""
+    from carbonhook.migrate import schema_state
     from receiver.app import Services
     from receiver.intake import create_intake
 
@@ -176,6 +190,7 @@ def build_receiver_services(
         store=store,
         broker=broker,
         enqueuer=make_enqueuer(broker, settings.broker_url.get_secret_value(), store.mark_pending),
+        schema=lambda: schema_state(engine),
         limits=limits or (lambda: (None, None)),
     )
 
@@ -244,9 +259,9 @@ def build_receiver(
 
     routes: list[BaseRoute] = []
     lockout = Lockout()  # wrong tokens count the same on the pages and the API
-    if settings.admin_token is not None:
-        token = settings.admin_token.get_secret_value()
-        routes = dashboard_routes(admin, token=token, rules_info=rules_info, lockout=lockout)
+    tokens = {name: token.get_secret_value() for name, token in settings.admins.items()}
+    if tokens:
+        routes = dashboard_routes(admin, tokens=tokens, rules_info=rules_info, lockout=lockout)
     return build_receiver_app(
         settings, broker=broker, admin=admin, routes=routes, limits=limits, lockout=lockout
     )

@@ -67,11 +67,22 @@ def exit_quietly_after_shutdown() -> None:
         signal.signal(signum, lambda *_: None)
 
 
-def wait_for_signal(on_reload: Callable[[], None] | None = None) -> None:
-    """Block until SIGTERM or SIGINT; SIGHUP calls `on_reload`."""
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets; SIGHUP does nothing until `wait_for_signal` gives
+    it a handler (its default would end the process)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: None)
+    return stop
+
+
+def wait_for_signal(
+    on_reload: Callable[[], None] | None = None, stop: threading.Event | None = None
+) -> None:
+    """Block until SIGTERM or SIGINT (or until `stop`, from `stop_on_signals`, is set);
+    SIGHUP calls `on_reload`."""
+    stop = stop or stop_on_signals()
     if on_reload is not None:
         signal.signal(signal.SIGHUP, lambda *_: on_reload())
     while not stop.wait(1):

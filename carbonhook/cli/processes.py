@@ -13,24 +13,38 @@ from typing import Any
 
 import dramatiq
 import uvicorn
+from alembic.util import CommandError
+from sqlalchemy.exc import SQLAlchemyError
 
-from carbonhook.cli.bootstrap import SANDBOX_SECRET, build_receiver, build_worker, settings_for
+from carbonhook.cli.bootstrap import (
+    SANDBOX_SECRET,
+    build_receiver,
+    build_worker,
+    read_schema,
+    settings_for,
+)
 from carbonhook.cli.lifecycle import (
     exit_quietly_after_shutdown,
     freeze_start_up_objects,
     install_reload,
     reload_rules,
     start_server,
+    stop_on_signals,
     wait_for_signal,
 )
-from carbonhook.errors import UsageError
+from carbonhook.database import describe_error
+from carbonhook.errors import StoreUnavailable, UsageError
 from carbonhook.logs import configure_logging
-from carbonhook.migrate import upgrade
+from carbonhook.migrate import MIGRATE_HINT, upgrade
 from carbonhook.queue import enqueue_events, is_shared, make_broker
+from carbonhook.settings import Settings
 from carbonhook.statuses import EventStatus
 from carbonhook.store import EventStore
 
 log = logging.getLogger("carbonhook")
+
+# How often a worker waiting for `carbonhook migrate` looks at the schema again.
+SCHEMA_POLL_S = 2.0
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -56,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     settings.require("webhook_secrets")
     if not args.sandbox:  # the sandbox's demo secret is public on purpose
         settings.check_production()
-    upgrade(settings.database_url.get_secret_value())
+    try:
+        upgrade(settings.database_url.get_secret_value())
+    except (CommandError, SQLAlchemyError, OSError) as exc:
+        log.error("%s", migration_failed(settings, exc))
+        return 1
     runtime = build_worker(settings)
     runtime.start()
     requeue_pending(runtime.processor.store, runtime.broker)
@@ -98,6 +116,9 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     settings.require("webhook_secrets")
     settings.check_production()
+    problem = schema_problem(settings)
+    if problem is not None:
+        log.error("%s; until then /readyz and every delivery answer 503", problem)
     if args.workers > 1:
         app: Any = "carbonhook.cli.processes:receiver_app"
         factory = True
@@ -174,6 +195,9 @@ def worker(args: argparse.Namespace) -> int:
             "carbonhook worker needs a shared broker: set CARBONHOOK_BROKER_URL to redis://… or amqp://… "
             "(memory:// only works inside `carbonhook run`)"
         )
+    stop = stop_on_signals()
+    if not wait_for_schema(settings, stop):
+        return 0
     if args.processes > 1:
         return supervise(args.processes, args.threads, args.metrics_port)
     runtime = build_worker(settings, broker=broker, threads=args.threads)
@@ -182,16 +206,68 @@ def worker(args: argparse.Namespace) -> int:
         serve_metrics(args.metrics_port)
     freeze_start_up_objects()  # first: from "worker started" on, SIGHUP must find its handler
     log.info("worker started (%d threads)", runtime.threads)
-    wait_for_signal(on_reload=lambda: reload_rules(runtime.rules))
+    wait_for_signal(on_reload=lambda: reload_rules(runtime.rules), stop=stop)
     log.info("worker stopping")
     runtime.stop(timeout_s=max(10.0, settings.http_timeout_s * 3))
     return 0
+
+
+def schema_problem(settings: Settings) -> str | None:
+    """What keeps this version from using the database's schema, and what to do (None: it
+    is at the migrations' head, or the database cannot be read, which is logged here)."""
+    try:
+        return read_schema(settings).problem
+    except StoreUnavailable as exc:
+        log.warning("the database cannot be read at start-up (%s)", exc)
+        return None
+
+
+def migration_failed(settings: Settings, exc: BaseException) -> str:
+    """Why `run` could not migrate the database, with where its schema stands if it can say."""
+    message = f"the database could not be migrated ({describe_error(exc)})"
+    try:
+        problem = read_schema(settings).problem
+    except StoreUnavailable:
+        return message
+    return f"{message}: {problem or MIGRATE_HINT}"
+
+
+def wait_for_schema(settings: Settings, stop: threading.Event) -> bool:
+    """Block until the schema is at the migrations' head (True) or `stop` is set (False),
+    looking every SCHEMA_POLL_S and saying why once: a worker that started before
+    `carbonhook migrate` leaves the events in the queue rather than failing them."""
+    said_unreadable = said_problem = False
+    while True:
+        try:
+            state = read_schema(settings)
+        except StoreUnavailable as exc:
+            if not said_unreadable:
+                log.warning("the database cannot be read (%s); the worker waits for it", exc)
+                said_unreadable = True
+        else:
+            if state.current:
+                if said_unreadable or said_problem:
+                    log.info(
+                        "the database schema is at revision %s: the worker starts", state.found
+                    )
+                return True
+            if not said_problem:
+                log.error(
+                    "%s; the worker waits for it, looking every %g s", state.problem, SCHEMA_POLL_S
+                )
+                said_problem = True
+        if stop.wait(SCHEMA_POLL_S):
+            return False
 
 
 def serve_metrics(port: int) -> None:
     """Serve this process's metrics (or every process's, in multi-process mode) on `port`."""
     import prometheus_client
     from prometheus_client.multiprocess import MultiProcessCollector
+
+    from carbonhook.metrics import metrics
+
+    metrics()  # counters without labels at 0 from the first scrape: increase() sees their first step
 
     registry = prometheus_client.REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

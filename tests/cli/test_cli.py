@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_events_list_show_and_replay(cli_env: str, capsys: pytest.CaptureFixture
     code, out, _ = run(capsys, "events", "replay", str(event_id), "--reason", "upstream fixed")
     assert code == 0 and f"replayed event {event_id} (was failed)" in out
     assert query(cli_env, "SELECT via, reason FROM replays") == [("cli", "upstream fixed")]
+    assert query(cli_env, "SELECT admin FROM replays") == [(getpass.getuser(),)]  # the OS user
     # memory:// — nothing this process can enqueue to: the event waits as pending for the sweeper
     assert query(cli_env, f"SELECT status FROM events WHERE id = {event_id}") == [("pending",)]
 
@@ -63,9 +65,79 @@ def test_bulk_replay_shows_progress_and_counts(cli_env: str, capsys: pytest.Capt
     assert "replaying" in err
 
 
+def hold_capture(db: str, subject: str, status: str = "held") -> tuple[int, int]:
+    """An event held over a limit with its capture (or one whose outcome is `unknown`)."""
+    from sqlalchemy import create_engine, insert
+
+    from carbonhook.database import sync_url
+    from carbonhook.schema import Capture, utcnow
+
+    event_id = fail_event(db, subject)
+    engine = create_engine(sync_url(db))
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE events SET status = 'held' WHERE id = {event_id}")
+        capture_id = conn.execute(
+            insert(Capture).values(event_id=event_id, rule="flat", subject_id=subject, part=0, action="capture_carbon", amount=500, notify=True, approved=False, status=status, attempts=0, created_at=now, updated_at=now).returning(Capture.id)
+        ).scalar_one()
+    engine.dispose()
+    return event_id, int(capture_id)
+
+
+def test_the_admin_commands_act_as_the_os_user_or_as_named_and_show_who(cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(getpass, "getuser", lambda: "jane")
+    approved_event, approved = hold_capture(cli_env, "crp_a1")
+    _, rejected = hold_capture(cli_env, "crp_r1")
+    _, unknown = hold_capture(cli_env, "crp_u1", status="unknown")
+    replayed = fail_event(cli_env, "crp_f1")
+
+    assert run(capsys, "captures", "approve", str(approved), "--reason", "the board agreed")[0] == 0
+    assert run(capsys, "captures", "reject", str(rejected), "--as", "ops-bot")[0] == 0
+    assert run(capsys, "captures", "resolve", str(unknown), "--not-captured", "--as", "kim", "--reason", "not listed")[0] == 0
+    assert run(capsys, "events", "replay", str(replayed), "--as", "kim", "--reason", "retry")[0] == 0
+
+    assert query(cli_env, "SELECT capture_id, decision, status, admin, via, reason FROM decisions ORDER BY id") == [
+        (approved, "approve", "pending", "jane", "cli", "the board agreed"),
+        (rejected, "reject", "rejected", "ops-bot", "cli", None),
+        (unknown, "resolve", "failed", "kim", "cli", "not listed"),
+    ]
+    code, out, _ = run(capsys, "captures", "list", "--json")
+    decisions = {c["id"]: [(d["decision"], d["admin"], d["via"], d["reason"]) for d in c["decisions"]] for c in json.loads(out)}
+    assert decisions[approved] == [("approve", "jane", "cli", "the board agreed")] and decisions[rejected] == [("reject", "ops-bot", "cli", None)]
+    code, out, _ = run(capsys, "captures", "list")
+    assert "decided by" in out and "approve: jane (cli)" in out and "reject: ops-bot (cli)" in out and "resolve: kim (cli)" in out
+    code, out, _ = run(capsys, "events", "show", str(approved_event), "--json")
+    detail = json.loads(out)
+    assert [(r["admin"], r["via"], r["reason"]) for r in detail["replays"]] == [("jane", "cli", f"capture {approved} approved: the board agreed")]
+    assert [(d["admin"], d["decision"]) for d in detail["captures"][0]["decisions"]] == [("jane", "approve")]
+    code, out, _ = run(capsys, "events", "show", str(approved_event))
+    assert code == 0
+    replays = out[out.index("replays"):out.index("captures")]
+    assert "admin" in replays and "jane" in replays
+    decided = out[out.index("decisions"):]
+    assert "jane" in decided and "approve" in decided and "the board agreed" in decided
+    _, out, _ = run(capsys, "events", "show", str(replayed))
+    assert "kim" in out and "retry" in out
+
+
+def test_a_command_that_cannot_tell_who_runs_it_asks_for_a_name(cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    def nobody() -> str:
+        raise KeyError("getpwuid(): uid not found: 4242")
+
+    monkeypatch.setattr(getpass, "getuser", nobody)
+    event_id = fail_event(cli_env, "crp_n1")
+    code, _, err = run(capsys, "events", "replay", str(event_id))
+    assert code == 2 and "--as NAME" in err
+    assert query(cli_env, "SELECT count(*) FROM replays") == [(0,)]
+    assert run(capsys, "events", "replay", str(event_id), "--as", "jane@corp.example")[0] == 0
+    assert query(cli_env, "SELECT admin FROM replays") == [("jane@corp.example",)]
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
+        (["events", "replay", "1", "--as", "two words"], "'two words' is not an admin name"),
+        (["captures", "approve", "1", "--as", "x" * 65], "is not an admin name"),
         (["events", "replay", "--status", "nope"], "unknown status 'nope'"),
         (["events", "replay"], "name event ids, or --status"),
         (["events", "show", "424242"], "event 424242 not found"),

@@ -91,7 +91,7 @@ def test_an_approved_capture_is_reserved_past_the_limits(db_url: str):
     row = ledger.ensure(event_id, "crp_big", planned("r", 500), "h")
     assert ledger.begin_attempt(row, Limits(max_lbs_per_day=1000)).decision == "held"
     assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(900,), (900,)]
-    approved = ledger.approve(row.id)
+    approved = ledger.approve(row.id, admin="ops", via="cli")
     assert ledger.begin_attempt(approved, Limits(max_lbs_per_day=1000)).decision == "go"
     engine.dispose()
     assert query(db_url, 'SELECT lbs FROM spend ORDER BY "window"') == [(1400,), (1400,)]
@@ -219,12 +219,12 @@ def test_over_the_limit_is_held_then_approved_and_sent_exactly_once(db_url: str,
     assert held[1] == "held"
     assert len(emulator.impacts) == 1
     admin = Admin(w.processor.store, w.processor.ledger, lambda ids: None)
-    admin.approve(held[0], via="cli")
+    admin.approve(held[0], admin="ops", via="cli")
     assert w.processor.process(second) == "succeeded"
     assert w.processor.process(second) is None
     assert [i["amount"] for i in emulator.impacts] == [500, 500]
     with pytest.raises(Exception, match="not held"):
-        admin.approve(held[0], via="cli")
+        admin.approve(held[0], admin="ops", via="cli")
 
 
 def test_a_rejected_capture_is_never_sent(db_url: str, emulator: RunningEmulator, worker_factory: Any):
@@ -234,7 +234,7 @@ def test_a_rejected_capture_is_never_sent(db_url: str, emulator: RunningEmulator
     event_id = store_delivery(db_url, make_body(subject="crp_r1"))
     assert w.processor.process(event_id) == "held"
     capture_id = query(db_url, "SELECT id FROM captures")[0][0]
-    Admin(w.processor.store, w.processor.ledger, lambda ids: None).reject(capture_id, via="api")
+    Admin(w.processor.store, w.processor.ledger, lambda ids: None).reject(capture_id, admin="ops", via="api")
     assert w.processor.process(event_id) == "succeeded"
     assert emulator.impacts == []
     assert query(db_url, "SELECT status FROM captures") == [("rejected",)]
@@ -249,7 +249,7 @@ def test_dry_run_records_without_sending_and_switching_it_off_sends_nothing_late
     assert dry.processor.process(event_id) == "succeeded"
     assert "dry run" in query(db_url, f"SELECT note FROM events WHERE id = {event_id}")[0][0]
     live = worker_factory(rules)
-    Admin(live.processor.store, live.processor.ledger, lambda ids: None).replay(event_id, via="cli", reason="dry run over")
+    Admin(live.processor.store, live.processor.ledger, lambda ids: None).replay(event_id, admin="ops", via="cli", reason="dry run over")
     assert live.processor.process(event_id) == "succeeded"
     assert emulator.impacts == []
     assert query(db_url, "SELECT status, rules_hash IS NOT NULL FROM captures") == [("dry_run", True)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,6 +67,27 @@ def test_metrics_count_deliveries_events_captures_and_spend(sqlite_url: str, emu
     assert delta(before, after, "carbonhook_api_requests_total", api="impact", endpoint="capture_carbon", status="200") == 3
     assert delta(before, after, "carbonhook_api_requests_total", api="carbonpass", endpoint="crp", status="200") == 4
     assert delta(before, after, "carbonhook_event_processing_seconds_count", type="crp.generated", status="succeeded") == 3
+    now = time.time()
+    assert now - 30 < after[("carbonhook_last_delivery_timestamp_seconds", ())] <= now
+    assert now - 30 < after[("carbonhook_ledger_oldest_timestamp_seconds", (("status", "held"),))] <= now
+    assert delta(before, after, "carbonhook_metrics_errors_total", source="database") == 0
+
+
+def test_metrics_on_a_database_never_migrated_serve_the_counters_and_count_the_failure(tmp_path, caplog):
+    server, rec = start_receiver(f"sqlite:///{tmp_path}/never-migrated.db")
+    try:
+        assert rec.post(make_body(subject="crp_nomigration")).status_code == 503
+        first = scrape(rec.base)
+        second = scrape(rec.base)  # a failure is not cached: each scrape tries again
+    finally:
+        server.stop()
+    assert delta(first, second, "carbonhook_metrics_errors_total", source="database") == 1
+    assert first[("carbonhook_deliveries_total", (("outcome", "unavailable"),))] >= 1
+    assert not any(name == "carbonhook_events" for name, _ in second)  # left out, not made up
+    warnings = [r.getMessage() for r in caplog.records if r.name == "carbonhook.metrics"]
+    assert warnings and all(
+        m == "/metrics left out the database's figures: OperationalError: no such table: events" for m in warnings
+    )
 
 
 def test_scrapes_read_the_database_at_most_every_15_seconds(sqlite_url: str):

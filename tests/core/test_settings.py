@@ -62,6 +62,64 @@ def test_an_admin_token_of_16_characters_is_taken(monkeypatch, tmp_path):
     assert token is not None and token.get_secret_value() == "x" * 16
 
 
+# -- named admins -----------------------------------------------------------------------------
+
+ALICE = "alice-0123456789abcdef"
+BOB = "bob-0123456789abcdef=="
+
+
+def secrets_of(admins):
+    return {name: token.get_secret_value() for name, token in admins.items()}
+
+
+def test_named_admins_are_name_token_pairs_beside_the_admin_token_which_is_admin(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKENS", f" alice={ALICE} , bob = {BOB},")
+    assert secrets_of(load_settings().admins) == {"alice": ALICE, "bob": BOB}  # a token may hold `=`
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKEN", "x" * 16)
+    settings = load_settings()
+    assert secrets_of(settings.admins) == {"admin": "x" * 16, "alice": ALICE, "bob": BOB}
+    for token in (ALICE, BOB, "x" * 16):
+        assert token not in repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    assert "alice" in repr(settings)  # names are not secrets
+
+
+def test_without_any_admin_token_there_are_no_admins(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().admins == {}
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKENS", " , ")
+    assert load_settings().admins == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("alice", "each admin is `name=token`"),
+        (f"={ALICE}", "each admin is `name=token`"),
+        (f"alice={ALICE},alice={BOB}", "the admin 'alice' is named twice"),
+        (f"alice={ALICE},bob={ALICE}", "admins 'alice' and 'bob' have the same token"),
+        (f"admin={ALICE}", "names 'admin', the admin of CARBONHOOK_ADMIN_TOKEN"),
+        ("x" * 16 + "=" + ALICE, None),  # fine: a name may be any 1 to 64 of its characters
+        ("alice=short-token", "admin 'alice': the token must be at least 16 characters"),
+        (f"al ice={ALICE}", "'al ice' is not an admin name"),
+        (f"{'a' * 65}={ALICE}", "is not an admin name"),
+        (f"bob={'x' * 16}", "admins 'admin' and 'bob' have the same token"),
+    ],
+)
+def test_malformed_named_admins_are_refused_naming_the_variable_never_a_token(monkeypatch, tmp_path, value, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKEN", "x" * 16)
+    monkeypatch.setenv("CARBONHOOK_ADMIN_TOKENS", value)
+    if message is None:
+        load_settings()
+        return
+    with pytest.raises(SettingsError, match=r"^CARBONHOOK_ADMIN_TOKENS: ") as caught:
+        load_settings()
+    assert message in str(caught.value)
+    for token in (ALICE, BOB, "short-token"):
+        assert token not in str(caught.value)
+
+
 # -- what `serve`, `worker` and `run` refuse at start-up --------------------------------------
 
 REAL = "9f86d081884c7d659a2feaa0c55ad015"
@@ -102,6 +160,18 @@ def test_a_placeholder_or_short_secret_is_refused_naming_the_variable_not_the_va
         settings.check_production()
     for part in value.split(","):
         assert part not in str(caught.value)
+
+
+@pytest.mark.parametrize("token", ["change-me-alice-token", "Your_Token_0123456789", "alice-example-token-1"])
+def test_a_named_admins_placeholder_token_is_refused_naming_the_variable_and_the_admin(monkeypatch, tmp_path, token):
+    monkeypatch.chdir(tmp_path)
+    production(admin_tokens={"bob": BOB}).check_production()
+    settings = production(admin_tokens=f"bob={BOB},alice={token}")
+    with pytest.raises(
+        SettingsError, match=r"^CARBONHOOK_ADMIN_TOKENS: the token of admin 'alice' holds a placeholder .*openssl rand -hex 32"
+    ) as caught:
+        settings.check_production()
+    assert token not in str(caught.value) and BOB not in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["carbonpass_api_url", "impact_api_url"])

@@ -30,7 +30,7 @@ def test_a_replay_never_lets_a_stalled_attempt_end_the_newer_one(db_url: str):
     taken_over = store.claim(event_id, lease_s=60)
     assert taken_over is not None
     assert store.finish(taken_over, EventStatus.FAILED, error="gave up")
-    store.replay(event_id, via="cli", reason="again", status=EventStatus.QUEUED)  # attempts → 0
+    store.replay(event_id, admin="ops", via="cli", reason="again", status=EventStatus.QUEUED)  # attempts → 0
     current = store.claim(event_id, lease_s=60)
     assert current is not None and current.attempts == stalled.attempts  # the counter repeats
     assert current.token != stalled.token  # the token does not

@@ -1,4 +1,5 @@
-"""The admin HTTP API over real HTTP: token, listing with cursors, replay, decisions."""
+"""The admin HTTP API over real HTTP: tokens and the admins they name, listing with cursors,
+replay, decisions, and who made each."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from tests.support import RunningEmulator, make_body, query, settings_for_test, store_delivery
 
-TOKEN = "admin-secret-token"
+TOKEN = "admin-secret-token"  # the admin named `admin`
+ALICE = "alice-secret-token-0123456789"
+BOB = "bob-secret-token-0123456789"
 
 
 class Api:
@@ -33,7 +36,7 @@ def api(db_url: str, emulator: RunningEmulator) -> Iterator[Api]:
     from workers.rules import RulesHolder, parse_rules
 
     broker = StubBroker()
-    settings = settings_for_test(db_url, emulator, admin_token=TOKEN)
+    settings = settings_for_test(db_url, emulator, admin_token=TOKEN, admin_tokens={"alice": ALICE, "bob": BOB})
     rules = '[limits]\nmax_lbs_per_day = 500\n[[rule]]\nname = "flat"\non = "crp.generated"\ncapture_lbs = 400\n'
     runtime = build_worker(settings, broker=broker, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
     runtime.processor.enqueue = lambda event_id, delay: None
@@ -93,7 +96,7 @@ def test_show_replay_and_the_audit_trail(api: Api):
     assert api.call("POST", f"/events/{event_id}/replay").status_code == 409
     assert api.processor.process(event_id) == "succeeded"
     replays = api.call("GET", f"/events/{event_id}").json()["replays"]
-    assert [(r["via"], r["reason"], r["previous_status"]) for r in replays] == [("api", "1ClickImpact fixed", "failed")]
+    assert [(r["admin"], r["via"], r["reason"], r["previous_status"]) for r in replays] == [("admin", "api", "1ClickImpact fixed", "failed")]
     assert api.call("GET", "/events/999999").status_code == 404
 
 
@@ -112,13 +115,13 @@ def test_bulk_replay_leaves_events_that_are_not_replayable_and_audits_each_one(a
     failed = [store_delivery(api.db, make_body(subject=f"crp_m{n}")) for n in range(2)]
     assert [api.processor.process(i) for i in failed] == ["failed"] * 2
     waiting = store_delivery(api.db, make_body(subject="crp_waiting"))
-    replayed = api.processor.store.replay_many([failed[1], waiting, 999999, failed[0]], via="cli", reason="bulk")
+    replayed = api.processor.store.replay_many([failed[1], waiting, 999999, failed[0]], admin="ops", via="cli", reason="bulk")
     assert replayed == [failed[1], failed[0]]
     statuses = query(api.db, f"SELECT id, status, attempts FROM events WHERE id IN ({failed[0]}, {failed[1]}, {waiting}) ORDER BY id")
     assert statuses == [(failed[0], "pending", 0), (failed[1], "pending", 0), (waiting, "queued", 0)]
     audit = query(api.db, "SELECT event_id, via, reason, previous_status FROM replays ORDER BY event_id")
     assert audit == [(i, "cli", "bulk", "failed") for i in failed]
-    assert api.processor.store.replay_many([waiting], via="cli", reason=None) == []
+    assert api.processor.store.replay_many([waiting], admin="ops", via="cli", reason=None) == []
 
 
 def test_captures_listing_and_approve_reject(api: Api):
@@ -135,3 +138,87 @@ def test_captures_listing_and_approve_reject(api: Api):
     assert api.call("POST", f"/captures/{held[0]['id']}/explode").status_code == 404
     assert api.processor.process(second) == "succeeded"
     assert [c["status"] for c in api.call("GET", "/captures").json()["captures"]] == ["captured", "captured"]
+
+
+# -- named admins -------------------------------------------------------------------------------
+
+
+def test_each_admin_acts_with_their_own_token_and_every_replay_and_decision_records_who(api: Api):
+    first = store_delivery(api.db, make_body(subject="crp_n1"))
+    second = store_delivery(api.db, make_body(subject="crp_n2"))
+    third = store_delivery(api.db, make_body(subject="crp_n3"))
+    assert api.processor.process(first) == "succeeded"
+    assert [api.processor.process(e) for e in (second, third)] == ["held", "held"]
+    held = {c["event_id"]: c["id"] for c in api.call("GET", "/captures", params={"status": "held"}).json()["captures"]}
+
+    approved = api.call("POST", f"/captures/{held[second]}/approve", token=ALICE, json={"reason": "the board agreed"})
+    assert approved.status_code == 200 and approved.json()["status"] == "pending"
+    rejected = api.call("POST", f"/captures/{held[third]}/reject", token=BOB, json={"reason": "not this month"})
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert api.call("POST", f"/events/{first}/replay", token=BOB, json={"reason": "check it"}).status_code == 200
+    assert api.call("POST", f"/captures/{held[third]}/approve", token=BOB, json={"reason": 7}).status_code == 400
+
+    captures = {c["id"]: c for c in api.call("GET", "/captures", token=TOKEN).json()["captures"]}
+    assert [(d["decision"], d["status"], d["admin"], d["via"], d["reason"]) for d in captures[held[second]]["decisions"]] == [
+        ("approve", "pending", "alice", "api", "the board agreed")
+    ]
+    assert [(d["decision"], d["admin"], d["reason"]) for d in captures[held[third]]["decisions"]] == [("reject", "bob", "not this month")]
+    assert captures[held[second]]["decisions"][0]["at"]
+    detail = api.call("GET", f"/events/{second}").json()
+    assert [(r["admin"], r["via"], r["reason"]) for r in detail["replays"]] == [
+        ("alice", "api", f"capture {held[second]} approved: the board agreed")
+    ]
+    assert [d["admin"] for d in detail["captures"][0]["decisions"]] == ["alice"]
+    assert [(r["admin"], r["reason"]) for r in api.call("GET", f"/events/{first}").json()["replays"]] == [("bob", "check it")]
+    decided = query(api.db, "SELECT capture_id, decision, admin, via, reason FROM decisions ORDER BY id")
+    assert decided == [
+        (held[second], "approve", "alice", "api", "the board agreed"),
+        (held[third], "reject", "bob", "api", "not this month"),
+    ]
+
+
+def test_resolve_records_who_checked_1clickimpact(api: Api):
+    event_id = store_delivery(api.db, make_body(subject="crp_u1"))
+    httpx.post(api.processor.impact.http.base_url.join("/_emulator/faults"), json={"endpoint": "capture_carbon", "status": 503, "times": 100})
+    api.processor.process(event_id)
+    (capture_id,) = query(api.db, "SELECT id FROM captures WHERE status = 'unknown'")[0]
+    resolved = api.call("POST", f"/captures/{capture_id}/resolve", token=ALICE, json={"captured": False, "reason": "not in their dashboard"})
+    assert resolved.status_code == 200 and resolved.json()["status"] == "failed"
+    assert query(api.db, "SELECT decision, status, admin, via, reason FROM decisions") == [
+        ("resolve", "failed", "alice", "api", "not in their dashboard")
+    ]
+
+
+def test_a_token_no_admin_holds_is_a_wrong_token_for_the_lockout(api: Api):
+    from receiver.lockout import WRONG_TOKENS
+
+    for _ in range(WRONG_TOKENS - 1):
+        assert api.call("GET", "/events", token=ALICE + "x").status_code == 401
+    assert api.call("GET", "/events", token=BOB).status_code == 200  # any admin's token is right
+    for _ in range(WRONG_TOKENS):
+        assert api.call("GET", "/events", token="carol-secret-token-0123456789").status_code == 401
+    assert api.call("GET", "/events", token=ALICE).status_code == 429
+
+
+def test_a_token_is_told_apart_only_by_constant_time_comparisons_of_every_admins_token(monkeypatch: pytest.MonkeyPatch):
+    import hmac
+
+    from receiver.admin import admin_named, token_matches
+
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    tokens = {"alice": "a" * 16, "bob": "b" * 64, "carol": "c" * 20}
+    for given, found in (("a" * 16, "alice"), ("c" * 20, "carol"), ("b" * 63, None), ("", None), ("x" * 500, None)):
+        compared.clear()
+        assert admin_named(given, tokens) == found
+        # Every admin's token is compared, whichever matched, as digests of one length: how
+        # long it takes tells neither which admin it is nor how long their token is.
+        assert compared == [(32, 32)] * len(tokens), given
+    assert admin_named(None, tokens) is None and not token_matches(None, "a" * 16)
+    assert token_matches("\ud800 lone surrogate", "a" * 16) is False

@@ -32,7 +32,9 @@ from tests.support import (
     store_delivery,
 )
 
-TOKEN = "dashboard-token-0123456789"
+TOKEN = "dashboard-token-0123456789"  # the admin named `admin`
+ALICE = "alice-dashboard-token-0123456789"
+BOB = "bob-dashboard-token-0123456789"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 RULES = """\
@@ -183,17 +185,45 @@ def cookie_for(sessions: Sessions, session: Any) -> str:
     return response.headers["set-cookie"].split(";")[0].split("=", 1)[1]
 
 
-def test_a_session_is_signed_with_a_key_from_the_token_and_expires():
+def test_a_session_names_its_admin_is_signed_with_a_key_from_their_token_and_expires():
     now = [1_000_000.0]
-    sessions = Sessions(TOKEN, lifetime_s=60, clock=lambda: now[0])
-    session = sessions.new(signed_in=True).with_flash("ok", "done")
+    sessions = Sessions({"alice": ALICE}, lifetime_s=60, clock=lambda: now[0])
+    session = sessions.new(admin="alice").with_flash("ok", "done")
+    assert session.signed_in and session.admin == "alice"
     cookie = cookie_for(sessions, session)
     assert sessions.read(cookie) == session
-    assert Sessions("another-token", clock=lambda: now[0]).read(cookie) is None
+    assert Sessions({"alice": "another-token-0123456789"}, clock=lambda: now[0]).read(cookie) is None
     assert sessions.read(cookie[:-2] + ("AA" if not cookie.endswith("AA") else "BB")) is None
     assert sessions.read("not a cookie") is None
+    assert ALICE not in cookie
     now[0] += 61
     assert sessions.read(cookie) is None
+
+
+def test_a_session_is_refused_once_its_admin_is_removed_or_their_token_changes():
+    both = Sessions({"alice": ALICE, "bob": BOB})
+    alices, bobs = both.new(admin="alice"), both.new(admin="bob")
+    alice_cookie, bob_cookie = cookie_for(both, alices), cookie_for(both, bobs)
+    without_alice = Sessions({"bob": BOB})
+    assert without_alice.read(alice_cookie) is None
+    assert without_alice.read(bob_cookie) == bobs  # the others stay signed in
+    rotated = Sessions({"alice": ALICE + "-rotated", "bob": BOB})
+    assert rotated.read(alice_cookie) is None and rotated.read(bob_cookie) == bobs
+    signed_out = both.new(admin=None)
+    assert both.read(cookie_for(both, signed_out)) == signed_out and not signed_out.signed_in
+
+
+def test_a_session_cannot_be_relabelled_as_another_admin():
+    import base64
+
+    sessions = Sessions({"alice": ALICE, "bob": BOB})
+    alice_cookie = cookie_for(sessions, sessions.new(admin="alice"))
+    name, _, signed = alice_cookie.partition("~")
+    assert base64.urlsafe_b64decode(name + "==").decode() == "alice"
+    as_bob = base64.urlsafe_b64encode(b"bob").decode().rstrip("=") + "~" + signed
+    assert sessions.read(as_bob) is None
+    assert sessions.read(signed) is None  # nor passed off as a session before signing in
+    assert sessions.read("!!!~" + signed) is None
 
 
 # -- the overview's SQL, on SQLite and PostgreSQL ------------------------------------------------
@@ -262,6 +292,7 @@ class Site:
         rules: RulesInfo | None = None,
         page_size: int = 25,
         emulator: RunningEmulator | None = None,
+        tokens: dict[str, str] | None = None,
     ) -> None:
         from carbonhook.admin import Admin
         from carbonhook.cli.bootstrap import build_receiver_app
@@ -276,10 +307,12 @@ class Site:
         self.enqueued: list[int] = []
         self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend)
         lockout = Lockout()
+        self.tokens = tokens or {"admin": TOKEN}
         routes = dashboard_routes(
-            self.admin, token=TOKEN, rules_info=lambda: rules, lockout=lockout, page_size=page_size
+            self.admin, tokens=self.tokens, rules_info=lambda: rules, lockout=lockout, page_size=page_size
         )
-        settings = settings_for_test(db, emulator, admin_token=TOKEN)
+        named = {name: token for name, token in self.tokens.items() if name != "admin"}
+        settings = settings_for_test(db, emulator, admin_token=self.tokens.get("admin"), admin_tokens=named or None)
         app = build_receiver_app(settings, broker=make_broker("memory://"), admin=self.admin, routes=routes, lockout=lockout)
         self.server = start_server(app, "127.0.0.1", 0, lifespan="on")
         self.base = f"http://127.0.0.1:{self.server.port}"
@@ -290,11 +323,11 @@ class Site:
         self.server.stop()
         self.engine.dispose()
 
-    def sign_in(self) -> str:
+    def sign_in(self, token: str = TOKEN) -> str:
         """Sign in through the form; returns the session's CSRF token."""
         login = self.http.get("/admin/login")
         answer = self.http.post(
-            "/admin/login", data={"token": TOKEN, "csrf": csrf_in(login.text), "next": "/admin"}
+            "/admin/login", data={"token": token, "csrf": csrf_in(login.text), "next": "/admin"}
         )
         assert answer.status_code == 303, answer.text
         return csrf_in(self.http.get("/admin").text)
@@ -385,7 +418,7 @@ def test_a_sign_in_behind_https_sets_a_secure_cookie(site: Site):
 def test_a_wrong_token_or_a_sign_in_without_the_forms_csrf_is_refused(site: Site):
     login = site.http.get("/admin/login")
     wrong = site.http.post("/admin/login", data={"token": TOKEN + "x", "csrf": csrf_in(login.text)})
-    assert wrong.status_code == 403 and "not the admin token" in wrong.text
+    assert wrong.status_code == 403 and "not an admin&#39;s token" in wrong.text
     assert site.http.get("/admin").status_code == 303
     forged = site.http.post("/admin/login", data={"token": TOKEN, "csrf": "forged"})
     assert forged.status_code == 403
@@ -422,8 +455,8 @@ def test_a_post_without_a_session_or_with_a_wrong_csrf_token_is_refused_and_chan
         assert "CSRF" in answer.text
     bulk = site.http.post("/admin/events/replay-failed", data={"csrf": "wrong"})
     assert bulk.status_code == 403
-    old = Sessions("an-old-token")
-    other = old.new(signed_in=True)
+    old = Sessions({"admin": "an-old-token-0123456789"})
+    other = old.new(admin="admin")
     stale = cookie_for(old, other)
     rotated = httpx.post(
         f"{site.base}/admin/events/{failed}/replay",
@@ -451,8 +484,8 @@ def test_replaying_from_the_event_page_queues_it_and_records_who_and_why(site: S
     )
     assert answer.status_code == 303 and answer.headers["location"] == f"/admin/events/{failed}"
     assert site.status(failed) == "queued" and site.enqueued == [failed]
-    assert query(site.db, "SELECT via, reason, previous_status FROM replays") == [
-        ("dashboard", "fixed the <rules>", "failed")
+    assert query(site.db, "SELECT admin, via, reason, previous_status FROM replays") == [
+        ("admin", "dashboard", "fixed the <rules>", "failed")
     ]
     after = site.http.get(f"/admin/events/{failed}")
     assert flash_in(after.text) == f"ok: Event {failed} queued for replay (it was failed)."
@@ -575,6 +608,94 @@ def test_signing_out_ends_the_session(site: Site):
     assert site.http.get("/admin").status_code == 303
 
 
+def test_each_admin_signs_in_with_their_own_token_and_the_pages_record_and_show_who(
+    sqlite_url: str,
+):
+    s = Site(sqlite_url, rules=RULES_INFO, tokens={"admin": TOKEN, "alice": ALICE, "bob": BOB})
+    try:
+        failed = add_event(s.engine, "crp_failed1", "failed", error="capture_carbon: HTTP 400")
+        held_event = add_event(s.engine, "crp_held", "held")
+        held = add_capture(s.engine, held_event, "crp_held", "held", 500)
+        csrf = s.sign_in(ALICE)
+        overview = s.http.get("/admin").text
+        assert re.search(r'Signed in as <strong id="signed-in-as">alice</strong>', overview)
+        s.http.post(f"/admin/events/{failed}/replay", data={"csrf": csrf, "reason": "fixed"})
+        s.http.post(
+            f"/admin/captures/{held}/approve",
+            data={"csrf": csrf, "reason": "the board agreed", "next": "/admin/captures"},
+        )
+        assert query(s.db, "SELECT event_id, admin, via, reason FROM replays ORDER BY id") == [
+            (failed, "alice", "dashboard", "fixed"),
+            (held_event, "alice", "dashboard", f"capture {held} approved: the board agreed"),
+        ]
+        assert query(s.db, "SELECT capture_id, decision, admin, via, reason FROM decisions") == [
+            (held, "approve", "alice", "dashboard", "the board agreed")
+        ]
+        event_page = s.http.get(f"/admin/events/{failed}").text
+        assert '<td data-label="By">alice</td>' in event_page
+        captures = s.http.get("/admin/captures").text
+        assert re.search(
+            r'Approved by <strong class="decided-by">alice</strong> via dashboard, [0-9: -]+ UTC: the board agreed',
+            captures,
+        )
+        # Bob signs in on the same browser: from then on, what is done is his.
+        s.http.post("/admin/logout", data={"csrf": csrf})
+        csrf = s.sign_in(BOB)
+        assert 'id="signed-in-as">bob<' in s.http.get("/admin").text
+        add_event(s.engine, "crp_failed2", "failed")
+        s.http.post("/admin/events/replay-failed", data={"csrf": csrf, "reason": "outage over"})
+        assert query(s.db, "SELECT admin, reason FROM replays ORDER BY id DESC LIMIT 1") == [
+            ("bob", "outage over")
+        ]
+    finally:
+        s.close()
+
+
+def test_a_removed_admins_session_is_refused_at_once_and_the_others_stay_signed_in(
+    sqlite_url: str,
+):
+    before = Site(sqlite_url, tokens={"alice": ALICE, "bob": BOB})
+    try:
+        failed = add_event(before.engine, "crp_failed1", "failed", error="boom")
+        alice_csrf = before.sign_in(ALICE)
+        alice = before.http.cookies[COOKIE]
+        before.http.cookies.clear()
+        bob_csrf = before.sign_in(BOB)
+        bob = before.http.cookies[COOKIE]
+    finally:
+        before.close()
+    # The receiver starts again with alice removed from CARBONHOOK_ADMIN_TOKENS.
+    after = Site(sqlite_url, tokens={"bob": BOB})
+    try:
+        after.http.cookies.clear()
+        as_alice = {"Cookie": f"{COOKIE}={alice}"}
+        page = after.http.get("/admin", headers=as_alice)
+        assert page.status_code == 303 and page.headers["location"].startswith("/admin/login")
+        replay = after.http.post(
+            f"/admin/events/{failed}/replay", data={"csrf": alice_csrf}, headers=as_alice
+        )
+        assert replay.status_code == 403 and "Sign in first" in replay.text
+        assert after.status(failed) == "failed"
+        assert query(after.db, "SELECT count(*) FROM replays") == [(0,)]
+        as_bob = {"Cookie": f"{COOKIE}={bob}"}
+        assert 'id="signed-in-as">bob<' in after.http.get("/admin", headers=as_bob).text
+        login = after.http.get("/admin/login")
+        refused = after.http.post("/admin/login", data={"token": ALICE, "csrf": csrf_in(login.text)})
+        assert refused.status_code == 403
+        done = after.http.post(
+            f"/admin/events/{failed}/replay", data={"csrf": bob_csrf}, headers=as_bob
+        )
+        assert done.status_code == 303 and after.status(failed) == "queued"
+    finally:
+        after.close()
+    # alice is back with a new token: her old session stays refused.
+    rotated = Site(sqlite_url, tokens={"alice": ALICE + "-rotated", "bob": BOB})
+    try:
+        assert rotated.http.get("/admin", headers={"Cookie": f"{COOKIE}={alice}"}).status_code == 303
+    finally:
+        rotated.close()
+
+
 def test_without_a_rules_file_the_pages_say_so(sqlite_url: str):
     s = Site(sqlite_url, rules=None)
     try:
@@ -681,7 +802,7 @@ def test_an_admin_signs_in_replays_a_failed_event_and_approves_a_held_capture(
     worker = build_worker(settings, broker=StubBroker(), rules=RulesHolder(rules_file, ruleset))
     processor = worker.processor
     processor.enqueue = lambda event_id, delay=0: None
-    site = Site(sqlite_url, rules=info, emulator=emulator)
+    site = Site(sqlite_url, rules=info, emulator=emulator, tokens={"admin": TOKEN, "alice": ALICE})
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     desktop = chromium.new_context(viewport={"width": 1280, "height": 860})
     phone = chromium.new_context(
@@ -714,10 +835,11 @@ def test_an_admin_signs_in_replays_a_failed_event_and_approves_a_held_capture(
         shoot("login")
         page.fill("#token", "not the token")
         page.click("button:has-text('Sign in')")
-        assert page.locator("[role=alert]").inner_text() == "That is not the admin token."
-        page.fill("#token", TOKEN)
+        assert page.locator("[role=alert]").inner_text() == "That is not an admin's token."
+        page.fill("#token", ALICE)
         page.click("button:has-text('Sign in')")
         assert page.url == f"{site.base}/admin"
+        assert page.locator("#signed-in-as").inner_text() == "alice"
         phone.add_cookies(desktop.cookies())
         assert page.locator(".tile.t-failed .tile-count").inner_text() == "4"
         assert page.locator("#failures ~ .table-scroll").inner_text().count("crp_7fQ2pLx") == 1
@@ -758,6 +880,9 @@ def test_an_admin_signs_in_replays_a_failed_event_and_approves_a_held_capture(
         )
         assert page.locator("h1 .pill").inner_text() == "queued"
         assert site.enqueued == [failed]
+        replays = page.locator("tr", has_text="1ClickImpact refused it")
+        assert replays.locator("td[data-label=By]").inner_text() == "alice"
+        assert query(sqlite_url, "SELECT admin, via FROM replays") == [("alice", "dashboard")]
         assert processor.process(failed) == "succeeded"
         page.reload()
         assert page.locator("h1 .pill").inner_text() == "succeeded"
@@ -777,13 +902,19 @@ def test_an_admin_signs_in_replays_a_failed_event_and_approves_a_held_capture(
         page.click(".chips >> text=all")
         shoot("captures")
         page.click(".chips >> text=held")
-        page.locator("tr", has_text="crp_9hT4kZe").locator("button:has-text('Approve')").click()
+        capture = page.locator("tr", has_text="crp_9hT4kZe")
+        capture.locator("input[name=reason]").fill("agreed with finance")
+        capture.locator("button:has-text('Approve')").click()
         assert page.locator(".flash.ok").inner_text().startswith("Capture ")
         assert processor.process(held) == "succeeded"
         page.goto(f"{site.base}/admin/captures")
-        assert (
-            page.locator("tr", has_text="crp_9hT4kZe").locator(".pill").inner_text() == "captured"
-        )
+        capture = page.locator("tr", has_text="crp_9hT4kZe")
+        assert capture.locator(".pill").inner_text() == "captured"
+        assert capture.locator(".decided-by").inner_text() == "alice"
+        assert "Approved by alice via dashboard" in capture.locator(".decided").inner_text()
+        assert query(sqlite_url, "SELECT decision, admin, via, reason FROM decisions") == [
+            ("approve", "alice", "dashboard", "agreed with finance")
+        ]
         assert len(emulator.impacts) == 3
 
         # The rules in force.

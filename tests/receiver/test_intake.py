@@ -154,7 +154,30 @@ def test_an_oversized_body_is_413_without_reading_it_all(sqlite_url: str):
 def test_health_and_readiness(receiver: Receiver):
     assert httpx.get(f"{receiver.base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{receiver.base}/readyz")
-    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert (body["database"], body["schema"], body["broker"]) == ("ok", "ok", "ok")
+    assert body["revision"]["found"] == body["revision"]["needed"]
+
+
+def test_a_schema_behind_the_migrations_is_not_ready_and_names_both_revisions(tmp_path):
+    from carbonhook.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path}/behind.db"
+    upgrade(url, "0001")
+    server, rec = start_receiver(url)
+    try:
+        ready = httpx.get(f"{rec.base}/readyz")
+    finally:
+        server.stop()
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["ready"] is False and body["database"] == "ok"
+    assert body["revision"]["found"] == "0001" and body["revision"]["needed"] != "0001"
+    assert body["schema"] == (
+        f"the database schema is at revision 0001, this version needs {body['revision']['needed']}: "
+        "run `carbonhook migrate`"
+    )
 
 
 def test_an_unreachable_database_is_503_never_2xx(tmp_path):

@@ -60,7 +60,7 @@ def test_the_document_names_every_admin_api_route_and_method():
 
     served = {
         (re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path), method.lower())
-        for route in admin_api_routes(None, TOKEN, Lockout())  # type: ignore[arg-type]
+        for route in admin_api_routes(None, {"admin": TOKEN}, Lockout())  # type: ignore[arg-type]
         for method in route.methods or ()
         if method != "HEAD"
     }

@@ -1,6 +1,7 @@
 """The recipes in deploy/: they parse, name only real settings, expose only what they must, and
-pass the checkers (`docker compose config`, caddy, `systemd-analyze`), which skip locally when
-absent and fail in CI (.ci/run installs them)."""
+pass the checkers (`docker compose config`, caddy, `systemd-analyze`, promtool), which skip
+locally when absent and fail in CI (.ci/run installs them). The alert rules and the dashboard
+read only series a live `/metrics` serves."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -961,3 +963,304 @@ def test_env_example_shows_the_real_defaults_of_the_commented_settings(
         assert getattr(shown, field) == getattr(defaults, field), (
             f"{name}={value} in deploy/carbonhook.env.example is not the default"
         )
+
+
+# --- Prometheus alerts and the Grafana dashboard ------------------------------------------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+ALERTS = PROMETHEUS / "alerts.yml"
+ALERTS_TEST = PROMETHEUS / "alerts_test.yml"
+DASHBOARD = DEPLOY / "grafana" / "carbonhook.json"
+README = DEPLOY.parent / "README.md"
+SEVERITIES = {"critical", "warning"}
+# Series that Prometheus makes itself, not carbonhook.
+PROMETHEUS_SERIES = {"up"}
+# PromQL's words that look like names (functions are told apart by the parenthesis after them).
+PROMQL_WORDS = {"and", "or", "unless", "bool", "offset"}
+SELECTOR = re.compile(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"")
+
+
+def _rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for rule in _rules() if "alert" in rule}
+
+
+def _recorded() -> set[str]:
+    return {rule["record"] for rule in _rules() if "record" in rule}
+
+
+def _metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads (never its functions, labels or ranges)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = {name for name, call in re.findall(r"(?<![\w:$])([a-zA-Z_:][\w:]*)(\s*\()?", expr) if not call}
+    return names - PROMQL_WORDS
+
+
+def _label_names(expr: str) -> dict[str, set[str]]:
+    """The label names each selector in `expr` matches on, by series name."""
+    found: dict[str, set[str]] = {}
+    for name, matchers in SELECTOR.findall(expr):
+        found.setdefault(name, set()).update(MATCHER.findall(matchers))
+    return found
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, those in collapsed rows too."""
+    panels: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in _panels(dashboard) for target in panel.get("targets", [])]
+
+
+def _heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a document's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        heading = re.match(r"#{1,6}\s+(.*)", line)
+        if heading:
+            anchors.add(re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+
+@pytest.fixture(scope="module")
+def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """What `/metrics` of a real `carbonhook run` answers after real work against the emulator:
+    one capture made and one held over the day's limit."""
+    from carbonhook.cli.lifecycle import start_server
+    from carbonhook.emulator import create_emulator_app
+    from tests.support import (
+        CP_KEY,
+        IMPACT_KEY,
+        SECRET,
+        Proc,
+        free_port,
+        make_body,
+        query,
+        signed,
+        wait_http,
+        wait_until,
+    )
+
+    tmp = tmp_path_factory.mktemp("live-metrics")
+    rules = tmp / "rules.toml"
+    rules.write_text(
+        '[limits]\nmax_lbs_per_day = 600\n[[rule]]\nname = "flat"\non = "crp.generated"\n'
+        "capture_lbs = 500\n"
+    )
+    emulator = start_server(create_emulator_app(), "127.0.0.1", 0)
+    emulator_base = f"http://127.0.0.1:{emulator.port}"
+    db = f"sqlite:///{tmp}/carbonhook.db"
+    port = free_port()
+    env = {
+        "CARBONHOOK_DATABASE_URL": db,
+        "CARBONHOOK_WEBHOOK_SECRETS": SECRET,
+        "CARBONHOOK_CARBONPASS_API_URL": f"{emulator_base}/api/v1",
+        "CARBONHOOK_CARBONPASS_API_KEY": CP_KEY,
+        "CARBONHOOK_IMPACT_API_URL": emulator_base,
+        "CARBONHOOK_IMPACT_API_KEY": IMPACT_KEY,
+        "CARBONHOOK_RULES_FILE": str(rules),
+        "CARBONHOOK_LOG_FORMAT": "json",
+    }
+    service = Proc(["run", "--port", str(port)], env, tmp / "run.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", service)
+        for subject in ("crp_metrics1", "crp_metrics2"):
+            body = make_body(subject=subject)
+            answer = httpx.post(f"{base}/webhooks/carbonpass", content=body, headers=signed(body))
+            assert answer.status_code == 202, answer.text
+        wait_until(
+            lambda: sorted(query(db, "SELECT status FROM events")) == [("held",), ("succeeded",)],
+            timeout=30,
+            what=f"one event captured and one held\n{service.output()}",
+        )
+        scraped = httpx.get(f"{base}/metrics", timeout=10)
+        assert scraped.status_code == 200, scraped.text
+        yield scraped.text
+    finally:
+        service.stop()
+        emulator.stop()
+
+
+def _served(text: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The series names a scrape serves (those of families with no sample yet included) and,
+    for each series with samples, its label names."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("_count", "_sum", "_created"),
+    }
+    names: set[str] = set()
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+        for sample in family.samples:
+            names.add(sample.name)
+            labels.setdefault(sample.name, set()).update(set(sample.labels) - {"le"})
+    return names, labels
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        _tool_missing("promtool (Debian's prometheus package) is not installed")
+    assert path is not None
+    return path
+
+
+def test_every_alert_has_a_summary_a_severity_and_a_runbook_section() -> None:
+    alerts = _alerts()
+    assert len(alerts) >= 15
+    anchors = _heading_anchors(README.read_text())
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        assert rule["annotations"]["summary"].strip(), name
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert page == "README.md" and anchor in anchors, f"{name}: no README section #{anchor}"
+
+
+def test_the_alerts_cover_what_operators_must_hear_about() -> None:
+    reads = {name: _metric_names(rule["expr"]) for name, rule in _alerts().items()}
+    for metric in (
+        "carbonhook_ledger_oldest_timestamp_seconds",  # held captures waiting
+        "carbonhook_events",  # failed events
+        "carbonhook_ledger_captures",  # unknown captures
+        "carbonhook_duplicates_reversed_total",
+        "carbonhook_audit_discrepancies",
+        "carbonhook_sweeper_reenqueued_total",
+        "carbonhook_last_delivery_timestamp_seconds",
+        "up",
+        "carbonhook_spend_limit_lbs",
+        "carbonhook_api_requests_total",
+    ):
+        assert any(metric in names for names in reads.values()), metric
+    down = [rule["expr"] for rule in _alerts().values() if "up" in _metric_names(rule["expr"])]
+    assert any("carbonhook-receiver" in expr for expr in down)
+    assert any("carbonhook-worker" in expr for expr in down)
+
+
+def test_the_rules_tests_fire_every_alert() -> None:
+    document = yaml.safe_load(ALERTS_TEST.read_text())
+    assert document["rule_files"] == [ALERTS.name]
+    fired = {
+        case["alertname"]
+        for group in document["tests"]
+        for case in group["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    assert fired == set(_alerts())
+
+
+def test_the_metric_name_reader_sees_series_not_functions_labels_or_ranges() -> None:
+    expr = (
+        'sum by (api) (rate(carbonhook_api_requests_total{status!~"2.."}[5m])) / on (api) '
+        "max(up offset 1h) > scalar(carbonhook:threshold) or absent(carbonhok_typo)"
+    )
+    assert _metric_names(expr) == {
+        "carbonhook_api_requests_total",
+        "up",
+        "carbonhook:threshold",
+        "carbonhok_typo",
+    }
+    assert _label_names(expr) == {"carbonhook_api_requests_total": {"status"}}
+
+
+def test_promtool_accepts_the_alert_rules() -> None:
+    result = _run([_promtool(), "check", "rules", str(ALERTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_fires_each_alert_in_the_rules_tests() -> None:
+    result = _run([_promtool(), "test", "rules", str(ALERTS_TEST)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_accepts_a_live_metrics_scrape(live_metrics: str) -> None:
+    result = _run([_promtool(), "check", "metrics"], input=live_metrics)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_the_alerts_and_their_tests_read_only_series_carbonhook_serves(live_metrics: str) -> None:
+    served, labels = _served(live_metrics)
+    known = served | PROMETHEUS_SERIES | _recorded()
+    for name, rule in _alerts().items():
+        assert _metric_names(rule["expr"]) <= known, name
+        for metric, used in _label_names(rule["expr"]).items():
+            if metric in labels:
+                assert used <= labels[metric], f"{name}: {metric} has no label {used - labels[metric]}"
+    document = yaml.safe_load(ALERTS_TEST.read_text())
+    for group in document["tests"]:
+        for series in group["input_series"]:
+            metric = series["series"].split("{")[0]
+            assert metric in known, f"{group['name']}: {metric}"
+            used = set(_label_names(series["series"]).get(metric, set())) - {"job", "instance"}
+            if metric in labels:
+                assert used <= labels[metric], f"{group['name']}: {metric} has no label {used}"
+
+
+def test_the_dashboard_is_a_grafana_dashboard_over_a_chosen_prometheus() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["title"] and dashboard["uid"] and isinstance(dashboard["schemaVersion"], int)
+    variables = {item["name"]: item for item in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = _panels(dashboard)
+    assert len({panel["id"] for panel in panels}) == len(panels), "panel ids are unique"
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["title"] and panel["targets"], panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert len(set(ref_ids)) == len(ref_ids), panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip() and target["datasource"] == panel["datasource"]
+
+
+def test_the_dashboard_reads_only_series_carbonhook_serves(live_metrics: str) -> None:
+    served, labels = _served(live_metrics)
+    read: set[str] = set()
+    for expr in _dashboard_exprs():
+        names = _metric_names(expr)
+        assert names <= served | PROMETHEUS_SERIES, f"{expr}: {names - served}"
+        read |= names
+        for metric, used in _label_names(expr).items():
+            if metric in labels:
+                assert used <= labels[metric], f"{expr}: {metric} has no label {used}"
+    carbonhook_series = {
+        name
+        for name in served
+        if name.startswith("carbonhook_") and not name.endswith(("_created", "_sum", "_count"))
+    }
+    assert carbonhook_series - read == set(), "every carbonhook series is on the dashboard"
+
+
+def test_promtool_accepts_the_dashboards_queries(tmp_path: Path) -> None:
+    """Each query as a recording rule (Grafana's $__rate_interval as 5m): promtool parses it."""
+    rules = [
+        {"record": f"carbonhook:dashboard_query_{index}", "expr": expr.replace("$__rate_interval", "5m")}
+        for index, expr in enumerate(_dashboard_exprs())
+    ]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = _run([_promtool(), "check", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -180,7 +180,7 @@ def test_an_unknown_capture_that_never_happened_is_proved_so_and_failed(harness:
     assert report.not_found == [1] and report.discrepancies == 0
     assert query(harness.db, "SELECT status FROM captures WHERE id = 1") == [("failed",)]
     assert query(harness.db, "SELECT lbs FROM spend WHERE \"window\" LIKE 'day:%'") == [(0,)]
-    harness.processor.store.replay(event_id, via="cli", reason="again", status="queued")
+    harness.processor.store.replay(event_id, admin="ops", via="cli", reason="again", status="queued")
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
 

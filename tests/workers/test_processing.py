@@ -183,9 +183,9 @@ def test_a_refused_capture_fails_the_event_and_a_replay_tries_it_again(harness: 
     assert harness.processor.process(event_id) == "failed"
     assert harness.captures()[0][4] == "failed"
     admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None)
-    assert admin.replay(event_id, via="cli", reason="fixed") == "failed"
+    assert admin.replay(event_id, admin="ops", via="cli", reason="fixed") == "failed"
     assert harness.processor.process(event_id) == "succeeded"
-    assert admin.replay(event_id, via="cli", reason="again") == "succeeded"
+    assert admin.replay(event_id, admin="ops", via="cli", reason="again") == "succeeded"
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
     replays = query(harness.db, f"SELECT via, reason, previous_status FROM replays WHERE event_id = {event_id} ORDER BY id")

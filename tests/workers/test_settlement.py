@@ -251,7 +251,7 @@ def test_a_superseded_row_planned_again_is_sent_once(harness: Harness):
     assert harness.processor.process(event_id) == "succeeded"
     assert [c[4] for c in harness.captures()] == ["superseded"]
     use_rules(harness, RULES)  # the rule comes back; an admin replays the event
-    harness.processor.store.replay(event_id, via="cli", reason="rule restored", status="queued")
+    harness.processor.store.replay(event_id, admin="ops", via="cli", reason="rule restored", status="queued")
     assert harness.processor.process(event_id) == "succeeded"
     assert [c[4] for c in harness.captures()] == ["captured"]
     assert len(harness.emulator.impacts) == 1
@@ -264,7 +264,7 @@ def test_a_renamed_rule_replayed_again_still_sends_nothing_more(harness: Harness
     use_rules(harness, RENAMED)
     harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
-    harness.processor.store.replay(event_id, via="cli", reason="again", status="queued")
+    harness.processor.store.replay(event_id, admin="ops", via="cli", reason="again", status="queued")
     assert harness.processor.process(event_id) == "succeeded"
     assert [(c[0], c[4]) for c in harness.captures()] == [("published", "captured"), ("published-v2", "superseded")]
     assert len(harness.emulator.impacts) == 1

@@ -58,6 +58,7 @@ class Settler:
         *,
         timeout_s: float,
         quiet_s: float,
+        stall_s: float,
     ) -> None:
         self.url = url
         self.env = dict(env)
@@ -65,6 +66,7 @@ class Settler:
         self.supervise = supervise  # a process that dies meanwhile is restarted, and recorded
         self.timeout_s = timeout_s
         self.quiet_s = quiet_s
+        self.stall_s = stall_s  # no change in the counts for this long: it will not settle
         self.replays: list[dict[str, Any]] = []
 
     def connect(self) -> psycopg.Connection[Any]:
@@ -77,9 +79,21 @@ class Settler:
         self.sender.give_up_at = deadline
         checked_quiet = False
         last_report = 0.0
+        seen, seen_since = None, time.monotonic()
         while time.monotonic() < deadline:
             self.supervise()
             state = database_state(self.url)
+            # Progress: events and captures reaching an end (events flip between queued and
+            # processing while they wait, which is not progress).
+            counts = None if state is None else (
+                sum(state["events"].values()) - state["open_events"],
+                sum(state["captures"].values()) - state["open_captures"],
+            )
+            if counts != seen:
+                seen, seen_since = counts, time.monotonic()
+            elif state is not None and state["open_events"] and time.monotonic() - seen_since > self.stall_s:
+                say(f"NOT SETTLING: no event or capture reached an end for {self.stall_s:g}s: {state}")
+                return False
             # A failed event may leave captures open (never sent, or unknown): a replay is
             # what settles them, so only events (and answers) are waited for here.
             open_now = state is None or state["open_events"] or not self.sender.done()

@@ -144,6 +144,7 @@ class Soak:
             self.chaos.supervise,
             timeout_s=config.settle_timeout_s,
             quiet_s=config.late_finish_s + 3 + 2,  # a late create, the strict listings' lag, a margin
+            stall_s=max(60.0, 4 * config.reconcile_after_s, 3 * config.lease_s),
         )
         settled = self.settler.settle()
         self.timings["settle_s"] = time.monotonic() - settle_began

@@ -61,8 +61,10 @@ def soak(out: Path, *args: str, timeout: float = 600) -> tuple[subprocess.Comple
         "kind",
     ],
 )
+@pytest.mark.timeout(600)
 def test_a_short_soak_ends_with_every_planned_capture_standing_once_and_in_the_ledger(tmp_path: Path, profile: str):
-    done, summary = soak(tmp_path / "soak", "--duration", "30", "--deliveries", "50", "--seed", "7", "--profile", profile)
+    args = ["--duration", "30", "--deliveries", "50", "--seed", "7", "--settle-timeout", "120"]
+    done, summary = soak(tmp_path / "soak", *args, "--profile", profile)
     assert done.returncode == 0, f"{summary['table']}\n\n{done.stderr[-5000:]}\nlogs: {tmp_path / 'soak'}"
     verdict = summary["verdict"]
     assert verdict["agree"] and summary["settled"]

@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: sandbox test check lint bench bench-smoke lock clean
+.PHONY: sandbox test check lint bench bench-smoke soak lock clean
 
 # Exactly the versions in constraints.txt (the ones last tested), so that a fresh clone installs
 # what CI ran; `make lock` moves them to the newest that pyproject.toml allows.
@@ -37,6 +37,13 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	bench/run --smoke
+
+# A chaos soak of a few minutes (needs redis-server and PostgreSQL's binaries: it runs its own);
+# exits non-zero unless every planned capture stands once and the ledger agrees. SOAK_ARGS adds
+# options, e.g. `make soak SOAK_ARGS="--seed 2 --record"`.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	bench/soak --duration 180 $(SOAK_ARGS)
 
 lock:
 	rm -rf .venv-lock

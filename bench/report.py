@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any
 
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
+SOAK = Path(__file__).with_name("SOAK.md")  # bench/soak --record keeps its runs there
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SOAK_HEADING = "## Chaos soak (bench/soak)"
+SOAK_INTRO = f"""{SOAK_HEADING}
+
+Receivers and workers SIGKILLed (and a worker sometimes SIGTERMed) and restarted, Redis and
+PostgreSQL crashed or stopped and restarted, 1ClickImpact (by default the emulator's strict
+profile: listings 3 s late, without metadata, e-mails lower-cased) failing at random and by injected
+faults; then everything let settle, failed events replayed, and three counts compared: the
+captures the deliveries plan (computed by the soak from its rules), the impacts standing at
+the emulator (mapped to ledger rows by their `carbonhook_tag`), and the ledger's captured rows.
+`bench/soak --record` adds a run here, newest first (and to bench/RESULTS.md)."""
 
 # (variant, the least ratio to the ceiling, the most p99 in ms); the issue's targets.
 INTAKE_TARGETS: dict[str, tuple[float | None, float | None]] = {
@@ -61,6 +73,8 @@ def render(run: Any, config: Any) -> str:
     if run.profiles:
         out += ["", "## Profiles (py-spy)", ""]
         out += [f"- {name}: `{path}`" for name, path in run.profiles.items()]
+    if not config.smoke and SOAK.exists():
+        out += ["", SOAK.read_text().strip()]
     if not config.smoke and FINDINGS.exists():
         out += ["", FINDINGS.read_text().strip()]
     return "\n".join(out) + "\n"
@@ -281,3 +295,102 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines
+
+
+def soak_text(summary: dict[str, Any]) -> str:
+    """The human summary: what was done, then the three counts and every discrepancy."""
+    chaos, deliveries, emulator = summary["chaos"], summary["deliveries"], summary["emulator"]
+    kills = sum(chaos["kills"].values())
+    restarts = sum(chaos["service_restarts"].values())
+    lines = [
+        f"soak: {summary['command']}",
+        f"  deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends "
+        f"({deliveries['resends']} exact re-sends), {deliveries['http_attempts']} HTTP attempts; "
+        f"refused or broken on the way: {_pairs(deliveries['refused_or_broken']) or 'none'}",
+        f"  chaos: {kills} SIGKILLs ({_pairs(chaos['kills'])}), {sum(chaos['stops'].values())} SIGTERMs, "
+        f"{restarts} service restarts ({_pairs(chaos['service_restarts'])}; down "
+        f"{_pairs(chaos['outage_seconds'])} s), {sum(chaos['faults_injected'].values())} faults injected, "
+        f"{len(chaos['unexpected_exits'])} unexpected exits",
+        f"  1ClickImpact: {emulator['create_calls']} create calls, {emulator['create_calls_failed']} of them "
+        f"failed (5xx or connection broken), {emulator['listing_calls']} listing calls",
+        f"  settled: {'yes' if summary['settled'] else 'NO'} in {summary['timings_s'].get('settle_s', 0):g}s"
+        f" after the chaos; {len(summary['replays'])} replay(s) of failed events"
+        + (f" ({', '.join(str(len(r['events'])) for r in summary['replays'])} events)" if summary["replays"] else ""),
+        "",
+        summary["table"],
+        "",
+        f"soak: {'PASS' if summary['ok'] else 'FAIL'}",
+    ]
+    return "\n".join(lines)
+
+
+def soak_section(summary: dict[str, Any]) -> str:
+    """One soak run as a section of SOAK.md: when, the command, what it did and found."""
+    started = datetime.fromisoformat(summary["started"]).strftime("%Y-%m-%d %H:%M UTC")
+    chaos, deliveries, emulator = summary["chaos"], summary["deliveries"], summary["emulator"]
+    config = summary["config"]
+    versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
+    replays = summary["replays"]
+    lines = [
+        f"### {started}: {'PASS' if summary['ok'] else 'FAIL'}",
+        "",
+        f"- command: `{summary['command']}`",
+        f"- versions: {versions}",
+        f"- took {summary['timings_s'].get('total_s', 0):.0f} s: {summary['timings_s'].get('chaos_s', 0):.0f} s of chaos,"
+        f" {summary['timings_s'].get('settle_s', 0):.0f} s to settle"
+        f" ({'settled' if summary['settled'] else 'did NOT settle'});"
+        f" {len(replays)} replay(s) of failed events"
+        + (f" ({', '.join(str(len(r['events'])) for r in replays)} events)" if replays else ""),
+        f"- 1ClickImpact emulated `{config.get('profile', 'strict')}`, {config['failure_rate']:.0%} of creates"
+        f" failing at random (late ones landing {config['late_finish_s']:g} s late);"
+        f" CARBONHOOK_HTTP_TIMEOUT_S {config['http_timeout_s']:g}, RECONCILE_AFTER_S"
+        f" {config['reconcile_after_s']:g}, LEASE_S {config['lease_s']:g}, MAX_RETRIES {config['max_retries']}"
+        + (f", AUDIT_INTERVAL_S {config['audit_interval_s']:g}" if "audit_interval_s" in config else ""),
+        f"- deliveries: {deliveries['distinct']} distinct, {deliveries['sends']} sends,"
+        f" {deliveries['http_attempts']} HTTP attempts (refused or broken: "
+        f"{_pairs(deliveries['refused_or_broken']) or 'none'})",
+        f"- chaos: SIGKILL {_pairs(chaos['kills']) or 'none'}; SIGTERM {_pairs(chaos['stops']) or 'none'};"
+        f" restarts {_pairs(chaos['service_restarts']) or 'none'} (down {_pairs(chaos['outage_seconds'])} s);"
+        f" {sum(chaos['faults_injected'].values())} faults injected;"
+        f" {len(chaos['unexpected_exits'])} unexpected exits",
+        f"- 1ClickImpact: {emulator['create_calls']} create calls, {emulator['create_calls_failed']}"
+        f" failed (5xx or connection broken), {emulator['cancelled']} impacts cancelled",
+        "",
+        "```",
+        summary["table"],
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def record_soak(summary: dict[str, Any], soak: Path = SOAK, results: Path = RESULTS) -> None:
+    """Add the run to SOAK.md (after what the runs found, newest run first), then put SOAK.md
+    in RESULTS.md."""
+    sections = soak.read_text().split("\n### ")[1:] if soak.exists() else []
+    notes = [section for section in sections if not section[:1].isdigit()]  # not a dated run
+    runs = [section for section in sections if section[:1].isdigit()]
+    parts = [SOAK_INTRO, *("### " + n.strip() for n in notes), soak_section(summary)]
+    parts += ["### " + run.strip() for run in runs]
+    soak.write_text("\n\n".join(parts) + "\n")
+    soak_into_results(soak, results)
+
+
+def soak_into_results(soak: Path = SOAK, results: Path = RESULTS) -> None:
+    """RESULTS.md with SOAK.md as its soak section, before the findings (as `render` puts it)."""
+    if not results.exists() or not soak.exists():
+        return
+    text, current = soak.read_text().strip(), results.read_text()
+    if SOAK_HEADING in current:
+        before, _, rest = current.partition(SOAK_HEADING)
+        after = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
+        current = before.rstrip() + "\n\n" + text + ("\n\n## " + after if after else "\n")
+    elif "\n## Findings" in current:
+        before, _, after = current.partition("\n## Findings")
+        current = before.rstrip() + "\n\n" + text + "\n\n## Findings" + after
+    else:
+        current = current.rstrip() + "\n\n" + text + "\n"
+    results.write_text(current)
+
+
+def _pairs(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())

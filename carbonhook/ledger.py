@@ -236,22 +236,24 @@ class Ledger(Decisions):
             ).first()
         return found is not None
 
-    def signature_in_flight(self, row: CaptureRow) -> bool:
-        """Another capture of `row`'s signature may have a call out whose outcome is unknown."""
+    def open_twins(self, row: CaptureRow) -> list[tuple[CaptureRow, float]]:
+        """The other captures of `row`'s signature with a call whose outcome is not known
+        (`unknown`, or `pending` with an attempt), each with its attempt's age (the database's
+        clock)."""
         open_attempt = (Capture.status == CaptureStatus.UNKNOWN) | (
             (Capture.status == CaptureStatus.PENDING) & Capture.attempt_token.is_not(None)
         )
         with self.engine.connect() as conn:
             found = conn.execute(
-                select(Capture.id)
+                select(*ROW_COLUMNS, seconds_since(Capture.attempted_at))
                 .where(
                     open_attempt,
                     Capture.id != row.id,
                     same_signature(row.action, row.amount, row.customer_email),
                 )
-                .limit(1)
-            ).first()
-        return found is not None
+                .order_by(Capture.id)
+            ).all()
+        return [(CaptureRow(*values[:-1]), float(values[-1] or 0.0)) for values in found]
 
     def captured(
         self, capture_id: int, impact: Impact, *, token: str, note: str | None = None

@@ -249,6 +249,8 @@ def create_app(
             await built.enqueuer.stop()
             await built.intake.close()
             built.store.engine.dispose()
+            if admin is not None:  # its own pool, opened by the admin pages and API
+                admin.store.engine.dispose()
 
     all_routes: list[Any] = [
         Route("/webhooks/carbonpass", receive_webhook, methods=["POST"]),

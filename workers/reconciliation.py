@@ -7,9 +7,14 @@ listings, whether they echo `metadata`, or whether they keep an e-mail as it was
 - a record carrying our tag for this row (`carbonhook/tags.py`) is the row's, exactly; one
   carrying another row's tag or another deployment's is never this row's;
 - when the listings carry no metadata at all, the record must match the row's signature
-  (action, amount, customer e-mail in any case), be no older than the attempt, be claimed by
-  no other row, and be the oldest such record; and the caller checks first that no other
-  capture of the signature is in flight, so the oldest such record can only be this row's.
+  (action, amount, customer e-mail in any case), be no older than the attempt, and be claimed
+  by no other row. While no other capture of the signature is in flight, the oldest such
+  record can only be this row's. While another one has a call out, nothing can be decided:
+  the row waits (sending it again could make a second impact). When every capture of the
+  signature in flight is `unknown` and past its settle window, none has a call out any more:
+  the records are given to the rows in order, oldest to oldest. Captures of one signature
+  are the same action, amount and customer, so whichever row gets which record, each row
+  stands once; the rows past the records never happened, and are sent again.
 
 A row not found is looked for again, on a growing interval, until its settle window has passed
 since the attempt began (the database's clock); only then may it be sent again.
@@ -18,16 +23,27 @@ since the attempt began (the database's clock); only then may it be sent again.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from carbonhook.capture_rows import CaptureRow
 from carbonhook.captures import Impact
 from carbonhook.ledger import Ledger
+from carbonhook.statuses import CaptureStatus
 from carbonhook.tags import CAPTURE_KEY, tag_of
 from workers.impact import ImpactClient
 
 # A record's time is 1ClickImpact's clock, the attempt's is ours: allow them to disagree.
 CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the listings say of a row: its `record`, or none; `decisive` False when nothing
+    can be concluded yet (another capture of its signature has a call out)."""
+
+    record: Impact | None
+    decisive: bool = True
 
 
 def parse_time(value: str) -> datetime | None:
@@ -37,42 +53,68 @@ def parse_time(value: str) -> datetime | None:
         return None
 
 
-def match_record(
-    row: CaptureRow,
-    records: Iterable[Impact],
-    *,
-    deployment: str,
-    claimed: set[tuple[str, str]],
-) -> Impact | None:
-    """The record that proves `row`'s capture, or None (pure: see the module's docstring).
-    `claimed` holds the `(user_id, time_utc)` of records other rows already own."""
-    assert row.attempted_at is not None
-    earliest = row.attempted_at - CLOCK_SKEW
-    email = (row.customer_email or "").lower()
+def match_tagged(
+    row: CaptureRow, records: Iterable[Impact], *, deployment: str, claimed: set[tuple[str, str]]
+) -> tuple[Impact | None, bool]:
+    """The record tagged with `row` (pure), and whether the listings carry metadata at all (then
+    an untagged record is never ours: every capture of ours is tagged)."""
     echoes_metadata = False
-    candidates: list[Impact] = []
     for record in records:
         if record.metadata is not None:
             echoes_metadata = True
         tag = tag_of(record.metadata)
         if tag is not None:
             if tag.deployment == deployment and tag.capture_id == row.id:
-                return record
+                return record, True
             continue
         legacy = (record.metadata or {}).get(CAPTURE_KEY)
-        if legacy is not None:  # made before tags carried the deployment
-            if legacy == str(row.id) and (record.user_id, record.time_utc) not in claimed:
-                return record
+        if legacy == str(row.id) and (record.user_id, record.time_utc) not in claimed:
+            return record, True  # made before tags carried the deployment
+    return None, echoes_metadata
+
+
+def signature_records(
+    row: CaptureRow, records: Iterable[Impact], *, since: datetime, claimed: set[tuple[str, str]]
+) -> list[Impact]:
+    """Untagged records of `row`'s signature made since `since` and claimed by no row, oldest
+    first (pure)."""
+    email = (row.customer_email or "").lower()
+    earliest = since - CLOCK_SKEW
+    found = []
+    for record in records:
+        if record.metadata is not None:
             continue
         if record.amount != row.amount or (record.customer_email or "").lower() != email:
             continue
         when = parse_time(record.time_utc)
         if when is None or when < earliest or (record.user_id, record.time_utc) in claimed:
             continue
-        candidates.append(record)
-    if echoes_metadata:
-        return None  # every capture of ours is tagged: an untagged record is someone else's
-    return min(candidates, key=lambda r: r.time_utc, default=None)
+        found.append(record)
+    return sorted(found, key=lambda r: r.time_utc)
+
+
+def match_untagged(
+    row: CaptureRow,
+    records: list[Impact],
+    twins: list[tuple[CaptureRow, float]],
+    *,
+    window_s: float,
+    claimed: set[tuple[str, str]],
+) -> Finding:
+    """`row`'s record by its signature, when the listings carry no metadata (pure; see the
+    module's docstring). `twins`: the signature's other captures in flight, with their ages."""
+    assert row.attempted_at is not None
+    if not twins:
+        candidates = signature_records(row, records, since=row.attempted_at, claimed=claimed)
+        return Finding(candidates[0] if candidates else None)
+    if any(twin.status != CaptureStatus.UNKNOWN or age < window_s for twin, age in twins):
+        return Finding(None, decisive=False)  # a call may still be out: wait
+    group = sorted([row, *(twin for twin, _ in twins)], key=lambda r: (r.attempted_at, r.id))
+    first = group[0].attempted_at
+    assert first is not None
+    candidates = signature_records(row, records, since=first, claimed=claimed)
+    place = group.index(row)
+    return Finding(candidates[place] if place < len(candidates) else None)
 
 
 class Reconciler:
@@ -83,12 +125,16 @@ class Reconciler:
         self.ledger = ledger
         self.impact = impact
 
-    def find(self, row: CaptureRow) -> Impact | None:
-        """The record proving `row`'s capture, if 1ClickImpact lists one now."""
+    def find(self, row: CaptureRow, *, window_s: float) -> Finding:
+        """What 1ClickImpact's listings say of `row`'s capture now."""
         assert row.attempted_at is not None
-        fallback_allowed = not self.ledger.signature_in_flight(row)
         since = (row.attempted_at - timedelta(days=1)).date()
         stop_before = row.attempted_at - CLOCK_SKEW
+        twins = self.ledger.open_twins(row)
+        if twins:  # the records of the oldest attempt among them matter too
+            oldest = min(twin.attempted_at or row.attempted_at for twin, _ in twins)
+            stop_before = min(stop_before, oldest - CLOCK_SKEW)
+            since = min(since, (oldest - timedelta(days=1)).date())
         records: list[Impact] = []
         for customers in (row.customer_email is not None, row.customer_email is None):
             previous: datetime | None = None
@@ -104,10 +150,11 @@ class Reconciler:
                 when = parse_time(record.time_utc)
                 descending = previous is not None and when is not None and when <= previous
                 if descending and when is not None and when < stop_before:
-                    break  # newest first: the rest are older than the attempt
+                    break  # newest first: the rest are older than the attempts
                 previous = when or previous
         claimed = self.ledger.attributed([(r.user_id, r.time_utc) for r in records])
-        found = match_record(row, records, deployment=self.ledger.deployment_id(), claimed=claimed)
-        if found is not None and tag_of(found.metadata) is None and not fallback_allowed:
-            return None  # another capture of the signature is in flight: it could be theirs
-        return found
+        deployment = self.ledger.deployment_id()
+        tagged, echoes_metadata = match_tagged(row, records, deployment=deployment, claimed=claimed)
+        if tagged is not None or echoes_metadata:
+            return Finding(tagged)
+        return match_untagged(row, records, twins, window_s=window_s, claimed=claimed)

@@ -87,9 +87,17 @@ class Settlement:
         raise RetryableError(f"capture {row.id} changed under us; looking again", retry_after=1.0)
 
     def _found(self, row: CaptureRow) -> str | None:
-        """Look for the row's record; `captured` if 1ClickImpact proves it."""
+        """Look for the row's record; `captured` if 1ClickImpact proves it. Raises to wait when
+        nothing can be concluded yet (another capture of its signature has a call out)."""
         assert row.attempt_token is not None
-        record = self.reconciler.find(row)
+        finding = self.reconciler.find(row, window_s=self.settings.reconcile_after_s)
+        if not finding.decisive:
+            raise StillSettling(
+                f"capture {row.id}: another capture of {row.amount} {row.action} for the same "
+                "customer has a call out; its record could be either's: waiting",
+                retry_after=max(FIRST_LOOK_S, self.settings.reconcile_after_s / 4),
+            )
+        record = finding.record
         if record is None:
             return None
         if not self.ledger.captured(

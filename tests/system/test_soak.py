@@ -141,16 +141,6 @@ def test_a_lost_answer_for_a_mixed_case_email_is_found_not_sent_again(strict: Ca
     assert len(emulator.impacts) == 1, [i["time_utc"] for i in emulator.impacts]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bench/soak (soak-bill-tree/bill_soak00090, capture 101): a capture whose answer was lost "
-        "is looked for past its settle window while another capture of its signature still has "
-        "a call out (pending, not unknown); the untagged match is refused ('it could be "
-        "theirs'), which is taken for 'not found', and as the other is not unknown the new "
-        "attempt is allowed: it is sent again although its impact stands"
-    ),
-)
 def test_a_lost_answer_is_not_sent_again_while_another_capture_of_its_signature_is_in_flight(
     strict: Callable[..., Harness],
 ):
@@ -178,16 +168,6 @@ def test_a_lost_answer_is_not_sent_again_while_another_capture_of_its_signature_
     assert len(emulator.impacts) == 2, [i["time_utc"] for i in emulator.impacts]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bench/SOAK.md, the runs of 07:36 and 07:58 (two or three captures of 500 lbs for one "
-        "customer begun together, all unknown): each one's untagged match is refused while the "
-        "others are in flight, and each one's new attempt is refused while another is unknown; "
-        "they wait for each other for good (the audit flags them for a person), and meanwhile no "
-        "other capture of that signature is sent"
-    ),
-)
 def test_two_unknown_captures_of_one_signature_do_not_wait_for_each_other_forever(
     strict: Callable[..., Harness],
 ):

@@ -165,12 +165,18 @@ def judge(
             continue
         standing[capture_id].append(impact)
 
+    # Which row's request made each standing impact (its tag says), and that row's signature.
+    made_by = {
+        (str(impact["user_id"]), str(impact["time_utc"])): rows_by_id[capture_id]
+        for capture_id, mine in standing.items()
+        for impact in mine
+    }
     for key, plan in sorted(planned.items()):
         row = rows_by_key.get(key)
         if row is None:
             found.append(Discrepancy("planned, no ledger row", _name(key)))
             continue
-        found += _one_capture(key, plan, row, standing.get(int(row["id"]), []))
+        found += _one_capture(key, plan, row, standing.get(int(row["id"]), []), made_by)
 
     for key, row in sorted(rows_by_key.items()):
         if key in planned:
@@ -192,7 +198,17 @@ def judge(
     )
 
 
-def _one_capture(key: Key, plan: Planned, row: Mapping[str, Any], mine: Sequence[Mapping[str, Any]]) -> list[Discrepancy]:
+def _signature(row: Mapping[str, Any]) -> tuple[str, int, str]:
+    return (str(row["action"]), int(row["amount"]), str(row.get("customer_email") or "").lower())
+
+
+def _one_capture(
+    key: Key,
+    plan: Planned,
+    row: Mapping[str, Any],
+    mine: Sequence[Mapping[str, Any]],
+    made_by: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> list[Discrepancy]:
     """What is wrong with one planned capture, named by what an operator would see."""
     what = _name(key)
     status, capture = str(row["status"]), f"capture {row['id']}"
@@ -208,7 +224,13 @@ def _one_capture(key: Key, plan: Planned, row: Mapping[str, Any], mine: Sequence
     elif status != "captured":
         found.append(Discrepancy(f"standing, ledger {status}", what, f"{capture}; standing at {times}"))
     elif (row["user_id"], row["time_utc"]) != (mine[0]["user_id"], mine[0]["time_utc"]):
-        found.append(Discrepancy("ledger names another impact", what, f"{capture}: ledger {row['user_id']} {row['time_utc']}, standing {mine[0]['user_id']} {mine[0]['time_utc']}"))
+        named = f"{capture}: the ledger names {row['user_id']} {row['time_utc']}, its own impact is {mine[0]['user_id']} {mine[0]['time_utc']}"
+        other = made_by.get((str(row["user_id"]), str(row["time_utc"])))
+        if other is not None and _signature(other) == _signature(row):
+            # Same action, amount and customer: the money is right, the attribution is not.
+            found.append(Discrepancy("ledger names a twin's impact", what, f"{named}, made by capture {other['id']} ({other['subject_id']})"))
+        else:
+            found.append(Discrepancy("ledger names another impact", what, named))
     for impact in mine:
         email = (impact.get("customer_email") or "").lower()
         if (impact["kind"], impact["amount"], email) != (plan.action, plan.amount, (plan.customer_email or "").lower()):
@@ -295,7 +317,7 @@ def table(verdict: Verdict) -> str:
 
 
 # The money first: an impact too many, then the ledger wrong about one, then open or lost work.
-_ORDER = ("standing twice", "impact of no ledger row", "ledger names another impact", "captured in the ledger", "standing, ledger", "ledger row not planned", "delivery", "missing, ledger unknown", "missing")
+_ORDER = ("standing twice", "impact of no ledger row", "ledger names another impact", "ledger names a twin", "captured in the ledger", "standing, ledger", "ledger row not planned", "delivery", "missing, ledger unknown", "missing")
 EXAMPLES = 5
 
 

@@ -25,6 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine, func, select
 
 from carbonhook.schema import Capture, Event, Spend
+from carbonhook.statuses import EventStatus
 
 Limits = Callable[[], tuple[int | None, int | None]]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -40,6 +41,7 @@ class Metrics:
     api_requests: Counter
     api_seconds: Histogram
     sweeper_reenqueued: Counter
+    events_ignored: Counter
     reversals: Counter
     audit_discrepancies: Gauge
 
@@ -77,6 +79,11 @@ def metrics() -> Metrics:
         sweeper_reenqueued=Counter(
             "carbonhook_sweeper_reenqueued", "Events the sweeper handed to the queue again"
         ),
+        events_ignored=Counter(
+            "carbonhook_events_ignored",
+            "Events a worker ended ignored because no rule in force is on their type, by type",
+            ["type"],
+        ),
         reversals=Counter(
             "carbonhook_duplicates_reversed",
             "Impacts found standing twice for one capture and reversed at 1ClickImpact",
@@ -91,7 +98,8 @@ def metrics() -> Metrics:
 
 
 class StoreCollector:
-    """Gauges read from the database when scraped: events and captures by status, spend."""
+    """Gauges read from the database when scraped: events by status, ignored events by type,
+    captures by status, spend."""
 
     def __init__(self, engine: Engine, limits: Limits) -> None:
         self.engine = engine
@@ -99,6 +107,11 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         events = GaugeMetricFamily("carbonhook_events", "Events by status", labels=["status"])
+        ignored = GaugeMetricFamily(
+            "carbonhook_ignored_events",
+            "Events stored ignored (no rule was on their type), by type",
+            labels=["type"],
+        )
         captures = GaugeMetricFamily(
             "carbonhook_ledger_captures", "Ledger rows by status", labels=["status"]
         )
@@ -116,6 +129,12 @@ class StoreCollector:
                 select(Event.status, func.count()).group_by(Event.status)
             ):
                 events.add_metric([status], count)
+            for event_type, count in conn.execute(
+                select(Event.type, func.count())
+                .where(Event.status == EventStatus.IGNORED)
+                .group_by(Event.type)
+            ):
+                ignored.add_metric([event_type], count)
             for status, count in conn.execute(
                 select(Capture.status, func.count()).group_by(Capture.status)
             ):
@@ -131,7 +150,7 @@ class StoreCollector:
         for name, value in zip(("day", "month"), self.limits(), strict=True):
             if value is not None:
                 limit.add_metric([name], value)
-        yield from (events, captures, spend, limit)
+        yield from (events, ignored, captures, spend, limit)
 
 
 class CachedCollector:

@@ -47,7 +47,6 @@ STORE_METRICS_MAX_AGE_S = 15.0
 
 DELIVERY_OUTCOMES = (
     "accepted",
-    "ignored",
     "duplicate",
     "bad_signature",
     "invalid",
@@ -152,11 +151,8 @@ async def receive_webhook(request: Request) -> Response:
     if not recorded.created:
         outcomes["duplicate"].inc()
         return JSONResponse({"id": recorded.id, "status": "duplicate"}, status_code=200)
-    if delivery.is_processed:
-        services.enqueuer.submit(recorded.id)
-        outcomes["accepted"].inc()
-    else:
-        outcomes["ignored"].inc()
+    services.enqueuer.submit(recorded.id)
+    outcomes["accepted"].inc()
     return JSONResponse({"id": recorded.id, "status": "accepted"}, status_code=202)
 
 

@@ -24,13 +24,13 @@ from carbonhook.schema import UTCDateTime, utcnow
 from carbonhook.statuses import EventStatus
 from receiver.events import Delivery
 
-
-def _first_status(delivery: Delivery) -> str:
-    """A new event is stored `queued`: the receiver hands it to the broker right after the
-    insert commits, and marks it `pending` only if that fails. Marking every event `queued`
-    once the broker had it cost a second write of the row and its five indexes
-    (bench/FINDINGS.md)."""
-    return EventStatus.QUEUED if delivery.is_processed else EventStatus.IGNORED
+# A new event is stored `queued`, whatever its type: the receiver hands it to the broker right
+# after the insert commits, and marks it `pending` only if that fails. Marking every event
+# `queued` once the broker had it cost a second write of the row and its five indexes
+# (bench/FINDINGS.md). Whether a rule is on its type is the worker's to say, by the rules in
+# force when it processes the event (it then ends `ignored` if none is): the receiver reads
+# no rules, so its one statement per delivery is the same for every type.
+_FIRST_STATUS = EventStatus.QUEUED
 
 
 _COLUMNS = (
@@ -132,7 +132,7 @@ class PostgresIntake:
     async def record(self, delivery: Delivery) -> Recorded:
         now = utcnow().replace(tzinfo=None)
         event_ts = delivery.timestamp.astimezone(UTC).replace(tzinfo=None)
-        status = _first_status(delivery)
+        status = _FIRST_STATUS
         args = (delivery.type, delivery.subject_id, event_ts, now, delivery.body, status)
         try:
             pool = await self._get_pool()
@@ -176,7 +176,7 @@ class SqlIntake:
             "event_ts": self._time(delivery.timestamp),
             "now": self._time(utcnow()),
             "body": delivery.body,
-            "status": _first_status(delivery),
+            "status": _FIRST_STATUS,
         }
         try:
             async with self.engine.connect() as conn:

@@ -63,6 +63,27 @@ def test_bulk_replay_shows_progress_and_counts(cli_env: str, capsys: pytest.Capt
     assert "replaying" in err
 
 
+def test_ignored_events_of_one_type_are_replayed_in_bulk(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    from sqlalchemy import create_engine, text
+
+    from carbonhook.database import sync_url
+
+    calculated = [store_delivery(cli_env, make_body(event="bill.calculated", subject=f"bill_{n}")) for n in range(2)]
+    other = store_delivery(cli_env, make_body(event="company.updated", subject="comp_1"))
+    engine = create_engine(sync_url(cli_env))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE events SET status = 'ignored'"))
+    engine.dispose()
+    code, out, _ = run(capsys, "events", "list", "--status", "ignored", "--type", "bill.calculated", "--json")
+    assert [e["id"] for e in json.loads(out)] == calculated[::-1]
+    code, out, _ = run(capsys, "events", "replay", "--status", "ignored", "--type", "bill.calculated")
+    assert code == 0 and "replayed 2 of 2 events" in out
+    code, out, _ = run(capsys, "events", "replay", str(other))
+    assert code == 0 and f"replayed event {other} (was ignored)" in out
+    assert query(cli_env, "SELECT status FROM events ORDER BY id") == [("pending",)] * 3
+    assert query(cli_env, "SELECT previous_status FROM replays") == [("ignored",)] * 3
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -81,10 +102,22 @@ def test_errors_are_one_line_on_stderr_with_a_nonzero_exit(cli_env: str, capsys:
 
 
 def test_rules_check_prints_a_table_and_the_example_passes(capsys: pytest.CaptureFixture[str]):
-    code, out, _ = run(capsys, "rules", "check", str(ROOT / "rules.example.toml"))
-    assert code == 0
+    code, out, err = run(capsys, "rules", "check", str(ROOT / "rules.example.toml"))
+    assert code == 0 and err == ""
     assert "offset-published-crps" in out and "bill-growth" in out and "50000 lbs/day" in out
     assert "1 trees" in out  # plant_tree counts trees, not pounds
+
+
+def test_rules_check_warns_without_failing_about_a_type_carbonpass_is_not_known_to_send(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "calc"\non = "bill.calculated"\ncapture_lbs = 1\n'
+        '[[rule]]\nname = "usual"\non = "bill.confirmed"\ncapture_lbs = 1\n'
+    )
+    code, out, err = run(capsys, "rules", "check", str(rules))
+    assert code == 0 and "bill.calculated" in out and "usual" in out
+    assert err.startswith("warning: 'bill.calculated' (rule calc) is not a type CarbonPass is known to send")
+    assert err.count("\n") == 1
 
 
 def test_rules_check_names_the_rule_field_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

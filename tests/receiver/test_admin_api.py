@@ -107,6 +107,20 @@ def test_bulk_replay_by_filter(api: Api):
     assert result["replayed"] == 3 and sorted(result["ids"]) == ids
 
 
+def test_ignored_events_are_replayed_one_by_one_or_by_type(api: Api):
+    calculated = [store_delivery(api.db, make_body(event="bill.calculated", subject=f"bill_i{n}")) for n in range(2)]
+    other = store_delivery(api.db, make_body(event="company.updated", subject="comp_i"))
+    assert [api.processor.process(i) for i in [*calculated, other]] == ["ignored"] * 3
+    listed = api.call("GET", "/events", params={"status": "ignored"}).json()["events"]
+    assert [e["id"] for e in listed] == [other, *calculated[::-1]]
+    result = api.call("POST", "/events/replay", json={"status": "ignored", "type": "bill.calculated"}).json()
+    assert result == {"replayed": 2, "ids": calculated}
+    one = api.call("POST", f"/events/{other}/replay", json={"reason": "a rule is on it now"})
+    assert one.json() == {"id": other, "previous_status": "ignored", "status": "queued"}
+    statuses = query(api.db, f"SELECT status FROM events WHERE id IN ({calculated[0]}, {calculated[1]}, {other})")
+    assert statuses == [("queued",)] * 3
+
+
 def test_bulk_replay_leaves_events_that_are_not_replayable_and_audits_each_one(api: Api):
     httpx.post(api.processor.impact.http.base_url.join("/_emulator/faults"), json={"endpoint": "capture_carbon", "status": 400, "times": 2})
     failed = [store_delivery(api.db, make_body(subject=f"crp_m{n}")) for n in range(2)]

@@ -301,3 +301,81 @@ def seconds_since_in_db(db: str, sql_time: str) -> float:
         value = conn.execute(select(seconds_since(expression))).scalar_one()
     engine.dispose()
     return float(value)
+
+
+# -- any event type: the rules in force decide -----------------------------------------------
+
+
+def ignored_count(event_type: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("carbonhook_events_ignored_total", {"type": event_type}) or 0.0
+
+
+def test_an_event_of_a_type_no_rule_is_on_ends_ignored_said_once_per_type_and_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+):
+    before = ignored_count("bill.calculated")
+    ids = [harness.deliver(make_body(event="bill.calculated", subject=f"bill_c{n}", siteId="site_3rZ1")) for n in range(3)]
+    with caplog.at_level("WARNING", logger="workers.processing"):
+        assert [harness.processor.process(i) for i in ids] == ["ignored"] * 3
+    assert harness.status(ids[0]) == ("ignored", None)
+    assert query(harness.db, f"SELECT note FROM events WHERE id = {ids[0]}") == [("no rule is on 'bill.calculated'",)]
+    said = [r for r in caplog.records if "bill.calculated" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert "events replay --status ignored --type bill.calculated" in said[0].getMessage()
+    assert ignored_count("bill.calculated") - before == 3
+    assert harness.emulator.state.calls == [] and harness.captures() == []
+    # Ended like any attempt: recorded, and a finished event is not claimed again.
+    assert query(harness.db, f"SELECT outcome FROM event_attempts WHERE event_id = {ids[0]}") == [("ignored",)]
+    assert harness.processor.process(ids[0]) is None
+
+
+def test_a_known_type_no_rule_is_on_is_ignored_too(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES.split("[[rule]]\nname = \"bill-site\"")[0])
+    request.addfinalizer(h.runtime.close)
+    event_id = h.deliver(make_body(event="bill.confirmed", subject="bill_9vW4kLpR", siteId="site_3rZ1"))
+    assert h.processor.process(event_id) == "ignored"
+    assert emulator.state.calls == []
+
+
+def test_once_a_rule_is_on_the_type_replaying_the_ignored_events_processes_them(harness: Harness):
+    from carbonhook.admin import Admin
+    from carbonhook.event_queries import EventFilter
+    from workers.rules import parse_rules
+
+    calculated = [
+        harness.deliver(make_body(event="bill.calculated", subject=f"bill_r{n}", ts=f"2026-04-0{n + 1}T00:00:00Z", siteId="site_3rZ1"))
+        for n in range(2)
+    ]
+    other = harness.deliver(make_body(event="company.updated", subject="comp_1"))
+    assert [harness.processor.process(i) for i in [*calculated, other]] == ["ignored"] * 3
+    # A rule is now on the type (SIGHUP reloads the file; here the holder is given the new one).
+    holder = harness.processor.rules
+    holder.current = parse_rules(RULES + '\n[[rule]]\nname = "calculated-growth"\non = "bill.calculated"\noffset_delta = { fraction = 0.01 }\n')  # type: ignore[attr-defined]
+    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None)
+    replayed = list(admin.replay_matching(EventFilter(status="ignored", type="bill.calculated"), via="cli", reason="rule added"))
+    assert replayed == calculated
+    assert [harness.processor.process(i) for i in calculated] == ["succeeded", "succeeded"]
+    # Read like a bill: the site's emissions, the growth offset once for both.
+    assert [i["amount"] for i in harness.emulator.impacts] == [round(172.0 * 0.01 * 2204.62262)]
+    assert [c[:2] + c[4:5] for c in harness.captures()] == [
+        ("calculated-growth", "bill_r0", "captured"),
+        ("calculated-growth", "bill_r1", "skipped"),
+    ]
+    assert harness.status(other)[0] == "ignored"
+    assert query(harness.db, f"SELECT previous_status, reason FROM replays WHERE event_id = {calculated[0]}") == [("ignored", "rule added")]
+
+
+def test_an_event_whose_captures_stand_is_not_ignored_when_its_rule_is_gone(harness: Harness):
+    from carbonhook.admin import Admin
+    from workers.rules import parse_rules
+
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "succeeded"
+    harness.processor.rules.current = parse_rules(RULES.split("[[rule]]")[0] + "[[rule]]" + RULES.split("[[rule]]")[2])  # type: ignore[attr-defined]
+    Admin(harness.processor.store, harness.processor.ledger, lambda ids: None).replay(event_id, via="cli", reason=None)
+    # Its capture is settled as it stands, and the event says no rule matched.
+    assert harness.processor.process(event_id) == "succeeded"
+    assert query(harness.db, f"SELECT note FROM events WHERE id = {event_id}") == [("no rule matched",)]
+    assert harness.captures()[0][4] == "captured" and len(harness.emulator.impacts) == 1

@@ -3,6 +3,8 @@
 An event: `pending` (stored, not yet handed to the queue) → `queued` → `processing` (a worker
 holds it under a lease) → `succeeded` | `failed` | `held`, or `ignored` when no rule in force is
 on its type. A replay takes `failed`, `succeeded`, `held` and `ignored` back to `queued`.
+`invalid`: a signed delivery whose body did not parse, kept as it came; a replay parses it
+again and, if it parses now, it becomes a `queued` event like a new delivery.
 
 A capture (one ledger row per rule + subject + part): `pending` (written before the call) →
 `captured` | `failed` (a definite refusal, or nothing left the machine) | `unknown` (the request
@@ -24,6 +26,7 @@ class EventStatus(StrEnum):
     FAILED = "failed"
     HELD = "held"
     IGNORED = "ignored"
+    INVALID = "invalid"
 
 
 class CaptureStatus(StrEnum):

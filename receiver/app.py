@@ -33,8 +33,7 @@ from carbonhook.settings import Settings
 from carbonhook.store import EventStore
 from receiver.admin import AdminOperations, admin_api_routes
 from receiver.bodies import BodyLimits
-from receiver.events import parse_delivery
-from receiver.intake import Intake
+from receiver.intake import Intake, take
 from receiver.lockout import Lockout
 from receiver.signature import HEADER, verify_signature
 
@@ -134,15 +133,15 @@ async def answer_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def receive_webhook(request: Request) -> Response:
-    """POST /webhooks/carbonpass: verify, parse, store once, hand to the queue."""
+    """POST /webhooks/carbonpass: verify, parse, store once, hand to the queue (a signed body
+    that does not parse is kept `invalid`, and answered 400 all the same)."""
     services: Services = request.app.state.services
     settings = services.settings
     outcomes = services.outcomes
     try:
         body = await read_body(request, settings.max_body_bytes)
         verify_signature(body, request.headers.get(HEADER), secrets=settings.secret_bytes)
-        delivery = parse_delivery(body)
-        recorded = await services.intake.record(delivery)
+        recorded = await take(services.intake, body)
     except tuple(_REFUSALS) as exc:
         outcomes[_REFUSALS[type(exc)]].inc()
         if isinstance(exc, StoreUnavailable):

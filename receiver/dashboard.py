@@ -32,7 +32,9 @@ from receiver.sessions import COOKIE, Session, Sessions
 
 VIA = "dashboard"
 # The statuses whose events the pages replay all at once (each behind a confirmation).
-BULK_REPLAYS = (EventStatus.FAILED, EventStatus.IGNORED)
+BULK_REPLAYS = (EventStatus.FAILED, EventStatus.IGNORED, EventStatus.INVALID)
+# An `invalid` event's replay parses its body again (carbonhook/admin.py).
+CAN_REPLAY = (*REPLAYABLE_EVENTS, EventStatus.INVALID)
 ERROR_TITLES = {400: "Bad request", 404: "Not found", 409: "Refused", 500: "Error"}
 HEADERS = {
     "Content-Security-Policy": (
@@ -259,8 +261,8 @@ class Dashboard:
             "event.html",
             event=detail,
             payload=pretty_json(detail["body"]),
-            replayable=detail["status"] in REPLAYABLE_EVENTS,
-            can_replay=REPLAYABLE_EVENTS,
+            replayable=detail["status"] in CAN_REPLAY,
+            can_replay=CAN_REPLAY,
         )
 
     async def replay(self, request: Request, session: Session, form: dict[str, str]) -> Response:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from carbonhook.cli.arguments import main
-from tests.support import ROOT, make_body, query, store_delivery
+from tests.support import ROOT, keep_invalid, make_body, query, store_delivery
 
 
 @pytest.fixture
@@ -82,6 +82,23 @@ def test_ignored_events_of_one_type_are_replayed_in_bulk(cli_env: str, capsys: p
     assert code == 0 and f"replayed event {other} (was ignored)" in out
     assert query(cli_env, "SELECT status FROM events ORDER BY id") == [("pending",)] * 3
     assert query(cli_env, "SELECT previous_status FROM replays") == [("ignored",)] * 3
+
+
+def test_invalid_deliveries_are_listed_shown_and_parsed_again_on_replay(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    still, _ = keep_invalid(cli_env, b"{not json", "body is not valid JSON: Expecting property name")
+    later, _ = keep_invalid(cli_env, make_body(subject="crp_later"), "an earlier parser refused it")
+    code, out, _ = run(capsys, "events", "list", "--status", "invalid", "--json")
+    assert [e["id"] for e in json.loads(out)] == [later, still]
+    code, out, _ = run(capsys, "events", "show", str(still))
+    assert code == 0 and "invalid" in out and "body is not valid JSON" in out and "{not json" in out
+    code, out, err = run(capsys, "events", "replay", str(still))
+    assert code != 0 and f"event {still} still does not parse: body is not valid JSON" in err
+    code, out, _ = run(capsys, "events", "replay", str(later))
+    assert code == 0 and f"replayed event {later} (was invalid)" in out
+    assert query(cli_env, "SELECT type, subject_id, status FROM events ORDER BY id") == [
+        ("", query(cli_env, f"SELECT body_sha256 FROM events WHERE id = {still}")[0][0], "invalid"),
+        ("crp.generated", "crp_later", "pending"),
+    ]
 
 
 @pytest.mark.parametrize(

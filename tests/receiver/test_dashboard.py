@@ -18,6 +18,7 @@ from sqlalchemy import Engine, insert
 from carbonhook.reports import DayTotal, overview
 from carbonhook.schema import Capture, Event, Spend, utcnow
 from receiver.dashboard import dashboard_routes
+from receiver.events import parse_delivery
 from receiver.lockout import WRONG_TOKENS, Lockout
 from receiver.pages import RulesInfo, chart_bars, share
 from receiver.params import event_filter, safe_next
@@ -279,7 +280,7 @@ class Site:
         self.db = db
         self.engine = create_sync_engine(db, pool_size=2)
         self.enqueued: list[int] = []
-        self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend)
+        self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend, parse=parse_delivery)
         lockout = Lockout()
         routes = dashboard_routes(
             self.admin, token=TOKEN, rules_info=lambda: rules, lockout=lockout, page_size=page_size
@@ -509,6 +510,27 @@ def test_the_overview_shows_ignored_types_and_their_events_are_replayed_by_type(
     assert site.http.get("/admin/events/replay-held").status_code == 404
     page = site.http.get(f"/admin/events/{other}").text
     assert f'action="/admin/events/{other}/replay"' in page
+
+
+def test_an_invalid_event_shows_why_and_its_replay_parses_it_again(site: Site):
+    from tests.support import keep_invalid
+
+    still = keep_invalid(site.db, b'{"event": "crp.generated", "timestamp": "<soon>"}', "field 'timestamp' is not ISO-8601: '<soon>'")[0]
+    later = keep_invalid(site.db, make_body(subject="crp_later"), "an earlier parser refused it")[0]
+    csrf = site.sign_in()
+    listing = site.http.get("/admin/events?status=invalid").text
+    assert listing.count("(not parsed)") == 2 and 'href="/admin/events/replay-invalid"' in listing
+    page = site.http.get(f"/admin/events/{still}").text
+    assert "Why it did not parse" in page and "is not ISO-8601: &#39;&lt;soon&gt;&#39;" in page
+    assert "&lt;soon&gt;" in page and f'action="/admin/events/{still}/replay"' in page
+    site.http.post(f"/admin/events/{still}/replay", data={"csrf": csrf, "next": f"/admin/events/{still}"})
+    assert f"error: event {still} still does not parse" in flash_in(site.http.get(f"/admin/events/{still}").text)
+    assert site.status(still) == "invalid"
+    confirm = site.http.get("/admin/events/replay-invalid")
+    assert "Replay 2 invalid events?" in confirm.text and "parsed again" in confirm.text
+    site.http.post("/admin/events/replay-invalid", data={"csrf": csrf})
+    assert flash_in(site.http.get("/admin/events").text) == "ok: 1 invalid event queued for replay."
+    assert site.enqueued == [later] and site.status(later) == "queued" and site.status(still) == "invalid"
 
 
 def test_the_events_list_filters_and_pages(site: Site):

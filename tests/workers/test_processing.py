@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from receiver.events import parse_delivery
 from tests.support import (
     Harness,
     RunningEmulator,
@@ -182,7 +183,7 @@ def test_a_refused_capture_fails_the_event_and_a_replay_tries_it_again(harness: 
     event_id = harness.deliver(make_body())
     assert harness.processor.process(event_id) == "failed"
     assert harness.captures()[0][4] == "failed"
-    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None)
+    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery)
     assert admin.replay(event_id, via="cli", reason="fixed") == "failed"
     assert harness.processor.process(event_id) == "succeeded"
     assert admin.replay(event_id, via="cli", reason="again") == "succeeded"
@@ -353,7 +354,7 @@ def test_once_a_rule_is_on_the_type_replaying_the_ignored_events_processes_them(
     # A rule is now on the type (SIGHUP reloads the file; here the holder is given the new one).
     holder = harness.processor.rules
     holder.current = parse_rules(RULES + '\n[[rule]]\nname = "calculated-growth"\non = "bill.calculated"\noffset_delta = { fraction = 0.01 }\n')  # type: ignore[attr-defined]
-    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None)
+    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery)
     replayed = list(admin.replay_matching(EventFilter(status="ignored", type="bill.calculated"), via="cli", reason="rule added"))
     assert replayed == calculated
     assert [harness.processor.process(i) for i in calculated] == ["succeeded", "succeeded"]
@@ -374,7 +375,7 @@ def test_an_event_whose_captures_stand_is_not_ignored_when_its_rule_is_gone(harn
     event_id = harness.deliver(make_body())
     assert harness.processor.process(event_id) == "succeeded"
     harness.processor.rules.current = parse_rules(RULES.split("[[rule]]")[0] + "[[rule]]" + RULES.split("[[rule]]")[2])  # type: ignore[attr-defined]
-    Admin(harness.processor.store, harness.processor.ledger, lambda ids: None).replay(event_id, via="cli", reason=None)
+    Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery).replay(event_id, via="cli", reason=None)
     # Its capture is settled as it stands, and the event says no rule matched.
     assert harness.processor.process(event_id) == "succeeded"
     assert query(harness.db, f"SELECT note FROM events WHERE id = {event_id}") == [("no rule matched",)]

@@ -6,9 +6,16 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from carbonhook.capture_rows import CaptureRow
-from carbonhook.errors import PermanentError, PlanError, RetryableError, StillSettling
+from carbonhook.errors import (
+    NotVisibleYet,
+    PermanentError,
+    PlanError,
+    RetryableError,
+    StillSettling,
+)
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
 from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
@@ -230,13 +237,41 @@ class Processor:
         names_sites = event.type != CRP_GENERATED
         site_id = event.data.get("siteId") if names_sites else None
         site_id = site_id if isinstance(site_id, str) and site_id else None
-        crp = self.carbonpass.crp(event.subject_id) if "crp" in needed else None
+        crp = None
+        if "crp" in needed:
+            crp = self._visible(event, lambda: self.carbonpass.crp(event.subject_id))
         wants_company = "company" in needed or (
             "emissions" in needed and site_id is None and names_sites
         )
         company = self.carbonpass.company() if wants_company else None
-        emissions = self.carbonpass.emissions(site_id) if "emissions" in needed else None
+        emissions = None
+        if "emissions" in needed:
+            emissions = self._visible(event, lambda: self.carbonpass.emissions(site_id))
         return Resources(event=event.data, crp=crp, company=company, emissions=emissions)
+
+    def _visible(self, event: ClaimedEvent, fetch: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """What `fetch` reads of what the event names; a 404 within the grace window after
+        the event's timestamp may be a CRP or a site not visible through the API yet (its
+        documents do not say: docs/providers.md), so it is tried again with backoff, the last
+        time at the window's end; after the window a 404 is permanent."""
+        try:
+            return fetch()
+        except PermanentError as exc:
+            grace = self.settings.not_found_grace_s
+            if exc.status != 404 or not grace:
+                raise
+            left = grace - event.age_s()
+            if left <= 0:
+                raise PermanentError(
+                    f"{exc} (still not found {grace:g} s after the event's timestamp)",
+                    status=exc.status,
+                ) from None
+            raise NotVisibleYet(
+                f"{exc} (not visible yet? tried again until {grace:g} s after the event's "
+                "timestamp)",
+                status=exc.status,
+                retry_after=min(backoff_s(event.attempts, self.settings), left),
+            ) from None
 
 
 def _standing_twin(row: CaptureRow, standing: list[CaptureRow]) -> CaptureRow | None:

@@ -88,6 +88,8 @@ def rules_explain(args: argparse.Namespace) -> int:
         company=resource("company", sandbox.company_data),
         emissions=resource("emissions", lambda: sandbox.emissions_data(site)),
     )
+    if not ruleset.for_event(event_type):
+        print(f"no rule is on {event_type!r}: a worker would end the event ignored")
     for outcome in explain(ruleset, event_type, resources):
         print(f"{'MATCH' if outcome.matched else 'no match':9} {outcome.rule}")
         for reason in outcome.reasons:

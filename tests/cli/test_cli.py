@@ -160,6 +160,9 @@ def test_rules_explain_says_what_matches_and_what_would_be_sent(tmp_path: Path, 
     company.write_text(json.dumps({"data": {"employeeCount": 500}}))
     code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules), "--company", str(company))
     assert "MATCH     big-companies" in out
+    event.write_text(make_body(event="bill.calculated", subject="bill_x").decode())
+    code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules))
+    assert code == 0 and out == "no rule is on 'bill.calculated': a worker would end the event ignored\n"
 
 
 def test_a_worker_on_the_in_process_broker_says_it_needs_a_shared_one(cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):

@@ -380,3 +380,81 @@ def test_an_event_whose_captures_stand_is_not_ignored_when_its_rule_is_gone(harn
     assert harness.processor.process(event_id) == "succeeded"
     assert query(harness.db, f"SELECT note FROM events WHERE id = {event_id}") == [("no rule matched",)]
     assert harness.captures()[0][4] == "captured" and len(harness.emulator.impacts) == 1
+
+
+# -- not visible yet is not gone ---------------------------------------------------------------
+
+
+def iso_ago(seconds: float) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_crp_not_found_soon_after_the_event_is_tried_again_until_it_shows(harness: Harness):
+    harness.emulator.state.remove_crp("crp_soon")
+    event_id = harness.deliver(make_body(subject="crp_soon", ts=iso_ago(5)))
+    assert harness.processor.process(event_id) == "retry"
+    status, error = harness.status(event_id)
+    assert status == "queued" and "HTTP 404" in (error or "") and "not visible yet?" in (error or "")
+    assert harness.enqueued == [(event_id, 0.1)]  # the usual backoff (0.1 s in the tests)
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.enqueued[-1] == (event_id, 0.2)
+    harness.emulator.state.set_crp("crp_soon")  # now it can be read
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+    history = query(harness.db, f"SELECT outcome, http_status FROM event_attempts WHERE event_id = {event_id} ORDER BY id")
+    assert history == [("retry", 404), ("retry", 404), ("succeeded", None)]
+
+
+def test_a_crp_not_found_after_the_grace_window_fails_at_once(harness: Harness):
+    harness.emulator.state.remove_crp("crp_gone_late")
+    event_id = harness.deliver(make_body(subject="crp_gone_late", ts=iso_ago(901)))
+    assert harness.processor.process(event_id) == "failed"
+    status, error = harness.status(event_id)
+    assert status == "failed"
+    assert "HTTP 404" in (error or "") and "still not found 900 s after the event's timestamp" in (error or "")
+    assert harness.enqueued == []
+
+
+def test_the_last_try_within_the_window_is_at_its_end(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, not_found_grace_s=60, retry_min_backoff_s=3600, retry_max_backoff_s=7200)
+    request.addfinalizer(h.runtime.close)
+    emulator.state.remove_crp("crp_late")
+    event_id = h.deliver(make_body(subject="crp_late", ts=iso_ago(57)))
+    assert h.processor.process(event_id) == "retry"
+    [(_, delay)] = h.enqueued
+    assert 0.5 < delay <= 3  # the window's end, not an hour's backoff past it
+    # Past the window, the 404 is what it was before: permanent.
+    time.sleep(delay)
+
+    def tried_again() -> str | None:
+        h.due_now(event_id)
+        return h.processor.process(event_id)
+
+    assert wait_until(lambda: tried_again() == "failed", timeout=10, what="the 404 after the window")
+    assert "still not found 60 s after" in (h.status(event_id)[1] or "")
+
+
+def test_a_sites_emissions_not_found_soon_after_a_bill_are_tried_again(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, not_found_grace_s=600)
+    request.addfinalizer(h.runtime.close)
+    fresh = h.deliver(make_body(event="bill.confirmed", subject="bill_new", ts=iso_ago(1), siteId="site_new"))
+    old = h.deliver(make_body(event="bill.confirmed", subject="bill_old", ts=iso_ago(3600), siteId="site_gone"))
+    assert h.processor.process(fresh) == "retry"
+    assert "GET /emissions: HTTP 404" in (h.status(fresh)[1] or "")
+    assert h.processor.process(old) == "failed"
+    emulator.state.set_site_emissions("site_new", 10.0, 1.0, 2.0, 7.0)
+    h.due_now(fresh)
+    assert h.processor.process(fresh) == "succeeded"
+    assert [i["amount"] for i in emulator.impacts] == [round(10.0 * 0.01 * 2204.62262)]
+
+
+def test_without_a_grace_window_a_404_is_permanent_at_once(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, not_found_grace_s=0)
+    request.addfinalizer(h.runtime.close)
+    emulator.state.remove_crp("crp_never")
+    event_id = h.deliver(make_body(subject="crp_never", ts=iso_ago(0)))
+    assert h.processor.process(event_id) == "failed"

@@ -1,6 +1,8 @@
 """What admins do, for every interface (CLI, admin API, dashboard): replay, approve, reject,
 resolve. Each change records who made it (`admin`: a name in CARBONHOOK_ADMIN_TOKENS, or the OS
-user of a command), through which interface (`via`) and why, and is handed to the queue."""
+user of a command), through which interface (`via`) and why, and is handed to the queue.
+Replaying an `invalid` event parses its body again, with the parser the composition root
+gives."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from carbonhook.capture_rows import CaptureRow
-from carbonhook.errors import Conflict
-from carbonhook.event_queries import EventFilter
+from carbonhook.errors import Conflict, InvalidDelivery
+from carbonhook.event_queries import EventFilter, Identity
 from carbonhook.ledger import Ledger
 from carbonhook.statuses import EventStatus
 from carbonhook.store import EventStore
@@ -20,23 +22,40 @@ log = logging.getLogger(__name__)
 
 class Admin:
     """`enqueue` hands ids to the workers' queue; None when this process reaches no queue
-    the workers read (replayed events then wait as `pending` for a sweeper)."""
+    the workers read (replayed events then wait as `pending` for a sweeper). `parse` turns a
+    delivery's body into its identity or raises `InvalidDelivery` (the receiver's parser)."""
 
     def __init__(
         self,
         store: EventStore,
         ledger: Ledger,
         enqueue: Callable[[Sequence[int]], None] | None,
+        *,
+        parse: Callable[[bytes], Identity],
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.enqueue = enqueue
+        self.parse = parse
 
     def replay(self, event_id: int, *, admin: str, via: str, reason: str | None) -> str:
-        """Replay one event; returns the status it had."""
-        previous = self.store.replay(
-            event_id, admin=admin, via=via, reason=reason, status=self._replayed()
-        )
+        """Replay one event; returns the status it had. An `invalid` one is parsed again:
+        if it parses now it becomes the event it says (unless that one is stored already),
+        else `Conflict` says why not."""
+        body = self.store.unparsed_body(event_id)
+        if body is None:
+            previous = self.store.replay(
+                event_id, admin=admin, via=via, reason=reason, status=self._replayed()
+            )
+        else:
+            try:
+                identity = self.parse(body)
+            except InvalidDelivery as exc:
+                raise Conflict(f"event {event_id} still does not parse: {exc}") from None
+            self.store.revive(
+                event_id, identity, admin=admin, via=via, reason=reason, status=self._replayed()
+            )
+            previous = EventStatus.INVALID
         self._hand_off([event_id])
         return previous
 
@@ -45,6 +64,17 @@ class Admin:
     ) -> Iterator[int]:
         """Replay every event matching `filt`, yielding each id as it is done."""
         ids = self.store.matching_ids(filt)
+        if filt.status == EventStatus.INVALID:
+            # Each is parsed again, one by one; those that still do not parse (or are
+            # duplicates now) stay as they are, and say why.
+            for event_id in ids:
+                try:
+                    self.replay(event_id, admin=admin, via=via, reason=reason)
+                except Conflict as exc:
+                    log.info("event %s not replayed: %s", event_id, exc)
+                    continue
+                yield event_id
+            return
         for start in range(0, len(ids), batch):
             # Those that changed state since they were listed are left as they are.
             done = self.store.replay_many(

@@ -133,6 +133,11 @@ class RetryableError(ApiError):
         self.retry_after = retry_after
 
 
+class NotVisibleYet(RetryableError):
+    """A 404 for what an event names (its CRP, its site's emissions) soon after the event: it
+    may not be visible through the API yet. Tried again until a grace window has passed."""
+
+
 class StillSettling(RetryableError):
     """A capture's outcome is not known yet (its record may still appear): look again later.
     Waiting is not failing: it does not use up the event's retries."""

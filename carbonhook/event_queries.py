@@ -1,19 +1,41 @@
-"""What admins read and change on events: listings, one event in full, replays."""
+"""What admins read and change on events: listings, one event in full, replays (and the
+revival of an `invalid` event whose body parses now)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, String, func, insert, select, type_coerce, update
+from sqlalchemy.exc import IntegrityError
 
 from carbonhook.capture_rows import decisions_of
 from carbonhook.clock import db_now
 from carbonhook.errors import Conflict, NotFound
-from carbonhook.schema import Capture, Event, EventAttempt, Replay, Reversal, utcnow
+from carbonhook.schema import (
+    Capture,
+    Event,
+    EventAttempt,
+    Replay,
+    Reversal,
+    sqlite_event_ts,
+    utcnow,
+)
 from carbonhook.statuses import REPLAYABLE_EVENTS, EventStatus
+
+
+class Identity(Protocol):
+    """What a delivery's body parses as, as far as the event store needs it (the receiver's
+    `Delivery` is one)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def subject_id(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +128,79 @@ class EventQueries:
                 conn, {event_id: row.status}, status, admin=admin, via=via, reason=reason
             )
         return str(row.status)
+
+    def unparsed_body(self, event_id: int) -> bytes | None:
+        """The body of an `invalid` event (signed, but it did not parse when it came); None
+        for any other event."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Event.status, Event.body).where(Event.id == event_id)).first()
+        if row is None:
+            raise NotFound(f"event {event_id} not found")
+        return bytes(row.body) if row.status == EventStatus.INVALID else None
+
+    def revive(
+        self,
+        event_id: int,
+        identity: Identity,
+        *,
+        admin: str,
+        via: str,
+        reason: str | None,
+        status: str = EventStatus.PENDING,
+    ) -> None:
+        """Make an `invalid` event the delivery its body now parses as, `status` (`queued` or
+        `pending`, as in `replay`) like a new one, and record the replay; or raise `Conflict`
+        when an event of that identity is stored already (the identity's unique constraint
+        decides, so a duplicate never slips through), saying so on the invalid one."""
+        assert status in (EventStatus.PENDING, EventStatus.QUEUED)
+        # On SQLite the identity's time is matched as text: write it as the intake does.
+        event_ts: Any = identity.timestamp
+        if self.engine.dialect.name == "sqlite":
+            event_ts = type_coerce(sqlite_event_ts(identity.timestamp), String())
+        invalid = (Event.id == event_id, Event.status == EventStatus.INVALID)
+        try:
+            with self.engine.begin() as conn:
+                revived = conn.execute(
+                    update(Event)
+                    .where(*invalid)
+                    .values(
+                        type=identity.type,
+                        subject_id=identity.subject_id,
+                        event_ts=event_ts,
+                        status=status,
+                        last_error=None,
+                        attempts=0,
+                        lease_until=None,
+                        available_at=db_now(),
+                        updated_at=db_now(),
+                    )
+                )
+                if revived.rowcount != 1:
+                    raise Conflict(f"event {event_id} changed while being replayed; try again")
+                conn.execute(
+                    insert(Replay),
+                    {
+                        "event_id": event_id,
+                        "at": utcnow(),
+                        "admin": admin,
+                        "via": via,
+                        "reason": reason,
+                        "previous_status": EventStatus.INVALID,
+                    },
+                )
+        except IntegrityError:
+            same = (
+                Event.type == identity.type,
+                Event.subject_id == identity.subject_id,
+                Event.event_ts == event_ts,
+            )
+            with self.engine.begin() as conn:
+                other = conn.execute(select(Event.id).where(*same)).scalar()
+                said = f"parses now, as a duplicate of event {other}: not replayed"
+                conn.execute(
+                    update(Event).where(*invalid).values(last_error=said, updated_at=db_now())
+                )
+            raise Conflict(f"event {event_id} {said}") from None
 
     def replay_many(
         self,

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, func, select
 
 from carbonhook.database import describe_error
 from carbonhook.schema import Capture, Event, Spend
-from carbonhook.statuses import CaptureStatus
+from carbonhook.statuses import CaptureStatus, EventStatus
 
 log = logging.getLogger(__name__)
 Limits = Callable[[], tuple[int | None, int | None]]
@@ -44,6 +44,7 @@ class Metrics:
     api_requests: Counter
     api_seconds: Histogram
     sweeper_reenqueued: Counter
+    events_ignored: Counter
     reversals: Counter
     audit_discrepancies: Gauge
     metrics_errors: Counter
@@ -82,6 +83,11 @@ def metrics() -> Metrics:
         sweeper_reenqueued=Counter(
             "carbonhook_sweeper_reenqueued", "Events the sweeper handed to the queue again"
         ),
+        events_ignored=Counter(
+            "carbonhook_events_ignored",
+            "Events a worker ended ignored because no rule in force is on their type, by type",
+            ["type"],
+        ),
         reversals=Counter(
             "carbonhook_duplicates_reversed",
             "Impacts found standing twice for one capture and reversed at 1ClickImpact",
@@ -104,8 +110,9 @@ def metrics() -> Metrics:
 
 
 class StoreCollector:
-    """Gauges read from the database when scraped: events and captures by status, spend, when
-    the newest delivery was stored and since when the oldest held capture has waited."""
+    """Gauges read from the database when scraped: events by status, ignored events by type,
+    captures by status, spend, when the newest delivery was stored and since when the oldest
+    held capture has waited."""
 
     def __init__(self, engine: Engine, limits: Limits) -> None:
         self.engine = engine
@@ -113,6 +120,11 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         events = GaugeMetricFamily("carbonhook_events", "Events by status", labels=["status"])
+        ignored = GaugeMetricFamily(
+            "carbonhook_ignored_events",
+            "Events stored ignored (no rule was on their type), by type",
+            labels=["type"],
+        )
         captures = GaugeMetricFamily(
             "carbonhook_ledger_captures", "Ledger rows by status", labels=["status"]
         )
@@ -139,6 +151,12 @@ class StoreCollector:
                 select(Event.status, func.count()).group_by(Event.status)
             ):
                 events.add_metric([status], count)
+            for event_type, count in conn.execute(
+                select(Event.type, func.count())
+                .where(Event.status == EventStatus.IGNORED)
+                .group_by(Event.type)
+            ):
+                ignored.add_metric([event_type], count)
             for status, count in conn.execute(
                 select(Capture.status, func.count()).group_by(Capture.status)
             ):
@@ -163,7 +181,7 @@ class StoreCollector:
             last_delivery.add_metric([], _timestamp(newest))
         if held_since is not None:
             oldest.add_metric([CaptureStatus.HELD.value], _timestamp(held_since))
-        yield from (events, captures, spend, limit, last_delivery, oldest)
+        yield from (events, ignored, captures, spend, limit, last_delivery, oldest)
 
 
 def _timestamp(moment: datetime) -> float:

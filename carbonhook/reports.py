@@ -1,4 +1,5 @@
-"""Read-only figures for the dashboard's overview: spend, pounds per day, latest failures."""
+"""Read-only figures for the dashboard's overview: spend, pounds per day, latest failures, the
+types of ignored events."""
 
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ class Overview:
     lbs_per_day: list[DayTotal]  # oldest first, one entry per day, zeros included
     captures_by_status: dict[str, int]
     latest_failures: list[dict[str, Any]]
+    ignored_by_type: list[tuple[str, int]]  # the most numerous first
 
 
-def overview(engine: Engine, *, today: date, days: int = 30, failures: int = 5) -> Overview:
+def overview(
+    engine: Engine, *, today: date, days: int = 30, failures: int = 5, ignored_types: int = 10
+) -> Overview:
     """Spend in today's and this month's limit windows, captured pounds per day over the
-    last `days` days (today included), capture counts, and the latest failed events."""
+    last `days` days (today included), capture counts, the latest failed events, and how
+    many events of each type (the `ignored_types` most numerous) were ignored."""
     with engine.connect() as conn:
         return Overview(
             spent_today=_spent(conn, f"day:{today.isoformat()}"),
@@ -43,6 +48,7 @@ def overview(engine: Engine, *, today: date, days: int = 30, failures: int = 5) 
             lbs_per_day=_lbs_per_day(conn, today, days),
             captures_by_status=_captures_by_status(conn),
             latest_failures=_latest_failures(conn, failures),
+            ignored_by_type=_ignored_by_type(conn, ignored_types),
         )
 
 
@@ -82,3 +88,15 @@ def _latest_failures(conn: Connection, limit: int) -> list[dict[str, Any]]:
         .limit(limit)
     )
     return [dict(row._mapping) for row in rows]
+
+
+def _ignored_by_type(conn: Connection, limit: int) -> list[tuple[str, int]]:
+    count = func.count().label("count")
+    rows = conn.execute(
+        select(Event.type, count)
+        .where(Event.status == EventStatus.IGNORED)
+        .group_by(Event.type)
+        .order_by(count.desc(), Event.type)
+        .limit(limit)
+    )
+    return [(str(event_type), int(n)) for event_type, n in rows]

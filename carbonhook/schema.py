@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -52,12 +53,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def sqlite_event_ts(moment: datetime) -> str:
+    """An event's timestamp as SQLite stores it, where a redelivery's identity is matched on
+    its text: naive UTC as sqlite3's default datetime adapter wrote it (`isoformat(" ")`, no
+    fraction when it is 0). It must never change; written out here because Python 3.12
+    deprecates that adapter. (SQLAlchemy's own SQLite format always writes the fraction.)"""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime given as an event's timestamp")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+
+
 class Base(DeclarativeBase):
     pass
 
 
+_KEPT_BODY = text("body_sha256 IS NOT NULL")
+
+
 class Event(Base):
-    """One delivery, stored once; the row is also the outbox for the queue."""
+    """One delivery, stored once; the row is also the outbox for the queue.
+
+    A signed delivery that did not parse is kept too (status `invalid`, the reason in
+    `last_error`), once per distinct body: `body_sha256` is set for those alone, `type` is
+    empty, `subject_id` is that hash and `event_ts` the time it came, until a replay parses it.
+    """
 
     __tablename__ = "events"
     __table_args__ = (
@@ -65,6 +84,13 @@ class Event(Base):
         Index("ix_events_status_received", "status", "received_at"),
         Index("ix_events_received", "received_at"),
         Index("ix_events_status_available", "status", "available_at"),
+        Index(
+            "uq_events_body_sha256",
+            "body_sha256",
+            unique=True,
+            postgresql_where=_KEPT_BODY,
+            sqlite_where=_KEPT_BODY,
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -81,6 +107,7 @@ class Event(Base):
     attempt_token: Mapped[str | None] = mapped_column(String(32))
     available_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class EventAttempt(Base):

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=30.0, gt=0)
     reconcile_after_s: float = Field(default=60.0, ge=0)
+    not_found_grace_s: float = Field(default=900.0, ge=0)
     audit_interval_s: float = Field(default=300.0, gt=0)
     db_pool_size: int = Field(default=10, gt=0)
     intake_pool_size: int = Field(default=32, gt=0)

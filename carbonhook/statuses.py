@@ -1,8 +1,10 @@
 """The two state machines' statuses, defined once; the stored values are the enums' values.
 
 An event: `pending` (stored, not yet handed to the queue) → `queued` → `processing` (a worker
-holds it under a lease) → `succeeded` | `failed` | `held`; `ignored` when no rule takes its type.
-A replay takes `failed`, `succeeded` and `held` back to `queued`.
+holds it under a lease) → `succeeded` | `failed` | `held`, or `ignored` when no rule in force is
+on its type. A replay takes `failed`, `succeeded`, `held` and `ignored` back to `queued`.
+`invalid`: a signed delivery whose body did not parse, kept as it came; a replay parses it
+again and, if it parses now, it becomes a `queued` event like a new delivery.
 
 A capture (one ledger row per rule + subject + part): `pending` (written before the call) →
 `captured` | `failed` (a definite refusal, or nothing left the machine) | `unknown` (the request
@@ -24,6 +26,7 @@ class EventStatus(StrEnum):
     FAILED = "failed"
     HELD = "held"
     IGNORED = "ignored"
+    INVALID = "invalid"
 
 
 class CaptureStatus(StrEnum):
@@ -38,10 +41,16 @@ class CaptureStatus(StrEnum):
     SUPERSEDED = "superseded"
 
 
-# An admin may send these events through the workers again.
-REPLAYABLE_EVENTS = (EventStatus.FAILED, EventStatus.SUCCEEDED, EventStatus.HELD)
+# An admin may send these events through the workers again (an `ignored` one once a rule is on
+# its type).
+REPLAYABLE_EVENTS = (
+    EventStatus.FAILED,
+    EventStatus.SUCCEEDED,
+    EventStatus.HELD,
+    EventStatus.IGNORED,
+)
 # An attempt ends an event in one of these.
-FINAL_EVENTS = (EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.HELD)
+FINAL_EVENTS = (EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.HELD, EventStatus.IGNORED)
 # Nothing more will be sent for a capture in one of these.
 SETTLED_CAPTURES = (
     CaptureStatus.CAPTURED,

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -49,7 +49,15 @@ class ClaimedEvent:
     received_at: datetime
     token: str  # this attempt's: every write of its outcome is conditional on it
     lease_until: datetime  # by the database's clock
+    event_ts: datetime  # the event's own timestamp, as the sender gave it
+    claimed_at: datetime  # by the database's clock
     has_captures: bool = True  # whether an earlier attempt planned captures already
+
+    def age_s(self) -> float:
+        """Seconds from the event's timestamp to now: the database's clock at the claim,
+        plus the time since by this worker's (an elapsed time, which its clock can tell)."""
+        since_claim = (utcnow() - self.started_at).total_seconds()
+        return (self.claimed_at - self.event_ts).total_seconds() + since_claim
 
 
 class EventStore(EventQueries):
@@ -113,7 +121,17 @@ class EventStore(EventQueries):
         row = _CLAIM.run(self.engine, params | {"token": token}).first()
         if row is None:
             return None
-        event_id, event_type, subject_id, body, attempts, received_at, lease_until, planned = row
+        (
+            event_id,
+            event_type,
+            subject_id,
+            body,
+            attempts,
+            received_at,
+            event_ts,
+            lease_until,
+            planned,
+        ) = row
         return ClaimedEvent(
             id=event_id,
             type=event_type,
@@ -125,6 +143,8 @@ class EventStore(EventQueries):
             token=token,
             lease_until=lease_until,
             has_captures=bool(planned),
+            event_ts=event_ts,
+            claimed_at=lease_until - timedelta(seconds=lease_s),
         )
 
     def seconds_until_due(self, event_id: int) -> float | None:
@@ -259,6 +279,7 @@ _CLAIM = DriverStatement(
             Event.body,
             Event.attempts,
             Event.received_at,
+            Event.event_ts,
             Event.lease_until,
             exists().where(Capture.event_id == Event.id),
         )

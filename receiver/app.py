@@ -34,8 +34,7 @@ from carbonhook.settings import Settings
 from carbonhook.store import EventStore
 from receiver.admin import AdminOperations, admin_api_routes
 from receiver.bodies import BodyLimits
-from receiver.events import parse_delivery
-from receiver.intake import Intake
+from receiver.intake import Intake, take
 from receiver.lockout import Lockout
 from receiver.signature import HEADER, verify_signature
 
@@ -48,7 +47,6 @@ STORE_METRICS_MAX_AGE_S = 15.0
 
 DELIVERY_OUTCOMES = (
     "accepted",
-    "ignored",
     "duplicate",
     "bad_signature",
     "invalid",
@@ -138,15 +136,15 @@ async def answer_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def receive_webhook(request: Request) -> Response:
-    """POST /webhooks/carbonpass: verify, parse, store once, hand to the queue."""
+    """POST /webhooks/carbonpass: verify, parse, store once, hand to the queue (a signed body
+    that does not parse is kept `invalid`, and answered 400 all the same)."""
     services: Services = request.app.state.services
     settings = services.settings
     outcomes = services.outcomes
     try:
         body = await read_body(request, settings.max_body_bytes)
         verify_signature(body, request.headers.get(HEADER), secrets=settings.secret_bytes)
-        delivery = parse_delivery(body)
-        recorded = await services.intake.record(delivery)
+        recorded = await take(services.intake, body)
     except tuple(_REFUSALS) as exc:
         outcomes[_REFUSALS[type(exc)]].inc()
         if isinstance(exc, StoreUnavailable):
@@ -155,11 +153,8 @@ async def receive_webhook(request: Request) -> Response:
     if not recorded.created:
         outcomes["duplicate"].inc()
         return JSONResponse({"id": recorded.id, "status": "duplicate"}, status_code=200)
-    if delivery.is_processed:
-        services.enqueuer.submit(recorded.id)
-        outcomes["accepted"].inc()
-    else:
-        outcomes["ignored"].inc()
+    services.enqueuer.submit(recorded.id)
+    outcomes["accepted"].inc()
     return JSONResponse({"id": recorded.id, "status": "accepted"}, status_code=202)
 
 

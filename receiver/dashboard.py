@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from carbonhook import reports
-from carbonhook.errors import BadRequest, CarbonhookError, Conflict
+from carbonhook.errors import BadRequest, CarbonhookError, Conflict, NotFound
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
 from carbonhook.schema import utcnow
 from carbonhook.statuses import REPLAYABLE_EVENTS, CaptureStatus, EventStatus
@@ -32,6 +32,10 @@ from receiver.params import event_filter, here, page_cursor, query_string, safe_
 from receiver.sessions import COOKIE, Session, Sessions
 
 VIA = "dashboard"
+# The statuses whose events the pages replay all at once (each behind a confirmation).
+BULK_REPLAYS = (EventStatus.FAILED, EventStatus.IGNORED, EventStatus.INVALID)
+# An `invalid` event's replay parses its body again (carbonhook/admin.py).
+CAN_REPLAY = (*REPLAYABLE_EVENTS, EventStatus.INVALID)
 ERROR_TITLES = {400: "Bad request", 404: "Not found", 409: "Refused", 500: "Error"}
 HEADERS = {
     "Content-Security-Policy": (
@@ -244,7 +248,11 @@ class Dashboard:
             paged=cursor is not None,
             newest="/admin/events" + query_string(kept),
             older=older,
-            replay_failed="/admin/events/replay-failed" + query_string({**kept, "status": None}),
+            replay_all=[
+                (status, f"/admin/events/replay-{status}" + query_string({**kept, "status": None}))
+                for status in BULK_REPLAYS
+                if status == EventStatus.FAILED or params.get("status") == status
+            ],
         )
 
     async def event(self, request: Request, session: Session) -> Response:
@@ -256,8 +264,8 @@ class Dashboard:
             "event.html",
             event=detail,
             payload=pretty_json(detail["body"]),
-            replayable=detail["status"] in REPLAYABLE_EVENTS,
-            can_replay=REPLAYABLE_EVENTS,
+            replayable=detail["status"] in CAN_REPLAY,
+            can_replay=CAN_REPLAY,
         )
 
     async def replay(self, request: Request, session: Session, form: dict[str, str]) -> Response:
@@ -269,24 +277,32 @@ class Dashboard:
         message = f"Event {event_id} queued for replay (it was {previous})."
         return self.redirect(request, session, f"/admin/events/{event_id}", "ok", message)
 
-    async def confirm_replay_failed(self, request: Request, session: Session) -> Response:
-        filt = event_filter({**request.query_params, "status": "failed"})
+    async def confirm_replay_all(self, request: Request, session: Session) -> Response:
+        status = _bulk_status(request)
+        filt = event_filter({**request.query_params, "status": status})
         ids = await run_in_threadpool(self.admin.store.matching_ids, filt)
         params = {k: request.query_params.get(k) or "" for k in ("type", "from", "to")}
         return self.render(
-            request, session, "replay_failed.html", count=len(ids), ids=ids[:20], params=params
+            request,
+            session,
+            "replay_all.html",
+            status=status,
+            count=len(ids),
+            ids=ids[:20],
+            params=params,
         )
 
-    async def replay_failed(
+    async def replay_all(
         self, request: Request, session: Session, form: dict[str, str]
     ) -> Response:
-        filt = event_filter({**form, "status": "failed"})
+        status = _bulk_status(request)
+        filt = event_filter({**form, "status": status})
         reason, who = _reason(form), _who(session)
         ids = await run_in_threadpool(
             lambda: list(self.admin.replay_matching(filt, admin=who, via=VIA, reason=reason))
         )
         noun = "event" if len(ids) == 1 else "events"
-        message = f"{len(ids)} failed {noun} queued for replay."
+        message = f"{len(ids)} {status} {noun} queued for replay."
         return self.redirect(request, session, "/admin/events", "ok", message)
 
     async def captures(self, request: Request, session: Session) -> Response:
@@ -366,6 +382,14 @@ def _reason(form: dict[str, str]) -> str | None:
     return text(form.get("reason", "").strip(), "reason")
 
 
+def _bulk_status(request: Request) -> str:
+    """The status a bulk replay's path names (`/admin/events/replay-failed`, …)."""
+    status = str(request.path_params["status"])
+    if status not in BULK_REPLAYS:
+        raise NotFound(f"no bulk replay of {status!r} events")
+    return status
+
+
 def dashboard_routes(
     admin: AdminOperations,
     *,
@@ -383,8 +407,8 @@ def dashboard_routes(
         Route("/admin/login", d.login, methods=["POST"]),
         Route("/admin/logout", d.action(d.logout), methods=["POST"]),
         Route("/admin/events", d.view(d.events), methods=["GET"]),
-        Route("/admin/events/replay-failed", d.view(d.confirm_replay_failed), methods=["GET"]),
-        Route("/admin/events/replay-failed", d.action(d.replay_failed), methods=["POST"]),
+        Route("/admin/events/replay-{status}", d.view(d.confirm_replay_all), methods=["GET"]),
+        Route("/admin/events/replay-{status}", d.action(d.replay_all), methods=["POST"]),
         Route("/admin/events/{id:int}", d.view(d.event), methods=["GET"]),
         Route("/admin/events/{id:int}/replay", d.action(d.replay), methods=["POST"]),
         Route("/admin/captures", d.view(d.captures), methods=["GET"]),

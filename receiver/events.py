@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carbonhook.errors import InvalidDelivery
-from carbonhook.event_types import PROCESSED_TYPES
 
 MAX_TYPE_LENGTH = 100
 MAX_ID_LENGTH = 255
@@ -23,10 +22,6 @@ class Delivery:
     timestamp: datetime
     data: dict[str, Any] = field(hash=False, compare=False)
     body: bytes = field(repr=False, compare=False)
-
-    @property
-    def is_processed(self) -> bool:
-        return self.type in PROCESSED_TYPES
 
 
 def parse_timestamp(value: str) -> datetime:

@@ -90,8 +90,15 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["id", "type", "subject_id", "status", "attempts", "received_at"],
         "properties": {
             "id": {"type": "integer"},
-            "type": {"type": "string"},
-            "subject_id": {"type": "string"},
+            "type": {
+                "type": "string",
+                "description": "the event's type; empty for an `invalid` event (its body did "
+                "not parse)",
+            },
+            "subject_id": {
+                "type": "string",
+                "description": "`data.id`; for an `invalid` event, the SHA-256 of its body",
+            },
             "event_ts": {"type": "string", "format": "date-time"},
             "received_at": {"type": "string", "format": "date-time"},
             "status": {"type": "string", "enum": list(EventStatus)},
@@ -272,7 +279,7 @@ def document() -> dict[str, Any]:
         "/admin/api/events/{id}/replay": {
             "post": {
                 "operationId": "replayEvent",
-                "summary": "replay a failed, succeeded or held event (audited)",
+                "summary": "replay a failed, succeeded, held or ignored event, or parse an invalid one again (audited)",
                 "parameters": [_id("event")],
                 "requestBody": _body("ReplayBody"),
                 "responses": {

@@ -172,6 +172,41 @@ def store_delivery(db: str, body: bytes) -> int:
     return asyncio.run(record())
 
 
+def keep_invalid(db: str, body: bytes, reason: str = "did not parse") -> tuple[int, bool]:
+    """Keep a signed body that did not parse, the way the intake does; its id and whether new."""
+    import asyncio
+
+    from receiver.intake import create_intake
+
+    async def keep() -> tuple[int, bool]:
+        intake = create_intake(db)
+        try:
+            kept = await intake.keep_invalid(body, reason)
+            return kept.id, kept.created
+        finally:
+            await intake.close()
+
+    return asyncio.run(keep())
+
+
+def record_delivery(db: str, body: bytes) -> tuple[int, bool]:
+    """Store a delivery the way the intake does; its id and whether it was new."""
+    import asyncio
+
+    from receiver.events import parse_delivery
+    from receiver.intake import create_intake
+
+    async def record() -> tuple[int, bool]:
+        intake = create_intake(db)
+        try:
+            recorded = await intake.record(parse_delivery(body))
+            return recorded.id, recorded.created
+        finally:
+            await intake.close()
+
+    return asyncio.run(record())
+
+
 def query(db: str, sql: str) -> list[tuple[Any, ...]]:
     from sqlalchemy import create_engine, text
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from carbonhook.capture_rows import CaptureRow
-from carbonhook.errors import PermanentError, PlanError, RetryableError, StillSettling
+from carbonhook.errors import (
+    NotVisibleYet,
+    PermanentError,
+    PlanError,
+    RetryableError,
+    StillSettling,
+)
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
 from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
@@ -46,6 +54,9 @@ class Processor:
     rules: Callable[[], RuleSet]
     enqueue: Callable[[int, float], None]
     leases: Leases = field(init=False)
+    # The types this process has said it ignores: each is logged once, however many come.
+    _ignored_types: set[str] = field(init=False, default_factory=set)
+    _ignored_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.leases = Leases(self.store, self.settings.lease_s)
@@ -95,6 +106,8 @@ class Processor:
             log.warning("event %s: lease lost before it finished", event.id)
             return "lost"
         self._observe(event, status)
+        if status == EventStatus.IGNORED:
+            self._ignored(event.type)
         log.info(
             "event %s %s",
             event.id,
@@ -106,6 +119,22 @@ class Processor:
     def _observe(self, event: ClaimedEvent, status: str) -> None:
         elapsed = (utcnow() - event.received_at).total_seconds()
         metrics().processing_seconds.labels(event.type, status).observe(max(0.0, elapsed))
+
+    def _ignored(self, event_type: str) -> None:
+        """Count an event ignored for its type, and say so once per type (per process)."""
+        metrics().events_ignored.labels(event_type).inc()
+        with self._ignored_lock:
+            first = event_type not in self._ignored_types
+            self._ignored_types.add(event_type)
+        if first:
+            log.warning(
+                "events of type %r are stored ignored: no rule is on that type (said once per "
+                "type); once one is, `carbonhook events replay --status ignored --type %s` "
+                "processes those that came before",
+                event_type,
+                event_type,
+                extra={"outcome": EventStatus.IGNORED},
+            )
 
     def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
         self.store.finish(event, EventStatus.FAILED, error=error, http_status=http_status)
@@ -142,14 +171,18 @@ class Processor:
 
     def _work(self, event: ClaimedEvent) -> tuple[str, str | None]:
         """The event's final status and note, once every row it ever planned is settled."""
+        ruleset = self.rules()
+        if not ruleset.for_event(event.type) and not event.has_captures:
+            # Decided by the rules in force now: a replay after a rule is on the type
+            # processes it. (With captures planned before, those are settled below.)
+            return EventStatus.IGNORED, f"no rule is on {event.type!r}"
         prefix = PREFIX.get(event.type)
-        if prefix is None:
-            raise PermanentError(f"event type {event.type!r} is not processed")
-        if not (SUBJECT_ID.fullmatch(event.subject_id) and event.subject_id.startswith(prefix)):
+        if prefix is not None and not (
+            SUBJECT_ID.fullmatch(event.subject_id) and event.subject_id.startswith(prefix)
+        ):
             raise PermanentError(
                 f"data.id {event.subject_id[:80]!r} is not {prefix} followed by 1-64 of [A-Za-z0-9_-]"
             )
-        ruleset = self.rules()
         resources = self._fetch(event, ruleset)
         rows: list[CaptureRow] = []
         for outcome in explain(ruleset, event.type, resources):
@@ -200,15 +233,45 @@ class Processor:
 
     def _fetch(self, event: ClaimedEvent, ruleset: RuleSet) -> Resources:
         needed = needed_sources(ruleset, event.type)
-        site_id = event.data.get("siteId") if event.type == BILL_CONFIRMED else None
+        # Every event but a CRP's is read like a bill: its site's emissions when it names one.
+        names_sites = event.type != CRP_GENERATED
+        site_id = event.data.get("siteId") if names_sites else None
         site_id = site_id if isinstance(site_id, str) and site_id else None
-        crp = self.carbonpass.crp(event.subject_id) if "crp" in needed else None
+        crp = None
+        if "crp" in needed:
+            crp = self._visible(event, lambda: self.carbonpass.crp(event.subject_id))
         wants_company = "company" in needed or (
-            "emissions" in needed and site_id is None and event.type == BILL_CONFIRMED
+            "emissions" in needed and site_id is None and names_sites
         )
         company = self.carbonpass.company() if wants_company else None
-        emissions = self.carbonpass.emissions(site_id) if "emissions" in needed else None
+        emissions = None
+        if "emissions" in needed:
+            emissions = self._visible(event, lambda: self.carbonpass.emissions(site_id))
         return Resources(event=event.data, crp=crp, company=company, emissions=emissions)
+
+    def _visible(self, event: ClaimedEvent, fetch: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """What `fetch` reads of what the event names; a 404 within the grace window after
+        the event's timestamp may be a CRP or a site not visible through the API yet (its
+        documents do not say: docs/providers.md), so it is tried again with backoff, the last
+        time at the window's end; after the window a 404 is permanent."""
+        try:
+            return fetch()
+        except PermanentError as exc:
+            grace = self.settings.not_found_grace_s
+            if exc.status != 404 or not grace:
+                raise
+            left = grace - event.age_s()
+            if left <= 0:
+                raise PermanentError(
+                    f"{exc} (still not found {grace:g} s after the event's timestamp)",
+                    status=exc.status,
+                ) from None
+            raise NotVisibleYet(
+                f"{exc} (not visible yet? tried again until {grace:g} s after the event's "
+                "timestamp)",
+                status=exc.status,
+                retry_after=min(backoff_s(event.attempts, self.settings), left),
+            ) from None
 
 
 def _standing_twin(row: CaptureRow, standing: list[CaptureRow]) -> CaptureRow | None:

@@ -19,12 +19,13 @@ from pydantic import (
 )
 
 from carbonhook.errors import RulesError
-from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
+from carbonhook.event_types import CRP_GENERATED, EVENT_NAME, KNOWN_TYPES
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists")
 SOURCES = ("event", "crp", "company", "emissions")
 Scope = Literal["total", "scope1", "scope2", "scope3"]
 Action = Literal["capture_carbon", "plant_tree", "clean_ocean"]
+MAX_TYPE_LENGTH = 100  # the events table's `type` column
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 EMAIL = re.compile(r"[^@\s{}]+@[^@\s{}]+\.[^@\s{}]+|.*\{.+\}.*")
 
@@ -55,7 +56,7 @@ class Rule(_Strict):
     """One `[[rule]]`: when an event matches, what to capture and in whose name."""
 
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
-    on: Literal["crp.generated", "bill.confirmed"]
+    on: str  # any event name, `word.word` in lower case
     when: dict[str, Any] = Field(default_factory=dict)
     capture_lbs: Annotated[int, Field(ge=0, le=10_000_000_000)] | None = None
     offset: Offset | None = None
@@ -66,6 +67,15 @@ class Rule(_Strict):
     customer_name: str | None = None
     notify: bool = True
     dry_run: bool = False
+
+    @field_validator("on")
+    @classmethod
+    def _check_on(cls, on: str) -> str:
+        if len(on) > MAX_TYPE_LENGTH or not EVENT_NAME.fullmatch(on):
+            raise ValueError(
+                f"{on!r} is not an event name: word.word in lower case, e.g. bill.confirmed"
+            )
+        return on
 
     @field_validator("when")
     @classmethod
@@ -101,8 +111,10 @@ class Rule(_Strict):
         ]
         if len(given) != 1:
             raise ValueError("give exactly one of capture_lbs, offset, offset_delta")
-        if self.offset_delta is not None and self.on != BILL_CONFIRMED:
-            raise ValueError('offset_delta is for on = "bill.confirmed"')
+        if self.offset_delta is not None and self.on == CRP_GENERATED:
+            raise ValueError(
+                "offset_delta is for events that name a site (data.siteId), not crp.generated"
+            )
         if self.customer_name and not self.customer_email:
             raise ValueError("customer_name needs customer_email")
         for text in (self.customer_email, self.customer_name):
@@ -156,6 +168,10 @@ class RuleSet:
 
     def for_event(self, event_type: str) -> list[Rule]:
         return [rule for rule in self.file.rule if rule.on == event_type]
+
+    def unknown_types(self) -> list[str]:
+        """The types rules are on that CarbonPass is not known to send: they may never come."""
+        return sorted({rule.on for rule in self.file.rule} - KNOWN_TYPES)
 
 
 def _source(path: str, on: str) -> str:

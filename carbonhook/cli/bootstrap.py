@@ -160,9 +160,11 @@ def build_auditor(settings: Settings) -> Any:
 
 def build_admin(settings: Settings, broker: dramatiq.Broker | None) -> Admin:
     """`broker` None: no queue the workers read (replayed events wait for a sweeper)."""
+    from receiver.events import parse_delivery  # an `invalid` event is parsed again on replay
+
     engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
     enqueue = None if broker is None else functools.partial(enqueue_events, broker)
-    return Admin(EventStore(engine), Ledger(engine), enqueue)
+    return Admin(EventStore(engine), Ledger(engine), enqueue, parse=parse_delivery)
 
 
 # -- the receiver ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from carbonhook.cli.bootstrap import settings_for
 from carbonhook.cli.tables import print_table
 from carbonhook.emulator import EmulatorState
 from carbonhook.errors import UsageError
+from carbonhook.event_types import KNOWN_TYPES
 from workers.planning import Resources, explain, needed_sources
 from workers.rules import load_rules
 
@@ -50,6 +52,15 @@ def rules_check(args: argparse.Namespace) -> int:
     print(
         f"limits: {limits.max_lbs_per_day or 'none'} lbs/day, {limits.max_lbs_per_month or 'none'} lbs/month"
     )
+    known = ", ".join(sorted(KNOWN_TYPES))
+    for event_type in ruleset.unknown_types():
+        # A warning, not an error: CarbonPass documents few of its types (docs/providers.md).
+        names = ", ".join(rule.name for rule in ruleset.for_event(event_type))
+        print(
+            f"warning: {event_type!r} (rule {names}) is not a type CarbonPass is known to send "
+            f"({known}); check the name, or these rules may never run",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -77,6 +88,8 @@ def rules_explain(args: argparse.Namespace) -> int:
         company=resource("company", sandbox.company_data),
         emissions=resource("emissions", lambda: sandbox.emissions_data(site)),
     )
+    if not ruleset.for_event(event_type):
+        print(f"no rule is on {event_type!r}: a worker would end the event ignored")
     for outcome in explain(ruleset, event_type, resources):
         print(f"{'MATCH' if outcome.matched else 'no match':9} {outcome.rule}")
         for reason in outcome.reasons:

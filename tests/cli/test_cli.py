@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from carbonhook.cli.arguments import main
-from tests.support import ROOT, make_body, query, store_delivery
+from tests.support import ROOT, keep_invalid, make_body, query, store_delivery
 
 
 @pytest.fixture
@@ -133,6 +133,44 @@ def test_a_command_that_cannot_tell_who_runs_it_asks_for_a_name(cli_env: str, ca
     assert query(cli_env, "SELECT admin FROM replays") == [("jane@corp.example",)]
 
 
+def test_ignored_events_of_one_type_are_replayed_in_bulk(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    from sqlalchemy import create_engine, text
+
+    from carbonhook.database import sync_url
+
+    calculated = [store_delivery(cli_env, make_body(event="bill.calculated", subject=f"bill_{n}")) for n in range(2)]
+    other = store_delivery(cli_env, make_body(event="company.updated", subject="comp_1"))
+    engine = create_engine(sync_url(cli_env))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE events SET status = 'ignored'"))
+    engine.dispose()
+    code, out, _ = run(capsys, "events", "list", "--status", "ignored", "--type", "bill.calculated", "--json")
+    assert [e["id"] for e in json.loads(out)] == calculated[::-1]
+    code, out, _ = run(capsys, "events", "replay", "--status", "ignored", "--type", "bill.calculated")
+    assert code == 0 and "replayed 2 of 2 events" in out
+    code, out, _ = run(capsys, "events", "replay", str(other))
+    assert code == 0 and f"replayed event {other} (was ignored)" in out
+    assert query(cli_env, "SELECT status FROM events ORDER BY id") == [("pending",)] * 3
+    assert query(cli_env, "SELECT previous_status FROM replays") == [("ignored",)] * 3
+
+
+def test_invalid_deliveries_are_listed_shown_and_parsed_again_on_replay(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    still, _ = keep_invalid(cli_env, b"{not json", "body is not valid JSON: Expecting property name")
+    later, _ = keep_invalid(cli_env, make_body(subject="crp_later"), "an earlier parser refused it")
+    code, out, _ = run(capsys, "events", "list", "--status", "invalid", "--json")
+    assert [e["id"] for e in json.loads(out)] == [later, still]
+    code, out, _ = run(capsys, "events", "show", str(still))
+    assert code == 0 and "invalid" in out and "body is not valid JSON" in out and "{not json" in out
+    code, out, err = run(capsys, "events", "replay", str(still))
+    assert code != 0 and f"event {still} still does not parse: body is not valid JSON" in err
+    code, out, _ = run(capsys, "events", "replay", str(later))
+    assert code == 0 and f"replayed event {later} (was invalid)" in out
+    assert query(cli_env, "SELECT type, subject_id, status FROM events ORDER BY id") == [
+        ("", query(cli_env, f"SELECT body_sha256 FROM events WHERE id = {still}")[0][0], "invalid"),
+        ("crp.generated", "crp_later", "pending"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -153,10 +191,22 @@ def test_errors_are_one_line_on_stderr_with_a_nonzero_exit(cli_env: str, capsys:
 
 
 def test_rules_check_prints_a_table_and_the_example_passes(capsys: pytest.CaptureFixture[str]):
-    code, out, _ = run(capsys, "rules", "check", str(ROOT / "rules.example.toml"))
-    assert code == 0
+    code, out, err = run(capsys, "rules", "check", str(ROOT / "rules.example.toml"))
+    assert code == 0 and err == ""
     assert "offset-published-crps" in out and "bill-growth" in out and "50000 lbs/day" in out
     assert "1 trees" in out  # plant_tree counts trees, not pounds
+
+
+def test_rules_check_warns_without_failing_about_a_type_carbonpass_is_not_known_to_send(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "calc"\non = "bill.calculated"\ncapture_lbs = 1\n'
+        '[[rule]]\nname = "usual"\non = "bill.confirmed"\ncapture_lbs = 1\n'
+    )
+    code, out, err = run(capsys, "rules", "check", str(rules))
+    assert code == 0 and "bill.calculated" in out and "usual" in out
+    assert err.startswith("warning: 'bill.calculated' (rule calc) is not a type CarbonPass is known to send")
+    assert err.count("\n") == 1
 
 
 def test_rules_check_names_the_rule_field_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -182,6 +232,9 @@ def test_rules_explain_says_what_matches_and_what_would_be_sent(tmp_path: Path, 
     company.write_text(json.dumps({"data": {"employeeCount": 500}}))
     code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules), "--company", str(company))
     assert "MATCH     big-companies" in out
+    event.write_text(make_body(event="bill.calculated", subject="bill_x").decode())
+    code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules))
+    assert code == 0 and out == "no rule is on 'bill.calculated': a worker would end the event ignored\n"
 
 
 def test_a_worker_on_the_in_process_broker_says_it_needs_a_shared_one(cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine
 
 from carbonhook.admin import Admin
 from carbonhook.database import create_sync_engine
+from carbonhook.errors import Conflict
 from carbonhook.event_queries import EventFilter
 from carbonhook.ledger import Ledger
 from carbonhook.store import EventStore
-from tests.support import make_body, query, store_delivery
+from receiver.events import Delivery, parse_delivery
+from tests.support import keep_invalid, make_body, query, record_delivery, store_delivery
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def failed_events(db: str, engine: Engine, count: int) -> list[int]:
 
 
 def admin_for(engine: Engine, enqueue: Callable[[Sequence[int]], None] | None) -> Admin:
-    return Admin(EventStore(engine), Ledger(engine), enqueue)
+    return Admin(EventStore(engine), Ledger(engine), enqueue, parse=parse_delivery)
 
 
 def statuses(db: str) -> list[str]:
@@ -104,3 +108,80 @@ def test_a_decision_records_its_admin_and_the_replay_that_lets_the_event_finish_
     detail = admin.store.get_event(event_id)
     assert [(r["admin"], r["via"]) for r in detail["replays"]] == [("alice", "dashboard")]
     assert [(d["admin"], d["decision"]) for d in detail["captures"][0]["decisions"]] == [("alice", "approve")]
+
+
+# -- invalid events: parsed again on replay ----------------------------------------------------
+
+EPOCH_BODY = b'{"event": "crp.generated", "timestamp": 1775486148, "data": {"id": "crp_epoch"}}'
+SAME_IN_ISO = make_body(subject="crp_epoch", ts="2026-04-06T14:35:48Z")
+
+
+def upgraded_parse(body: bytes) -> Delivery:
+    """A later version's parser, which also takes a timestamp in seconds since the epoch."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return parse_delivery(body)
+    if isinstance(payload, dict) and isinstance(payload.get("timestamp"), int):
+        payload["timestamp"] = datetime.fromtimestamp(payload["timestamp"], UTC).isoformat()
+    return parse_delivery(json.dumps(payload).encode())
+
+
+def test_an_invalid_event_whose_body_parses_now_becomes_the_event_it_says(db_url: str, engine: Engine):
+    event_id, created = keep_invalid(db_url, EPOCH_BODY, "field 'timestamp' must be a non-empty string")
+    assert created
+    handed: list[int] = []
+    admin = Admin(EventStore(engine), Ledger(engine), handed.extend, parse=upgraded_parse)
+
+    assert admin.replay(event_id, via="cli", reason="parser upgraded") == "invalid"
+
+    assert handed == [event_id]
+    row = query(db_url, f"SELECT type, subject_id, status, last_error, attempts, body FROM events WHERE id = {event_id}")
+    assert [r[:5] for r in row] == [("crp.generated", "crp_epoch", "queued", None, 0)]
+    assert bytes(row[0][5]) == EPOCH_BODY  # the body stays as it came
+    assert query(db_url, "SELECT via, reason, previous_status FROM replays") == [("cli", "parser upgraded", "invalid")]
+    # Its identity is stored as the intake stores one: the same delivery again is a duplicate,
+    # and the same unparseable body at a receiver not yet upgraded finds it too.
+    assert record_delivery(db_url, SAME_IN_ISO) == (event_id, False)
+    assert keep_invalid(db_url, EPOCH_BODY) == (event_id, False)
+    assert statuses(db_url) == ["queued"]
+
+
+def test_an_invalid_event_that_parses_as_one_stored_already_is_refused_and_says_so(db_url: str, engine: Engine):
+    first, _ = record_delivery(db_url, SAME_IN_ISO)
+    event_id, _ = keep_invalid(db_url, EPOCH_BODY)
+    handed: list[int] = []
+    admin = Admin(EventStore(engine), Ledger(engine), handed.extend, parse=upgraded_parse)
+
+    with pytest.raises(Conflict, match=f"event {event_id} parses now, as a duplicate of event {first}"):
+        admin.replay(event_id, via="api", reason=None)
+
+    assert handed == [] and query(db_url, "SELECT count(*) FROM replays") == [(0,)]
+    said = query(db_url, f"SELECT status, last_error FROM events WHERE id = {event_id}")
+    assert said == [("invalid", f"parses now, as a duplicate of event {first}: not replayed")]
+    assert query(db_url, f"SELECT status FROM events WHERE id = {first}") == [("queued",)]
+
+
+def test_an_invalid_event_that_still_does_not_parse_stays_as_it_is(db_url: str, engine: Engine):
+    event_id, _ = keep_invalid(db_url, EPOCH_BODY, "field 'timestamp' must be a non-empty string")
+    admin = admin_for(engine, lambda ids: None)
+    with pytest.raises(Conflict, match=f"event {event_id} still does not parse: field 'timestamp'"):
+        admin.replay(event_id, via="cli", reason=None)
+    assert query(db_url, "SELECT status, type, last_error FROM events") == [
+        ("invalid", "", "field 'timestamp' must be a non-empty string")
+    ]
+    # Only a replay of the event itself parses it: a bulk replay of failed events leaves it be.
+    assert admin.store.replay_many([event_id], via="cli", reason=None) == []
+
+
+def test_a_bulk_replay_of_invalid_events_revives_those_that_parse_now(db_url: str, engine: Engine):
+    parses, _ = keep_invalid(db_url, EPOCH_BODY)
+    still, _ = keep_invalid(db_url, b"{not json")
+    handed: list[int] = []
+    admin = Admin(EventStore(engine), Ledger(engine), handed.extend, parse=upgraded_parse)
+
+    done = list(admin.replay_matching(EventFilter(status="invalid"), via="cli", reason=None))
+
+    assert done == [parses] and handed == [parses]
+    assert statuses(db_url) == ["queued", "invalid"]
+    assert query(db_url, f"SELECT status FROM events WHERE id = {still}") == [("invalid",)]

@@ -9,6 +9,7 @@ import pytest
 
 from carbonhook.captures import PlannedCapture
 from carbonhook.ledger import Ledger
+from receiver.events import parse_delivery
 from tests.support import (
     RunningEmulator,
     make_body,
@@ -218,7 +219,7 @@ def test_over_the_limit_is_held_then_approved_and_sent_exactly_once(db_url: str,
     held = query(db_url, "SELECT id, status FROM captures WHERE subject_id = 'crp_l2'")[0]
     assert held[1] == "held"
     assert len(emulator.impacts) == 1
-    admin = Admin(w.processor.store, w.processor.ledger, lambda ids: None)
+    admin = Admin(w.processor.store, w.processor.ledger, lambda ids: None, parse=parse_delivery)
     admin.approve(held[0], admin="ops", via="cli")
     assert w.processor.process(second) == "succeeded"
     assert w.processor.process(second) is None
@@ -234,7 +235,7 @@ def test_a_rejected_capture_is_never_sent(db_url: str, emulator: RunningEmulator
     event_id = store_delivery(db_url, make_body(subject="crp_r1"))
     assert w.processor.process(event_id) == "held"
     capture_id = query(db_url, "SELECT id FROM captures")[0][0]
-    Admin(w.processor.store, w.processor.ledger, lambda ids: None).reject(capture_id, admin="ops", via="api")
+    Admin(w.processor.store, w.processor.ledger, lambda ids: None, parse=parse_delivery).reject(capture_id, admin="ops", via="api")
     assert w.processor.process(event_id) == "succeeded"
     assert emulator.impacts == []
     assert query(db_url, "SELECT status FROM captures") == [("rejected",)]
@@ -249,7 +250,7 @@ def test_dry_run_records_without_sending_and_switching_it_off_sends_nothing_late
     assert dry.processor.process(event_id) == "succeeded"
     assert "dry run" in query(db_url, f"SELECT note FROM events WHERE id = {event_id}")[0][0]
     live = worker_factory(rules)
-    Admin(live.processor.store, live.processor.ledger, lambda ids: None).replay(event_id, admin="ops", via="cli", reason="dry run over")
+    Admin(live.processor.store, live.processor.ledger, lambda ids: None, parse=parse_delivery).replay(event_id, admin="ops", via="cli", reason="dry run over")
     assert live.processor.process(event_id) == "succeeded"
     assert emulator.impacts == []
     assert query(db_url, "SELECT status, rules_hash IS NOT NULL FROM captures") == [("dry_run", True)]

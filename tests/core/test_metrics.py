@@ -90,6 +90,32 @@ def test_metrics_on_a_database_never_migrated_serve_the_counters_and_count_the_f
     )
 
 
+def test_ignored_events_are_counted_by_type(sqlite_url: str, emulator: RunningEmulator, monkeypatch):
+    from carbonhook.cli.bootstrap import build_worker
+
+    monkeypatch.setattr("receiver.app.STORE_METRICS_MAX_AGE_S", 0.0)
+    server, rec = start_receiver(sqlite_url)
+    settings = settings_for_test(sqlite_url, emulator)
+    runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(RULES)))
+    try:
+        before = scrape(rec.base)
+        bodies = [make_body(event="bill.calculated", subject=f"bill_{n}") for n in range(2)]
+        bodies.append(make_body(event="company.updated", subject="comp_1"))
+        ids = [rec.post(body).json()["id"] for body in bodies]
+        assert [runtime.processor.process(i) for i in ids] == ["ignored"] * 3
+        after = scrape(rec.base)
+    finally:
+        runtime.close()
+        server.stop()
+    assert delta(before, after, "carbonhook_deliveries_total", outcome="accepted") == 3
+    # What the workers ignored, as they did (per process) and as stored (every receiver alike).
+    assert delta(before, after, "carbonhook_events_ignored_total", type="bill.calculated") == 2
+    assert delta(before, after, "carbonhook_events_ignored_total", type="company.updated") == 1
+    assert after[("carbonhook_ignored_events", (("type", "bill.calculated"),))] == 2
+    assert after[("carbonhook_ignored_events", (("type", "company.updated"),))] == 1
+    assert after[("carbonhook_events", (("status", "ignored"),))] == 3
+
+
 def test_scrapes_read_the_database_at_most_every_15_seconds(sqlite_url: str):
     server, rec = start_receiver(sqlite_url)
     try:

@@ -9,7 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import RunningEmulator, make_body, query, settings_for_test, store_delivery
+from tests.support import (
+    RunningEmulator,
+    keep_invalid,
+    make_body,
+    query,
+    settings_for_test,
+    signed,
+    store_delivery,
+)
 
 TOKEN = "admin-secret-token"  # the admin named `admin`
 ALICE = "alice-secret-token-0123456789"
@@ -108,6 +116,41 @@ def test_bulk_replay_by_filter(api: Api):
     assert api.call("POST", "/events/replay", json={"status": "bogus"}).status_code == 400
     result = api.call("POST", "/events/replay", json={"status": "failed", "reason": "bulk"}).json()
     assert result["replayed"] == 3 and sorted(result["ids"]) == ids
+
+
+def test_ignored_events_are_replayed_one_by_one_or_by_type(api: Api):
+    calculated = [store_delivery(api.db, make_body(event="bill.calculated", subject=f"bill_i{n}")) for n in range(2)]
+    other = store_delivery(api.db, make_body(event="company.updated", subject="comp_i"))
+    assert [api.processor.process(i) for i in [*calculated, other]] == ["ignored"] * 3
+    listed = api.call("GET", "/events", params={"status": "ignored"}).json()["events"]
+    assert [e["id"] for e in listed] == [other, *calculated[::-1]]
+    result = api.call("POST", "/events/replay", json={"status": "ignored", "type": "bill.calculated"}).json()
+    assert result == {"replayed": 2, "ids": calculated}
+    one = api.call("POST", f"/events/{other}/replay", json={"reason": "a rule is on it now"})
+    assert one.json() == {"id": other, "previous_status": "ignored", "status": "queued"}
+    statuses = query(api.db, f"SELECT status FROM events WHERE id IN ({calculated[0]}, {calculated[1]}, {other})")
+    assert statuses == [("queued",)] * 3
+
+
+def test_an_unparseable_delivery_is_listed_shown_and_parsed_again_on_replay(api: Api):
+    body = b'{"event": "crp.generated", "timestamp": "06/04/2026 14:35", "data": {"id": "crp_kept"}}'
+    answer = httpx.post(f"{api.base}/webhooks/carbonpass", content=body, headers=signed(body), timeout=10)
+    assert answer.status_code == 400 and "not ISO-8601" in answer.json()["message"]
+    [listed] = api.call("GET", "/events", params={"status": "invalid"}).json()["events"]
+    detail = api.call("GET", f"/events/{listed['id']}").json()
+    assert detail["status"] == "invalid" and detail["body"] == body.decode()
+    assert detail["last_error"] == answer.json()["message"] and detail["received_at"]
+    refused = api.call("POST", f"/events/{listed['id']}/replay")
+    assert refused.status_code == 409 and "still does not parse" in refused.json()["message"]
+    # A body an earlier version could not parse, and this one can: replayed, it is processed.
+    revived = keep_invalid(api.db, make_body(subject="crp_later"), "an earlier parser refused it")[0]
+    replayed = api.call("POST", f"/events/{revived}/replay", json={"reason": "upgraded"})
+    assert replayed.json() == {"id": revived, "previous_status": "invalid", "status": "queued"}
+    assert api.processor.process(revived) == "succeeded"
+    assert query(api.db, "SELECT subject_id, status FROM captures") == [("crp_later", "captured")]
+    shown = api.call("GET", f"/events/{revived}").json()
+    assert (shown["type"], shown["subject_id"], shown["status"]) == ("crp.generated", "crp_later", "succeeded")
+    assert [r["previous_status"] for r in shown["replays"]] == ["invalid"]
 
 
 def test_bulk_replay_leaves_events_that_are_not_replayable_and_audits_each_one(api: Api):

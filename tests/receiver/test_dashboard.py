@@ -18,6 +18,7 @@ from sqlalchemy import Engine, insert
 from carbonhook.reports import DayTotal, overview
 from carbonhook.schema import Capture, Event, Spend, utcnow
 from receiver.dashboard import dashboard_routes
+from receiver.events import parse_delivery
 from receiver.lockout import WRONG_TOKENS, Lockout
 from receiver.pages import RulesInfo, chart_bars, share
 from receiver.params import event_filter, safe_next
@@ -272,6 +273,11 @@ def test_the_overview_reads_spend_captured_pounds_per_day_and_the_latest_failure
         assert [f["id"] for f in figures.latest_failures] == [newest, middle]
         assert figures.latest_failures[0]["last_error"] == "400 new"
         assert old not in [f["id"] for f in figures.latest_failures]
+        for n, event_type in enumerate(["bill.calculated", "bill.calculated", "company.updated"]):
+            add_event(engine, f"x_{n}", "ignored", event_type=event_type)
+        ignored = overview(engine, today=today, ignored_types=1).ignored_by_type
+        assert ignored == [("bill.calculated", 2)]
+        assert overview(engine, today=today).ignored_by_type == [("bill.calculated", 2), ("company.updated", 1)]
         empty = overview(engine, today=date(2027, 1, 1))
         assert (empty.spent_today, empty.spent_month) == (0, 0)
         assert all(d.lbs == 0 for d in empty.lbs_per_day)
@@ -305,7 +311,7 @@ class Site:
         self.db = db
         self.engine = create_sync_engine(db, pool_size=2)
         self.enqueued: list[int] = []
-        self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend)
+        self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend, parse=parse_delivery)
         lockout = Lockout()
         self.tokens = tokens or {"admin": TOKEN}
         routes = dashboard_routes(
@@ -495,7 +501,7 @@ def test_replaying_from_the_event_page_queues_it_and_records_who_and_why(site: S
         f"/admin/events/{failed}/replay", data={"csrf": csrf, "next": f"/admin/events/{failed}"}
     )
     assert again.status_code == 303
-    assert "only failed/succeeded/held can be replayed" in flash_in(
+    assert "only failed/succeeded/held/ignored can be replayed" in flash_in(
         site.http.get(f"/admin/events/{failed}").text
     )
 
@@ -514,6 +520,50 @@ def test_replay_all_failed_asks_first_and_replays_only_failed_events(site: Site)
     assert [site.status(e) for e in failed] == ["queued"] * 3 and site.status(done) == "succeeded"
     assert flash_in(site.http.get("/admin/events").text) == "ok: 3 failed events queued for replay."
     assert "No failed events" in site.http.get("/admin/events/replay-failed").text
+
+
+def test_the_overview_shows_ignored_types_and_their_events_are_replayed_by_type(site: Site):
+    calculated = [add_event(site.engine, f"bill_i{n}", "ignored", event_type="bill.calculated") for n in range(2)]
+    other = add_event(site.engine, "comp_i", "ignored", event_type="company & co.updated")
+    csrf = site.sign_in()
+    page = site.http.get("/admin").text
+    assert 'href="/admin/events?status=ignored&amp;type=bill.calculated">bill.calculated</a>' in page
+    assert 'href="/admin/events/replay-ignored?type=company%20%26%20co.updated"' in page
+    listing = site.http.get("/admin/events?status=ignored").text
+    assert 'href="/admin/events/replay-ignored"' in listing
+    confirm = site.http.get("/admin/events/replay-ignored?type=bill.calculated")
+    assert confirm.status_code == 200 and "Replay 2 ignored events?" in confirm.text
+    assert "by the rules in force" in confirm.text
+    answer = site.http.post(
+        "/admin/events/replay-ignored", data={"csrf": csrf, "type": "bill.calculated", "reason": "rule added"}
+    )
+    assert answer.status_code == 303
+    assert sorted(site.enqueued) == calculated and site.status(other) == "ignored"
+    assert flash_in(site.http.get("/admin/events").text) == "ok: 2 ignored events queued for replay."
+    assert site.http.get("/admin/events/replay-held").status_code == 404
+    page = site.http.get(f"/admin/events/{other}").text
+    assert f'action="/admin/events/{other}/replay"' in page
+
+
+def test_an_invalid_event_shows_why_and_its_replay_parses_it_again(site: Site):
+    from tests.support import keep_invalid
+
+    still = keep_invalid(site.db, b'{"event": "crp.generated", "timestamp": "<soon>"}', "field 'timestamp' is not ISO-8601: '<soon>'")[0]
+    later = keep_invalid(site.db, make_body(subject="crp_later"), "an earlier parser refused it")[0]
+    csrf = site.sign_in()
+    listing = site.http.get("/admin/events?status=invalid").text
+    assert listing.count("(not parsed)") == 2 and 'href="/admin/events/replay-invalid"' in listing
+    page = site.http.get(f"/admin/events/{still}").text
+    assert "Why it did not parse" in page and "is not ISO-8601: &#39;&lt;soon&gt;&#39;" in page
+    assert "&lt;soon&gt;" in page and f'action="/admin/events/{still}/replay"' in page
+    site.http.post(f"/admin/events/{still}/replay", data={"csrf": csrf, "next": f"/admin/events/{still}"})
+    assert f"error: event {still} still does not parse" in flash_in(site.http.get(f"/admin/events/{still}").text)
+    assert site.status(still) == "invalid"
+    confirm = site.http.get("/admin/events/replay-invalid")
+    assert "Replay 2 invalid events?" in confirm.text and "parsed again" in confirm.text
+    site.http.post("/admin/events/replay-invalid", data={"csrf": csrf})
+    assert flash_in(site.http.get("/admin/events").text) == "ok: 1 invalid event queued for replay."
+    assert site.enqueued == [later] and site.status(later) == "queued" and site.status(still) == "invalid"
 
 
 def test_the_events_list_filters_and_pages(site: Site):

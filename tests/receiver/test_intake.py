@@ -118,20 +118,74 @@ def test_a_wrong_or_missing_signature_is_401_and_stores_nothing(receiver: Receiv
     assert receiver.rows() == []
 
 
-def test_signed_but_invalid_is_400_naming_the_problem_and_stores_nothing(receiver: Receiver):
-    body = json.dumps({"event": "crp.generated", "timestamp": "2026-04-06T14:35:48Z", "data": {}}).encode()
+def test_signed_but_unparseable_is_400_naming_the_problem_and_kept_invalid_once_per_body(receiver: Receiver):
+    import hashlib
+
+    body = json.dumps({"event": "crp.generated", "timestamp": 1775486148, "data": {"id": "crp_epoch"}}).encode()
     response = receiver.post(body)
     assert response.status_code == 400
-    assert "data.id" in response.json()["message"]
+    assert response.json() == {"error": "invalid_delivery", "message": "field 'timestamp' must be a non-empty string"}
+    again = receiver.post(body)
+    assert again.status_code == 400 and again.json() == response.json()
     assert receiver.post(b"{not json").status_code == 400
+    kept = receiver.rows("SELECT id, type, subject_id, status, last_error, body, body_sha256, received_at FROM events ORDER BY id")
+    assert [row[1:5] for row in kept] == [
+        ("", hashlib.sha256(body).hexdigest(), "invalid", "field 'timestamp' must be a non-empty string"),
+        ("", hashlib.sha256(b"{not json").hexdigest(), "invalid", kept[1][4]),
+    ]
+    assert kept[1][4].startswith("body is not valid JSON")
+    assert bytes(kept[0][5]) == body and bytes(kept[1][5]) == b"{not json"
+    assert [row[6] for row in kept] == [row[2] for row in kept]
+    assert all(row[7] is not None for row in kept)
+    assert queued_ids(receiver) == []  # nothing to process until a replay parses it
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-CarbonPass-Signature": "0" * 64}, signed(b"{not json", "another-secret-entirely")],
+)
+def test_an_unparseable_body_that_is_not_signed_is_401_and_never_stored(receiver: Receiver, headers: dict[str, str]):
+    response = receiver.post(b"{not json", headers=headers)
+    assert response.status_code == 401
     assert receiver.rows() == []
 
 
-def test_an_unknown_event_type_is_stored_ignored_and_not_enqueued(receiver: Receiver):
+def test_concurrent_copies_of_one_unparseable_body_keep_one_row(receiver: Receiver):
+    body = b'{"event": "crp.generated", "timestamp": "tomorrow", "data": {"id": "crp_race"}}'
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        code = receiver.post(body).status_code
+        with lock:
+            answers.append(code)
+
+    threads = [threading.Thread(target=send) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [400] * 12
+    assert [row[3] for row in receiver.rows()] == ["invalid"]
+
+
+def test_a_database_that_cannot_keep_an_unparseable_body_is_503_so_the_sender_retries(tmp_path):
+    from tests.support import free_port
+
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    server, rec = start_receiver(down)
+    try:
+        assert rec.post(b"{not json").status_code == 503
+    finally:
+        server.stop()
+
+
+def test_an_event_of_a_type_carbonpass_is_not_known_to_send_is_stored_and_enqueued_alike(receiver: Receiver):
+    # The receiver reads no rules: whether one is on the type is the worker's to say.
     response = receiver.post(delivery(event="company.updated", subject="comp_8xK2mNpQ"))
-    assert response.status_code == 202
-    assert receiver.rows()[0][3] == "ignored"
-    assert queued_ids(receiver) == []
+    assert response.status_code == 202 and response.json()["status"] == "accepted"
+    assert receiver.rows()[0][1:] == ("company.updated", "comp_8xK2mNpQ", "queued")
+    assert queued_ids(receiver) == [response.json()["id"]]
 
 
 def test_an_oversized_body_is_413_without_reading_it_all(sqlite_url: str):

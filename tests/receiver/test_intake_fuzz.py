@@ -7,6 +7,7 @@ The intake runs once per module on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -63,6 +64,16 @@ class RunningIntake:
         with self.engine.connect() as conn:
             found = conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": event_id})
             return found.first() is not None
+
+    def kept_reason(self, body: bytes) -> str | None:
+        """The reason stored with `body` kept as an invalid event (None if it is not kept)."""
+        sha256 = hashlib.sha256(body).hexdigest()
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT last_error FROM events WHERE body_sha256 = :sha AND status = 'invalid'"), {"sha": sha256}
+            )
+            row = found.first()
+            return None if row is None else str(row[0])
 
     def close(self) -> None:
         self.client.close()
@@ -270,8 +281,12 @@ def check_signed(intake: RunningIntake, body: bytes, content_type: Any = "applic
     response = intake.post(body, headers, chunked=chunked)
     assert response.status_code in (200, 202, 400), (body[:300], response.status_code, response.text[:300])
     if response.status_code == 400:
+        # Signed but unparseable: kept `invalid`, once per distinct body, the reason with it.
         assert response.json()["error"] == "invalid_delivery"
-        assert intake.rows() == before
+        assert intake.kept_reason(body) == response.json()["message"]
+        assert intake.rows() in (before, before + 1)
+        assert intake.post(body, headers, chunked=chunked).status_code == 400
+        assert intake.rows() in (before, before + 1)
     else:
         assert intake.has_event(int(response.json()["id"]))
         assert intake.rows() == before + (response.status_code == 202)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from receiver.events import parse_delivery
 from tests.support import (
     Harness,
     RunningEmulator,
@@ -182,7 +183,7 @@ def test_a_refused_capture_fails_the_event_and_a_replay_tries_it_again(harness: 
     event_id = harness.deliver(make_body())
     assert harness.processor.process(event_id) == "failed"
     assert harness.captures()[0][4] == "failed"
-    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None)
+    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery)
     assert admin.replay(event_id, admin="ops", via="cli", reason="fixed") == "failed"
     assert harness.processor.process(event_id) == "succeeded"
     assert admin.replay(event_id, admin="ops", via="cli", reason="again") == "succeeded"
@@ -301,3 +302,159 @@ def seconds_since_in_db(db: str, sql_time: str) -> float:
         value = conn.execute(select(seconds_since(expression))).scalar_one()
     engine.dispose()
     return float(value)
+
+
+# -- any event type: the rules in force decide -----------------------------------------------
+
+
+def ignored_count(event_type: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("carbonhook_events_ignored_total", {"type": event_type}) or 0.0
+
+
+def test_an_event_of_a_type_no_rule_is_on_ends_ignored_said_once_per_type_and_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+):
+    before = ignored_count("bill.calculated")
+    ids = [harness.deliver(make_body(event="bill.calculated", subject=f"bill_c{n}", siteId="site_3rZ1")) for n in range(3)]
+    with caplog.at_level("WARNING", logger="workers.processing"):
+        assert [harness.processor.process(i) for i in ids] == ["ignored"] * 3
+    assert harness.status(ids[0]) == ("ignored", None)
+    assert query(harness.db, f"SELECT note FROM events WHERE id = {ids[0]}") == [("no rule is on 'bill.calculated'",)]
+    said = [r for r in caplog.records if "bill.calculated" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert "events replay --status ignored --type bill.calculated" in said[0].getMessage()
+    assert ignored_count("bill.calculated") - before == 3
+    assert harness.emulator.state.calls == [] and harness.captures() == []
+    # Ended like any attempt: recorded, and a finished event is not claimed again.
+    assert query(harness.db, f"SELECT outcome FROM event_attempts WHERE event_id = {ids[0]}") == [("ignored",)]
+    assert harness.processor.process(ids[0]) is None
+
+
+def test_a_known_type_no_rule_is_on_is_ignored_too(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES.split("[[rule]]\nname = \"bill-site\"")[0])
+    request.addfinalizer(h.runtime.close)
+    event_id = h.deliver(make_body(event="bill.confirmed", subject="bill_9vW4kLpR", siteId="site_3rZ1"))
+    assert h.processor.process(event_id) == "ignored"
+    assert emulator.state.calls == []
+
+
+def test_once_a_rule_is_on_the_type_replaying_the_ignored_events_processes_them(harness: Harness):
+    from carbonhook.admin import Admin
+    from carbonhook.event_queries import EventFilter
+    from workers.rules import parse_rules
+
+    calculated = [
+        harness.deliver(make_body(event="bill.calculated", subject=f"bill_r{n}", ts=f"2026-04-0{n + 1}T00:00:00Z", siteId="site_3rZ1"))
+        for n in range(2)
+    ]
+    other = harness.deliver(make_body(event="company.updated", subject="comp_1"))
+    assert [harness.processor.process(i) for i in [*calculated, other]] == ["ignored"] * 3
+    # A rule is now on the type (SIGHUP reloads the file; here the holder is given the new one).
+    holder = harness.processor.rules
+    holder.current = parse_rules(RULES + '\n[[rule]]\nname = "calculated-growth"\non = "bill.calculated"\noffset_delta = { fraction = 0.01 }\n')  # type: ignore[attr-defined]
+    admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery)
+    replayed = list(admin.replay_matching(EventFilter(status="ignored", type="bill.calculated"), via="cli", reason="rule added"))
+    assert replayed == calculated
+    assert [harness.processor.process(i) for i in calculated] == ["succeeded", "succeeded"]
+    # Read like a bill: the site's emissions, the growth offset once for both.
+    assert [i["amount"] for i in harness.emulator.impacts] == [round(172.0 * 0.01 * 2204.62262)]
+    assert [c[:2] + c[4:5] for c in harness.captures()] == [
+        ("calculated-growth", "bill_r0", "captured"),
+        ("calculated-growth", "bill_r1", "skipped"),
+    ]
+    assert harness.status(other)[0] == "ignored"
+    assert query(harness.db, f"SELECT previous_status, reason FROM replays WHERE event_id = {calculated[0]}") == [("ignored", "rule added")]
+
+
+def test_an_event_whose_captures_stand_is_not_ignored_when_its_rule_is_gone(harness: Harness):
+    from carbonhook.admin import Admin
+    from workers.rules import parse_rules
+
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "succeeded"
+    harness.processor.rules.current = parse_rules(RULES.split("[[rule]]")[0] + "[[rule]]" + RULES.split("[[rule]]")[2])  # type: ignore[attr-defined]
+    Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery).replay(event_id, via="cli", reason=None)
+    # Its capture is settled as it stands, and the event says no rule matched.
+    assert harness.processor.process(event_id) == "succeeded"
+    assert query(harness.db, f"SELECT note FROM events WHERE id = {event_id}") == [("no rule matched",)]
+    assert harness.captures()[0][4] == "captured" and len(harness.emulator.impacts) == 1
+
+
+# -- not visible yet is not gone ---------------------------------------------------------------
+
+
+def iso_ago(seconds: float) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_crp_not_found_soon_after_the_event_is_tried_again_until_it_shows(harness: Harness):
+    harness.emulator.state.remove_crp("crp_soon")
+    event_id = harness.deliver(make_body(subject="crp_soon", ts=iso_ago(5)))
+    assert harness.processor.process(event_id) == "retry"
+    status, error = harness.status(event_id)
+    assert status == "queued" and "HTTP 404" in (error or "") and "not visible yet?" in (error or "")
+    assert harness.enqueued == [(event_id, 0.1)]  # the usual backoff (0.1 s in the tests)
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.enqueued[-1] == (event_id, 0.2)
+    harness.emulator.state.set_crp("crp_soon")  # now it can be read
+    harness.due_now(event_id)
+    assert harness.processor.process(event_id) == "succeeded"
+    assert len(harness.emulator.impacts) == 1
+    history = query(harness.db, f"SELECT outcome, http_status FROM event_attempts WHERE event_id = {event_id} ORDER BY id")
+    assert history == [("retry", 404), ("retry", 404), ("succeeded", None)]
+
+
+def test_a_crp_not_found_after_the_grace_window_fails_at_once(harness: Harness):
+    harness.emulator.state.remove_crp("crp_gone_late")
+    event_id = harness.deliver(make_body(subject="crp_gone_late", ts=iso_ago(901)))
+    assert harness.processor.process(event_id) == "failed"
+    status, error = harness.status(event_id)
+    assert status == "failed"
+    assert "HTTP 404" in (error or "") and "still not found 900 s after the event's timestamp" in (error or "")
+    assert harness.enqueued == []
+
+
+def test_the_last_try_within_the_window_is_at_its_end(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, not_found_grace_s=60, retry_min_backoff_s=3600, retry_max_backoff_s=7200)
+    request.addfinalizer(h.runtime.close)
+    emulator.state.remove_crp("crp_late")
+    event_id = h.deliver(make_body(subject="crp_late", ts=iso_ago(57)))
+    assert h.processor.process(event_id) == "retry"
+    [(_, delay)] = h.enqueued
+    assert 0.5 < delay <= 3  # the window's end, not an hour's backoff past it
+    # Past the window, the 404 is what it was before: permanent.
+    time.sleep(delay)
+
+    def tried_again() -> str | None:
+        h.due_now(event_id)
+        return h.processor.process(event_id)
+
+    assert wait_until(lambda: tried_again() == "failed", timeout=10, what="the 404 after the window")
+    assert "still not found 60 s after" in (h.status(event_id)[1] or "")
+
+
+def test_a_sites_emissions_not_found_soon_after_a_bill_are_tried_again(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, not_found_grace_s=600)
+    request.addfinalizer(h.runtime.close)
+    fresh = h.deliver(make_body(event="bill.confirmed", subject="bill_new", ts=iso_ago(1), siteId="site_new"))
+    old = h.deliver(make_body(event="bill.confirmed", subject="bill_old", ts=iso_ago(3600), siteId="site_gone"))
+    assert h.processor.process(fresh) == "retry"
+    assert "GET /emissions: HTTP 404" in (h.status(fresh)[1] or "")
+    assert h.processor.process(old) == "failed"
+    emulator.state.set_site_emissions("site_new", 10.0, 1.0, 2.0, 7.0)
+    h.due_now(fresh)
+    assert h.processor.process(fresh) == "succeeded"
+    assert [i["amount"] for i in emulator.impacts] == [round(10.0 * 0.01 * 2204.62262)]
+
+
+def test_without_a_grace_window_a_404_is_permanent_at_once(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):
+    h = Harness(db_url, emulator, RULES, not_found_grace_s=0)
+    request.addfinalizer(h.runtime.close)
+    emulator.state.remove_crp("crp_never")
+    event_id = h.deliver(make_body(subject="crp_never", ts=iso_ago(0)))
+    assert h.processor.process(event_id) == "failed"

@@ -38,7 +38,9 @@ def test_the_repository_example_file_is_valid():
     ("text", "says"),
     [
         ('[[rule]]\nname = "a"\non = "crp.generated"\n', "rule 'a', field '(rule)': give exactly one of"),
-        ('[[rule]]\nname = "a"\non = "crp.deleted"\ncapture_lbs = 1\n', "rule 'a', field 'on'"),
+        ('[[rule]]\nname = "a"\non = "Crp.Deleted"\ncapture_lbs = 1\n', "rule 'a', field 'on': 'Crp.Deleted' is not an event name"),
+        ('[[rule]]\nname = "a"\non = "bill"\ncapture_lbs = 1\n', "rule 'a', field 'on'"),
+        ('[[rule]]\nname = "a"\non = "bill.confirmed.v2"\ncapture_lbs = 1\n', "rule 'a', field 'on'"),
         ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = -1\n', "rule 'a', field 'capture_lbs'"),
         ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\ncolour = "red"\n', "field 'colour'"),
         ('[[rule]]\nname = "a"\non = "crp.generated"\noffset = { fraction = 0.1, of = "scope9" }\n', "field 'offset.of'"),
@@ -46,7 +48,7 @@ def test_the_repository_example_file_is_valid():
         ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\ncustomer_email = "nope"\n', "not an email"),
         ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\nwhen = { "crp.status" = { like = "x" } }\n', "unknown operator"),
         ('[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 1\n[[rule]]\nname = "a"\non = "crp.generated"\ncapture_lbs = 2\n', "used twice"),
-        ('[[rule]]\nname = "a"\non = "crp.generated"\noffset_delta = { fraction = 0.1 }\n', "offset_delta is for"),
+        ('[[rule]]\nname = "a"\non = "crp.generated"\noffset_delta = { fraction = 0.1 }\n', "offset_delta is for events that name a site"),
         ("[[rule]\n", "not valid TOML"),
         ('[limits]\nmax_lbs_per_day = 0\n', "field 'limits.max_lbs_per_day'"),
     ],
@@ -78,3 +80,15 @@ def test_reload_keeps_the_old_rules_when_the_new_file_is_invalid(tmp_path):
     assert holder() is before
     path.write_text(CORE_EXAMPLE.replace("500", "600"))
     assert holder.reload().rules[0].capture_lbs == 600
+
+
+def test_a_rule_may_be_on_any_event_name_and_the_unknown_ones_are_listed():
+    ruleset = parse_rules(
+        '[[rule]]\nname = "calc"\non = "bill.calculated"\noffset_delta = { fraction = 0.1 }\n'
+        '[[rule]]\nname = "usual"\non = "bill.confirmed"\ncapture_lbs = 1\n'
+        '[[rule]]\nname = "sites"\non = "site_2.added"\ncapture_lbs = 1\n'
+    )
+    assert [rule.on for rule in ruleset.rules] == ["bill.calculated", "bill.confirmed", "site_2.added"]
+    assert ruleset.unknown_types() == ["bill.calculated", "site_2.added"]
+    assert [rule.name for rule in ruleset.for_event("bill.calculated")] == ["calc"]
+    assert parse_rules(CORE_EXAMPLE).unknown_types() == []

@@ -260,6 +260,9 @@ class Soak:
             deliveries=distinct,
             answers=answers,
             events=events,
+            tagless=not httpx.get(f"{self.emulator_url}/_emulator/profile", timeout=30).json()[
+                "records_metadata"
+            ],
         )
         creates = [c for c in calls if c["endpoint"] in CREATE_ENDPOINTS]
         emulator = {

@@ -133,7 +133,7 @@ def test_an_invalid_event_whose_body_parses_now_becomes_the_event_it_says(db_url
     handed: list[int] = []
     admin = Admin(EventStore(engine), Ledger(engine), handed.extend, parse=upgraded_parse)
 
-    assert admin.replay(event_id, via="cli", reason="parser upgraded") == "invalid"
+    assert admin.replay(event_id, admin="ops", via="cli", reason="parser upgraded") == "invalid"
 
     assert handed == [event_id]
     row = query(db_url, f"SELECT type, subject_id, status, last_error, attempts, body FROM events WHERE id = {event_id}")
@@ -154,7 +154,7 @@ def test_an_invalid_event_that_parses_as_one_stored_already_is_refused_and_says_
     admin = Admin(EventStore(engine), Ledger(engine), handed.extend, parse=upgraded_parse)
 
     with pytest.raises(Conflict, match=f"event {event_id} parses now, as a duplicate of event {first}"):
-        admin.replay(event_id, via="api", reason=None)
+        admin.replay(event_id, admin="ops", via="api", reason=None)
 
     assert handed == [] and query(db_url, "SELECT count(*) FROM replays") == [(0,)]
     said = query(db_url, f"SELECT status, last_error FROM events WHERE id = {event_id}")
@@ -166,12 +166,12 @@ def test_an_invalid_event_that_still_does_not_parse_stays_as_it_is(db_url: str, 
     event_id, _ = keep_invalid(db_url, EPOCH_BODY, "field 'timestamp' must be a non-empty string")
     admin = admin_for(engine, lambda ids: None)
     with pytest.raises(Conflict, match=f"event {event_id} still does not parse: field 'timestamp'"):
-        admin.replay(event_id, via="cli", reason=None)
+        admin.replay(event_id, admin="ops", via="cli", reason=None)
     assert query(db_url, "SELECT status, type, last_error FROM events") == [
         ("invalid", "", "field 'timestamp' must be a non-empty string")
     ]
     # Only a replay of the event itself parses it: a bulk replay of failed events leaves it be.
-    assert admin.store.replay_many([event_id], via="cli", reason=None) == []
+    assert admin.store.replay_many([event_id], admin="ops", via="cli", reason=None) == []
 
 
 def test_a_bulk_replay_of_invalid_events_revives_those_that_parse_now(db_url: str, engine: Engine):
@@ -180,7 +180,7 @@ def test_a_bulk_replay_of_invalid_events_revives_those_that_parse_now(db_url: st
     handed: list[int] = []
     admin = Admin(EventStore(engine), Ledger(engine), handed.extend, parse=upgraded_parse)
 
-    done = list(admin.replay_matching(EventFilter(status="invalid"), via="cli", reason=None))
+    done = list(admin.replay_matching(EventFilter(status="invalid"), admin="ops", via="cli", reason=None))
 
     assert done == [parses] and handed == [parses]
     assert statuses(db_url) == ["queued", "invalid"]

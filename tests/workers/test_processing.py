@@ -355,7 +355,7 @@ def test_once_a_rule_is_on_the_type_replaying_the_ignored_events_processes_them(
     holder = harness.processor.rules
     holder.current = parse_rules(RULES + '\n[[rule]]\nname = "calculated-growth"\non = "bill.calculated"\noffset_delta = { fraction = 0.01 }\n')  # type: ignore[attr-defined]
     admin = Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery)
-    replayed = list(admin.replay_matching(EventFilter(status="ignored", type="bill.calculated"), via="cli", reason="rule added"))
+    replayed = list(admin.replay_matching(EventFilter(status="ignored", type="bill.calculated"), admin="ops", via="cli", reason="rule added"))
     assert replayed == calculated
     assert [harness.processor.process(i) for i in calculated] == ["succeeded", "succeeded"]
     # Read like a bill: the site's emissions, the growth offset once for both.
@@ -375,7 +375,7 @@ def test_an_event_whose_captures_stand_is_not_ignored_when_its_rule_is_gone(harn
     event_id = harness.deliver(make_body())
     assert harness.processor.process(event_id) == "succeeded"
     harness.processor.rules.current = parse_rules(RULES.split("[[rule]]")[0] + "[[rule]]" + RULES.split("[[rule]]")[2])  # type: ignore[attr-defined]
-    Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery).replay(event_id, via="cli", reason=None)
+    Admin(harness.processor.store, harness.processor.ledger, lambda ids: None, parse=parse_delivery).replay(event_id, admin="ops", via="cli", reason=None)
     # Its capture is settled as it stands, and the event says no rule matched.
     assert harness.processor.process(event_id) == "succeeded"
     assert query(harness.db, f"SELECT note FROM events WHERE id = {event_id}") == [("no rule matched",)]

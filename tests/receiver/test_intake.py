@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from receiver.signature import sign
-from tests.support import SECRET, Receiver, signed, start_receiver
+from tests.support import SECRET, Receiver, signed, start_receiver, wait_until
 
 
 def delivery(event="crp.generated", subject="crp_5tN8xBmQ", ts="2026-04-06T14:35:48Z", **data: Any) -> bytes:
@@ -45,7 +45,7 @@ def test_a_new_delivery_is_accepted_stored_and_enqueued_by_id(receiver: Receiver
     assert response.json() == {"id": event_id, "status": "accepted"}
     wait_until(lambda: receiver.rows()[0][3] == "queued", what="event marked queued")
     assert receiver.rows() == [(event_id, "crp.generated", "crp_5tN8xBmQ", "queued")]
-    assert queued_ids(receiver) == [event_id]
+    wait_until(lambda: queued_ids(receiver) == [event_id], what="the event id handed to the broker")
     stored = receiver.rows("SELECT body FROM events")[0][0]
     assert bytes(stored) == delivery()
 
@@ -185,7 +185,8 @@ def test_an_event_of_a_type_carbonpass_is_not_known_to_send_is_stored_and_enqueu
     response = receiver.post(delivery(event="company.updated", subject="comp_8xK2mNpQ"))
     assert response.status_code == 202 and response.json()["status"] == "accepted"
     assert receiver.rows()[0][1:] == ("company.updated", "comp_8xK2mNpQ", "queued")
-    assert queued_ids(receiver) == [response.json()["id"]]
+    # The hand-off to the broker happens after the answer, on the enqueuer's thread.
+    wait_until(lambda: queued_ids(receiver) == [response.json()["id"]], what="the event id handed to the broker")
 
 
 def test_an_oversized_body_is_413_without_reading_it_all(sqlite_url: str):

@@ -93,6 +93,10 @@ class AttemptStart(NamedTuple):
     token: str | None = None
 
 
+class _GroupChanged(Exception):
+    """Raised inside a group's transaction to roll it back."""
+
+
 class _OverLimit(Exception):
     """Raised inside a reservation's transaction to roll it back."""
 
@@ -310,6 +314,42 @@ class Ledger(Decisions):
             if changed:
                 spend.release(conn, row.id)
         return bool(changed)
+
+    def settle_group(self, assignment: list[tuple[CaptureRow, Impact | None]]) -> bool:
+        """Every capture of one signature whose outcome is not known, at once, in one
+        transaction (the caller read them all past their settle windows): each row
+        captured by its record, or `failed` (its amount given back) where it has none; False,
+        and nothing changed, if a row changed since it was read or a record is claimed."""
+        try:
+            with self.engine.begin() as conn:
+                for row, record in assignment:
+                    unchanged = (
+                        (Capture.id == row.id)
+                        & (Capture.status == row.status)  # unknown, or pending and orphaned
+                        & Capture.attempt_token.is_not_distinct_from(row.attempt_token)
+                    )
+                    values: dict[str, Any] = {"updated_at": utcnow(), "error": None}
+                    if record is None:
+                        values |= {
+                            "status": CaptureStatus.FAILED,
+                            "note": "not found at 1ClickImpact: fewer records than captures "
+                            "of its signature",
+                        }
+                    else:
+                        values |= {
+                            "status": CaptureStatus.CAPTURED,
+                            "user_id": record.user_id,
+                            "time_utc": record.time_utc,
+                            "customer_id": record.customer_id,
+                            "note": "found by reconciliation (by its signature, in order)",
+                        }
+                    if conn.execute(update(Capture).where(unchanged).values(values)).rowcount != 1:
+                        raise _GroupChanged
+                    if record is None:
+                        spend.release(conn, row.id)
+        except (_GroupChanged, IntegrityError):
+            return False
+        return True
 
     def revive(self, row: CaptureRow) -> CaptureRow | None:
         """A superseded row planned again: `pending`, as if new (it was never sent, or proved

@@ -12,9 +12,11 @@ listings, whether they echo `metadata`, or whether they keep an e-mail as it was
   record can only be this row's. While another one has a call out, nothing can be decided:
   the row waits (sending it again could make a second impact). When every capture of the
   signature in flight is `unknown` and past its settle window, none has a call out any more:
-  the records are given to the rows in order, oldest to oldest. Captures of one signature
-  are the same action, amount and customer, so whichever row gets which record, each row
-  stands once; the rows past the records never happened, and are sent again.
+  the records are given to the rows in order, oldest to oldest, for the whole signature at
+  once in one transaction (so no row is sent again while a record another worker left
+  unclaimed could be its own). Captures of one signature are the same action, amount and
+  customer, so whichever row gets which record, each row stands once; the rows past the
+  records never happened: `failed`, and sent again.
 
 A row not found is looked for again, on a growing interval, until its settle window has passed
 since the attempt began (the database's clock); only then may it be sent again.
@@ -44,6 +46,9 @@ class Finding:
 
     record: Impact | None
     decisive: bool = True
+    # Decided for every capture of the signature at once: each row and its record (None: it
+    # never happened). The caller has the ledger record the whole of it in one transaction.
+    group: tuple[tuple[CaptureRow, Impact | None], ...] = ()
 
 
 def parse_time(value: str) -> datetime | None:
@@ -100,21 +105,29 @@ def match_untagged(
     *,
     window_s: float,
     claimed: set[tuple[str, str]],
+    age_s: float = 0.0,
 ) -> Finding:
     """`row`'s record by its signature, when the listings carry no metadata (pure; see the
-    module's docstring). `twins`: the signature's other captures in flight, with their ages."""
+    module's docstring). `twins`: the signature's other captures in flight, with their ages;
+    `age_s`: the row's own attempt's."""
     assert row.attempted_at is not None
     if not twins:
         candidates = signature_records(row, records, since=row.attempted_at, claimed=claimed)
         return Finding(candidates[0] if candidates else None)
-    if any(twin.status != CaptureStatus.UNKNOWN or age < window_s for twin, age in twins):
+    if age_s < window_s or any(
+        twin.status != CaptureStatus.UNKNOWN or age < window_s for twin, age in twins
+    ):
         return Finding(None, decisive=False)  # a call may still be out: wait
     group = sorted([row, *(twin for twin, _ in twins)], key=lambda r: (r.attempted_at, r.id))
     first = group[0].attempted_at
     assert first is not None
     candidates = signature_records(row, records, since=first, claimed=claimed)
-    place = group.index(row)
-    return Finding(candidates[place] if place < len(candidates) else None)
+    assignment = tuple(
+        (member, candidates[place] if place < len(candidates) else None)
+        for place, member in enumerate(group)
+    )
+    mine = next(record for member, record in assignment if member.id == row.id)
+    return Finding(mine, group=assignment)
 
 
 class Reconciler:
@@ -157,4 +170,10 @@ class Reconciler:
         tagged, echoes_metadata = match_tagged(row, records, deployment=deployment, claimed=claimed)
         if tagged is not None or echoes_metadata:
             return Finding(tagged)
-        return match_untagged(row, records, twins, window_s=window_s, claimed=claimed)
+        age_s = (self.ledger.attempt_age_s(row.id) or 0.0) if twins else 0.0
+        finding = match_untagged(
+            row, records, twins, window_s=window_s, claimed=claimed, age_s=age_s
+        )
+        if finding.group and not self.ledger.settle_group(list(finding.group)):
+            return Finding(None, decisive=False)  # a row changed meanwhile: look again
+        return finding

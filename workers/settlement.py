@@ -98,6 +98,12 @@ class Settlement:
                 retry_after=max(FIRST_LOOK_S, self.settings.reconcile_after_s / 4),
             )
         record = finding.record
+        if finding.group:  # the ledger has recorded the whole signature's settlement already
+            if record is None:
+                return None  # failed: sent again (its `unknown` row no longer matches)
+            metrics().captures.labels(row.rule, "reconciled").inc()
+            metrics().captured_amount.labels(row.rule, row.action).inc(row.amount)
+            return CaptureStatus.CAPTURED
         if record is None:
             return None
         if not self.ledger.captured(

@@ -157,44 +157,26 @@ class CaptureRows:
         ]
 
 
-def _reversals_of(conn: Connection, capture_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The duplicates the audit reversed for these rows (for people)."""
+def _by_capture(
+    conn: Connection, table: Any, capture_ids: list[int], fields: tuple[str, ...]
+) -> dict[int, list[dict[str, Any]]]:
+    """`table`'s rows for these captures (`fields` of each), by capture, oldest first."""
     found: dict[int, list[dict[str, Any]]] = {}
     if not capture_ids:
         return found
-    rows = conn.execute(
-        select(Reversal).where(Reversal.capture_id.in_(capture_ids)).order_by(Reversal.id)
-    )
+    rows = conn.execute(select(table).where(table.capture_id.in_(capture_ids)).order_by(table.id))
     for row in rows:
-        found.setdefault(row.capture_id, []).append(
-            {
-                "user_id": row.user_id,
-                "time_utc": row.time_utc,
-                "reason": row.reason,
-                "cancelled_at": row.cancelled_at,
-                "error": row.error,
-            }
-        )
+        found.setdefault(row.capture_id, []).append({f: getattr(row, f) for f in fields})
     return found
+
+
+def _reversals_of(conn: Connection, capture_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The duplicates the audit reversed for these rows (for people)."""
+    fields = ("user_id", "time_utc", "reason", "cancelled_at", "error")
+    return _by_capture(conn, Reversal, capture_ids, fields)
 
 
 def decisions_of(conn: Connection, capture_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """Who decided these rows, how, through which interface and why; oldest first."""
-    found: dict[int, list[dict[str, Any]]] = {}
-    if not capture_ids:
-        return found
-    rows = conn.execute(
-        select(Decision).where(Decision.capture_id.in_(capture_ids)).order_by(Decision.id)
-    )
-    for row in rows:
-        found.setdefault(row.capture_id, []).append(
-            {
-                "decision": row.decision,
-                "status": row.status,
-                "at": row.at,
-                "admin": row.admin,
-                "via": row.via,
-                "reason": row.reason,
-            }
-        )
-    return found
+    fields = ("decision", "status", "at", "admin", "via", "reason")
+    return _by_capture(conn, Decision, capture_ids, fields)

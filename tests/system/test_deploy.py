@@ -186,6 +186,9 @@ def test_compose_runs_the_receiver_and_two_workers(compose: dict[str, Any]) -> N
     assert _command(services["worker"])[:2] == ["carbonhook", "worker"]
     assert services["worker"]["deploy"]["replicas"] == 2
     assert "ports" not in services["receiver"], "only Caddy should reach the receiver"
+    # The worker alerts need each worker's /metrics, reachable inside the network only.
+    assert "--metrics-port" in _command(services["worker"])
+    assert "ports" not in services["worker"]
 
 
 def test_compose_receiver_trusts_forwarded_headers_from_the_compose_network(
@@ -507,6 +510,12 @@ def test_receiver_and_worker_units_need_migrate_restart_and_stop_gracefully(
     assert _seconds(service["TimeoutStopSec"][0]) >= min_stop_s
 
 
+def test_each_worker_instance_serves_its_metrics_on_a_port_of_its_own() -> None:
+    command = _unit("carbonhook-worker@.service")["Service"]["ExecStart"][0].split()
+    port = command[command.index("--metrics-port") + 1]
+    assert "%i" in port, "instances on one host need distinct ports"
+
+
 @pytest.fixture
 def systemd_analyze() -> str:
     path = shutil.which("systemd-analyze")
@@ -652,6 +661,7 @@ def test_k8s_has_every_kind(manifests: dict[tuple[str, str], dict[str, Any]]) ->
         "Job",
         "NetworkPolicy",
         "NetworkPolicy",
+        "NetworkPolicy",
         "Secret",
         "Service",
     ]
@@ -748,15 +758,34 @@ def test_k8s_only_the_ingress_reaches_the_receiver_and_only_prometheus_its_metri
             assert peer["namespaceSelector"]["matchLabels"], port
 
 
-def test_k8s_workers_and_migrations_accept_no_connections(
+def test_k8s_workers_accept_only_prometheus_on_their_metrics_port(
     manifests: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
-    for manifest in (_deployment(manifests, "worker"), _one(manifests, "Job")):
-        policies = [p for p in _policies(manifests) if _selects(p, _pod_labels(manifest))]
-        assert policies, manifest["metadata"]["name"]
-        for policy in policies:
-            assert policy["spec"]["policyTypes"] == ["Ingress"]
-            assert not policy["spec"].get("ingress"), "no rule: nothing may connect"
+    worker = _deployment(manifests, "worker")
+    command = _container(worker)["command"]
+    port = int(command[command.index("--metrics-port") + 1])
+    assert {p["name"]: p["containerPort"] for p in _container(worker)["ports"]} == {"metrics": port}
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    policies = [p for p in _policies(manifests) if _selects(p, _pod_labels(worker))]
+    assert len(policies) == 1
+    rules = policies[0]["spec"]["ingress"]
+    assert [port["port"] for rule in rules for port in rule["ports"]] == ["metrics"]
+    for peer in (peer for rule in rules for peer in rule["from"]):
+        assert "ipBlock" not in peer
+        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"
+        assert peer["namespaceSelector"]["matchLabels"]
+
+
+def test_k8s_migrations_accept_no_connections(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    job = _one(manifests, "Job")
+    policies = [p for p in _policies(manifests) if _selects(p, _pod_labels(job))]
+    assert policies, job["metadata"]["name"]
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert not policy["spec"].get("ingress"), "no rule: nothing may connect"
 
 
 def test_k8s_every_empty_dir_has_a_size_limit(

@@ -29,6 +29,7 @@ from receiver.admin import AdminOperations, admin_named, text
 from receiver.lockout import Lockout, client_address, retry_after
 from receiver.pages import RulesInfo, chart_bars, environment, pretty_json, share
 from receiver.params import event_filter, here, page_cursor, query_string, safe_next
+from receiver.report_views import ReportPages
 from receiver.sessions import COOKIE, Session, Sessions
 
 VIA = "dashboard"
@@ -401,6 +402,7 @@ def dashboard_routes(
     """The /admin pages (next to, never over, the /admin/api routes) for the admins in
     `tokens` (name → token); `lockout` counts wrong tokens, shared with the admin API."""
     d = Dashboard(admin, Sessions(tokens), tokens, rules_info, page_size, lockout)
+    report = ReportPages(admin, d.render, lambda: utcnow().date(), HEADERS)
     return [
         Route("/admin", d.view(d.overview), methods=["GET"]),
         Route("/admin/login", d.login_form, methods=["GET"]),
@@ -414,5 +416,7 @@ def dashboard_routes(
         Route("/admin/captures", d.view(d.captures), methods=["GET"]),
         Route("/admin/captures/{id:int}/{decision:str}", d.action(d.decide), methods=["POST"]),
         Route("/admin/rules", d.view(d.rules), methods=["GET"]),
+        Route("/admin/report", d.view(report.page), methods=["GET"]),
+        Route("/admin/report.csv", d.view(report.download), methods=["GET"]),
         Mount("/admin/static", StaticFiles(packages=[("receiver", "static")]), name="admin-static"),
     ]

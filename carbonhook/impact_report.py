@@ -74,7 +74,10 @@ def _day(value: str | None, name: str) -> date | None:
     try:
         if len(value) != 10:
             raise ValueError
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
+        if day == date.max:  # the day after it, where the period ends, cannot be written
+            raise ValueError
+        return day
     except ValueError:
         raise BadRequest(f"{name!r} is not a date YYYY-MM-DD: {value[:40]!r}") from None
 

@@ -368,7 +368,7 @@ def csv_filename(query: ReportQuery) -> str:
 
 def to_json(report: ImpactReport) -> dict[str, Any]:
     """The report as JSON values (times in ISO-8601)."""
-    value = {
+    return {
         "from": report.query.start.isoformat(),
         "to": report.query.end.isoformat(),
         "by": report.query.by,
@@ -383,4 +383,3 @@ def to_json(report: ImpactReport) -> dict[str, Any]:
             for duplicate in report.reversed
         ],
     }
-    return value

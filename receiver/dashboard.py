@@ -3,8 +3,9 @@
 Signing in with an admin's token (CARBONHOOK_ADMIN_TOKEN, CARBONHOOK_ADMIN_TOKENS) sets a signed
 session cookie naming that admin (receiver/sessions.py), the one every replay and decision made
 from the pages records; every POST must carry the session's CSRF token. Pages only read and
-call `AdminOperations`; the overview's figures come from carbonhook/reports.py. How the pages
-look is receiver/pages.py; what their query strings mean is receiver/params.py.
+call `AdminOperations`; the overview's figures come from carbonhook/reports.py, and the Report
+page is receiver/report_views.py. How the pages look is receiver/pages.py; what their query
+strings mean is receiver/params.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 resolve. Each change records who made it (`admin`: a name in CARBONHOOK_ADMIN_TOKENS, or the OS
 user of a command), through which interface (`via`) and why, and is handed to the queue.
 Replaying an `invalid` event parses its body again, with the parser the composition root
-gives."""
+gives. The impact report reads CarbonPass's emissions through the look-up it gives."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from carbonhook.capture_rows import CaptureRow
 from carbonhook.errors import Conflict, InvalidDelivery
 from carbonhook.event_queries import EventFilter, Identity
+from carbonhook.impact_report import EmissionsLookup, ImpactReport, ImpactReports, ReportQuery
 from carbonhook.ledger import Ledger
 from carbonhook.statuses import EventStatus
 from carbonhook.store import EventStore
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 class Admin:
     """`enqueue` hands ids to the workers' queue; None when this process reaches no queue
     the workers read (replayed events then wait as `pending` for a sweeper). `parse` turns a
-    delivery's body into its identity or raises `InvalidDelivery` (the receiver's parser)."""
+    delivery's body into its identity or raises `InvalidDelivery` (the receiver's parser).
+    `emissions` reads CarbonPass's current emissions for the impact report (None: the report
+    says they are unavailable)."""
 
     def __init__(
         self,
@@ -32,11 +35,17 @@ class Admin:
         enqueue: Callable[[Sequence[int]], None] | None,
         *,
         parse: Callable[[bytes], Identity],
+        emissions: EmissionsLookup | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.enqueue = enqueue
         self.parse = parse
+        self.reports = ImpactReports(store.engine, emissions)
+
+    def impact_report(self, query: ReportQuery) -> ImpactReport:
+        """The impacts standing in the query's period, with CarbonPass's emissions beside."""
+        return self.reports.report(query)
 
     def replay(self, event_id: int, *, admin: str, via: str, reason: str | None) -> str:
         """Replay one event; returns the status it had. An `invalid` one is parsed again:

@@ -122,6 +122,8 @@ def planned_values(
         "status": status,
         "attempts": 0,
         "rules_hash": rules_hash,
+        "site_id": planned.site_id,
+        "period": planned.period,
         "note": notes.get(status),
         "created_at": now,
         "updated_at": now,

@@ -18,6 +18,10 @@ class PlannedCapture:
     notify: bool
     dry_run: bool
     skipped: bool = False
+    # What the impact report names it by, where planning knew them: the site the event names
+    # and CarbonPass's reporting period of the emissions read.
+    site_id: str | None = None
+    period: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

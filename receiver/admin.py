@@ -18,11 +18,15 @@ from starlette.routing import Route
 
 from carbonhook.errors import BadRequest, NotFound
 from carbonhook.event_queries import EventFilter
+from carbonhook.impact_report import ImpactReport, ReportQuery, check_format, to_json
+from carbonhook.schema import utcnow
 from carbonhook.statuses import CaptureStatus, EventStatus
 from carbonhook.store import EventStore
 from receiver.events import parse_timestamp
 from receiver.lockout import Lockout, client_address, retry_after
 from receiver.openapi import DECISIONS, MAX_ID, document
+from receiver.report_openapi import API_FORMATS
+from receiver.report_views import csv_response, query_of
 
 MAX_PAGE = 500
 MAX_TEXT = 2000  # characters of a reason
@@ -46,6 +50,7 @@ class AdminOperations(Protocol):
     def list_captures(
         self, *, status: str | None, limit: int, before_id: int | None
     ) -> list[dict[str, Any]]: ...
+    def impact_report(self, query: ReportQuery) -> ImpactReport: ...
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -285,8 +290,16 @@ def admin_api_routes(
             raise BadRequest('resolve needs {"captured": true|false}')
         return _json(row)
 
+    async def impact_report(request: Request) -> Response:
+        params = request.query_params
+        answer = check_format(params.get("format"), API_FORMATS)
+        query = query_of(params, utcnow().date())
+        report = await run_in_threadpool(admin.impact_report, query)
+        return csv_response(report) if answer == "csv" else _json(to_json(report))
+
     routes = [
         ("/admin/api/openapi.json", openapi, "GET"),
+        ("/admin/api/report", impact_report, "GET"),
         ("/admin/api/events", list_events, "GET"),
         ("/admin/api/events/replay", replay_events, "POST"),
         ("/admin/api/events/{id:int}", show_event, "GET"),

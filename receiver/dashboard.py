@@ -3,8 +3,9 @@
 Signing in with an admin's token (CARBONHOOK_ADMIN_TOKEN, CARBONHOOK_ADMIN_TOKENS) sets a signed
 session cookie naming that admin (receiver/sessions.py), the one every replay and decision made
 from the pages records; every POST must carry the session's CSRF token. Pages only read and
-call `AdminOperations`; the overview's figures come from carbonhook/reports.py. How the pages
-look is receiver/pages.py; what their query strings mean is receiver/params.py.
+call `AdminOperations`; the overview's figures come from carbonhook/reports.py, and the Report
+page is receiver/report_views.py. How the pages look is receiver/pages.py; what their query
+strings mean is receiver/params.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from receiver.admin import AdminOperations, admin_named, text
 from receiver.lockout import Lockout, client_address, retry_after
 from receiver.pages import RulesInfo, chart_bars, environment, pretty_json, share
 from receiver.params import event_filter, here, page_cursor, query_string, safe_next
+from receiver.report_views import ReportPages
 from receiver.sessions import COOKIE, Session, Sessions
 
 VIA = "dashboard"
@@ -401,6 +403,7 @@ def dashboard_routes(
     """The /admin pages (next to, never over, the /admin/api routes) for the admins in
     `tokens` (name → token); `lockout` counts wrong tokens, shared with the admin API."""
     d = Dashboard(admin, Sessions(tokens), tokens, rules_info, page_size, lockout)
+    report = ReportPages(admin, d.render, lambda: utcnow().date(), HEADERS)
     return [
         Route("/admin", d.view(d.overview), methods=["GET"]),
         Route("/admin/login", d.login_form, methods=["GET"]),
@@ -414,5 +417,7 @@ def dashboard_routes(
         Route("/admin/captures", d.view(d.captures), methods=["GET"]),
         Route("/admin/captures/{id:int}/{decision:str}", d.action(d.decide), methods=["POST"]),
         Route("/admin/rules", d.view(d.rules), methods=["GET"]),
+        Route("/admin/report", d.view(report.page), methods=["GET"]),
+        Route("/admin/report.csv", d.view(report.download), methods=["GET"]),
         Mount("/admin/static", StaticFiles(packages=[("receiver", "static")]), name="admin-static"),
     ]

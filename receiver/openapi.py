@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from carbonhook.statuses import CaptureStatus, EventStatus
+from receiver.report_openapi import REPORT_SCHEMAS, report_path
 
 MAX_ID = 2**63 - 1  # the id columns are 64-bit integers
 DECISIONS = ("approve", "reject", "resolve")
@@ -323,6 +324,7 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/admin/api/report": report_path(_errors(400), _query),
     }
     return {
         "openapi": "3.1.0",
@@ -339,6 +341,6 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _SCHEMAS,
+            "schemas": _SCHEMAS | REPORT_SCHEMAS,
         },
     }

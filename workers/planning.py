@@ -168,7 +168,14 @@ def render(text: str | None, resources: Resources, on: str) -> str | None:
 
 
 def captures_for(
-    rule: Rule, total: int, *, email: str | None, name: str | None, dry_run: bool
+    rule: Rule,
+    total: int,
+    *,
+    email: str | None,
+    name: str | None,
+    dry_run: bool,
+    site_id: str | None = None,
+    period: str | None = None,
 ) -> list[PlannedCapture]:
     """The ledger rows for `total` (capped by `max_lbs`): skipped under 1, split above 10M."""
     if rule.max_lbs is not None:
@@ -188,6 +195,8 @@ def captures_for(
             notify=rule.notify,
             dry_run=dry_run,
             skipped=amount < 1,
+            site_id=site_id,
+            period=period,
         )
         for part, amount in enumerate(split(total))
     ]
@@ -236,7 +245,31 @@ def _plan_rule(rule: Rule, ruleset: RuleSet, resources: Resources, outcome: Outc
         total = lbs_from_tonnes(tonnes, rule.offset.fraction)
     else:
         total = rule.capture_lbs or 0
-    outcome.captures = captures_for(rule, total, email=email, name=name, dry_run=dry_run)
+    outcome.captures = captures_for(
+        rule,
+        total,
+        email=email,
+        name=name,
+        dry_run=dry_run,
+        site_id=site_of(resources, rule.on),
+        period=period_of(resources),
+    )
+
+
+def site_of(resources: Resources, rule_on: str) -> str | None:
+    """The site an event names (a bill's `siteId`; a CRP is the company's)."""
+    site_id = resources.event.get("siteId") if rule_on != CRP_GENERATED else None
+    return site_id if isinstance(site_id, str) and site_id else None
+
+
+def period_of(resources: Resources) -> str | None:
+    """CarbonPass's reporting period of the emissions read for the event, if any were."""
+    current = (resources.company or {}).get("currentEmissions")
+    for source in (resources.emissions, current):
+        period = source.get("reportingPeriod") if isinstance(source, dict) else None
+        if isinstance(period, str) and period:
+            return period
+    return None
 
 
 def delta_captures(plan: DeltaPlan, offset_before: float) -> tuple[list[PlannedCapture], float]:

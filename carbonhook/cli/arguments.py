@@ -145,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_iso, help="read the records from this time (ISO-8601)")
     p.add_argument("--json", action="store_true")
 
+    p = add(
+        "report",
+        _command("report", "report"),
+        "the impacts standing at 1ClickImpact, their totals and the emissions they cover",
+    )
+    p.add_argument("--from", dest="start", metavar="DATE", help="first UTC day, YYYY-MM-DD")
+    p.add_argument("--to", dest="end", metavar="DATE", help="last UTC day, included")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--by", default="month", choices=["day", "month", "rule", "site"])
+
     captures = add("captures", _needs_subcommand(parser), "the capture ledger")
     cap_sub = captures.add_subparsers(dest="captures_command", required=True, metavar="ACTION")
     p = cap_sub.add_parser("list", help="list ledger rows, newest first")

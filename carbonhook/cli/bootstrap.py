@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.routing import BaseRoute
 
+    from carbonhook.impact_report import EmissionsLookup
     from carbonhook.metrics import Limits
     from carbonhook.migrate import SchemaState
     from receiver.app import Services
@@ -164,7 +165,35 @@ def build_admin(settings: Settings, broker: dramatiq.Broker | None) -> Admin:
 
     engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
     enqueue = None if broker is None else functools.partial(enqueue_events, broker)
-    return Admin(EventStore(engine), Ledger(engine), enqueue, parse=parse_delivery)
+    return Admin(
+        EventStore(engine),
+        Ledger(engine),
+        enqueue,
+        parse=parse_delivery,
+        emissions=carbonpass_emissions(settings),
+    )
+
+
+def carbonpass_emissions(settings: Settings) -> EmissionsLookup | None:
+    """The company's current emissions from CarbonPass (`GET /emissions`), for the impact
+    report; None without an API key. A client per look-up: reports are rare, and nothing is
+    left open between them."""
+    if settings.carbonpass_api_key is None:
+        return None
+    api_key = settings.carbonpass_api_key.get_secret_value()
+
+    def emissions() -> dict[str, Any]:
+        from workers.carbonpass import CarbonPassClient
+
+        client = CarbonPassClient(
+            settings.carbonpass_api_url, api_key, timeout_s=settings.http_timeout_s
+        )
+        try:
+            return client.emissions()
+        finally:
+            client.close()
+
+    return emissions
 
 
 # -- the receiver ---------------------------------------------------------------------------

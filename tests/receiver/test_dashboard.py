@@ -299,6 +299,7 @@ class Site:
         page_size: int = 25,
         emulator: RunningEmulator | None = None,
         tokens: dict[str, str] | None = None,
+        emissions: Any = None,
     ) -> None:
         from carbonhook.admin import Admin
         from carbonhook.cli.bootstrap import build_receiver_app
@@ -311,7 +312,7 @@ class Site:
         self.db = db
         self.engine = create_sync_engine(db, pool_size=2)
         self.enqueued: list[int] = []
-        self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend, parse=parse_delivery)
+        self.admin = Admin(EventStore(self.engine), Ledger(self.engine), self.enqueued.extend, parse=parse_delivery, emissions=emissions)
         lockout = Lockout()
         self.tokens = tokens or {"admin": TOKEN}
         routes = dashboard_routes(

@@ -247,3 +247,30 @@ def test_a_catch_up_run_by_the_sweeper_is_handed_to_the_queue(harness: Harness):
     assert query(harness.db, "SELECT type, status FROM events") == [("emissions.catch_up", "queued")]
     messages: Any = harness.broker.queues["carbonhook-events"].qsize()
     assert messages == 1
+
+
+def test_two_catch_ups_storing_the_same_reading_at_once_store_one_event(db_url: str):
+    from carbonhook.catch_ups import CatchUpEvents, Reading
+    from carbonhook.database import create_sync_engine
+    from carbonhook.schema import utcnow
+
+    engines = [create_sync_engine(db_url) for _ in range(2)]
+    start = threading.Barrier(2)
+    results: list[list[tuple[int, bool]]] = []
+
+    def store(engine: Any) -> None:
+        reading = Reading(SITE, "2025-26", 180.0, {"totalTco2e": 180.0}, utcnow())
+        start.wait()
+        results.append([(s.event_id, s.created) for s in CatchUpEvents(engine).store([reading])])
+
+    threads = [threading.Thread(target=store, args=(engine,)) for engine in engines]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    [event_id] = [row[0] for row in query(db_url, "SELECT id FROM events")]
+    assert sorted(results) == [[(event_id, False)], [(event_id, True)]]

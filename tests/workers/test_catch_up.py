@@ -115,20 +115,6 @@ def test_a_catch_up_after_a_bill_that_offset_the_growth_offsets_nothing_more(har
     assert query(harness.db, f"SELECT amount, status FROM captures WHERE event_id = {event_id}") == [(0, "skipped")]
 
 
-def test_a_replayed_catch_up_event_settles_its_own_rows_and_sends_nothing_new(harness: Harness):
-    from carbonhook.cli.bootstrap import build_admin
-
-    [event_id] = catch_up_and_settle(harness)
-    admin = build_admin(harness.runtime.processor.settings, None)
-    try:
-        assert admin.replay(event_id, admin="ops", via="cli", reason="check") == "succeeded"
-    finally:
-        admin.store.engine.dispose()
-    harness.due_now(event_id)
-    assert harness.settle(event_id) == "succeeded"
-    assert len(harness.emulator.impacts) == 1
-
-
 def test_a_dry_run_reads_and_reports_per_site_and_rule_and_stores_and_sends_nothing(harness: Harness):
     harness.emulator.state.set_site_emissions("site_b", 10.0, 1.0, 8.0, 1.0)
     report = catch_up_of(harness).run(dry_run=True)
@@ -274,3 +260,32 @@ def test_two_catch_ups_storing_the_same_reading_at_once_store_one_event(db_url: 
             engine.dispose()
     [event_id] = [row[0] for row in query(db_url, "SELECT id FROM events")]
     assert sorted(results) == [[(event_id, False)], [(event_id, True)]]
+
+
+def test_a_catch_up_event_lists_shows_and_replays_through_the_admin_api(harness: Harness):
+    import httpx
+
+    from carbonhook.cli.bootstrap import build_admin, build_receiver_app
+    from carbonhook.cli.lifecycle import start_server
+    from tests.support import settings_for_test
+
+    token = "admin-secret-token-catch-up"
+    settings = settings_for_test(harness.db, harness.emulator, admin_token=token)
+    admin = build_admin(settings, harness.broker)
+    server = start_server(build_receiver_app(settings, broker=harness.broker, admin=admin), "127.0.0.1", 0, lifespan="on")
+    base, headers = f"http://127.0.0.1:{server.port}/admin/api", {"Authorization": f"Bearer {token}"}
+    try:
+        [event_id] = catch_up_and_settle(harness)
+        listed = httpx.get(f"{base}/events", params={"type": "emissions.catch_up"}, headers=headers, timeout=10).json()
+        assert [(e["id"], e["status"]) for e in listed["events"]] == [(event_id, "succeeded")]
+        detail = httpx.get(f"{base}/events/{event_id}", headers=headers, timeout=10).json()
+        assert detail["type"] == "emissions.catch_up" and '"siteId":"site_3rZ1"' in detail["body"]
+        assert [c["status"] for c in detail["captures"]] == ["captured"]
+        replayed = httpx.post(f"{base}/events/{event_id}/replay", json={"reason": "check"}, headers=headers, timeout=10)
+        assert replayed.json() == {"id": event_id, "previous_status": "succeeded", "status": "queued"}
+        harness.due_now(event_id)
+        assert harness.settle(event_id) == "succeeded"
+        assert len(harness.emulator.impacts) == 1  # the replay settled its own row again
+    finally:
+        server.stop()
+        admin.store.engine.dispose()

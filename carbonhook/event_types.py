@@ -10,6 +10,10 @@ BILL_CONFIRMED = "bill.confirmed"
 # What CarbonPass is known to send (docs/providers.md): `rules check` warns about a rule on any
 # other type, which may never arrive. Which types are processed is the rules' choice alone.
 KNOWN_TYPES = frozenset({CRP_GENERATED, BILL_CONFIRMED})
+# What carbonhook stores itself: `carbonhook catch-up`'s reading of a site's emissions, processed
+# by the `offset_delta` rules on bill events (and by rules on this type).
+EMISSIONS_CATCH_UP = "emissions.catch_up"
+OWN_TYPES = frozenset({EMISSIONS_CATCH_UP})
 # A rule's `on`: an event name, `word.word` in lower case.
 EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     reconcile_after_s: float = Field(default=60.0, ge=0)
     not_found_grace_s: float = Field(default=900.0, ge=0)
     audit_interval_s: float = Field(default=300.0, gt=0)
+    catch_up_interval_s: float | None = Field(default=None, gt=0)  # unset: no catch-up
     db_pool_size: int = Field(default=10, gt=0)
     intake_pool_size: int = Field(default=32, gt=0)
     worker_threads: int = Field(default=8, gt=0)

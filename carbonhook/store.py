@@ -281,7 +281,9 @@ _CLAIM = DriverStatement(
             Event.received_at,
             Event.event_ts,
             Event.lease_until,
-            exists().where(Capture.event_id == Event.id),
+            # By the parameter, not `Event.id`: SQLite's RETURNING names the columns bare, and
+            # a bare `id` inside the subquery is the capture's own.
+            exists().where(Capture.event_id == bindparam("event_id")),
         )
     )
 )

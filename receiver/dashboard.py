@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from carbonhook import reports
 from carbonhook.errors import BadRequest, CarbonhookError, Conflict, NotFound
-from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED
+from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, EMISSIONS_CATCH_UP
 from carbonhook.schema import utcnow
 from carbonhook.statuses import REPLAYABLE_EVENTS, CaptureStatus, EventStatus
 from receiver.admin import AdminOperations, admin_named, text
@@ -245,7 +245,7 @@ class Dashboard:
             "events.html",
             rows=rows,
             statuses=tuple(EventStatus),
-            types=(CRP_GENERATED, BILL_CONFIRMED),
+            types=(CRP_GENERATED, BILL_CONFIRMED, EMISSIONS_CATCH_UP),
             params=kept,
             paged=cursor is not None,
             newest="/admin/events" + query_string(kept),

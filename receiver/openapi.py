@@ -191,7 +191,11 @@ _SCHEMAS: dict[str, Any] = {
 
 _FILTERS = [
     _query("status", {"type": "string", "enum": list(EventStatus)}, "events with this status"),
-    _query("type", _FILTER_TYPE, "events of this type (crp.generated, bill.confirmed)"),
+    _query(
+        "type",
+        _FILTER_TYPE,
+        "events of this type (crp.generated, bill.confirmed, emissions.catch_up, ...)",
+    ),
     _query("since", {"type": "string", "format": "date-time"}, "received at or after (ISO-8601)"),
 ]
 

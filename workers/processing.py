@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carbonhook.capture_rows import CaptureRow
+from carbonhook.catch_ups import reading_of
 from carbonhook.errors import (
     NotVisibleYet,
     PermanentError,
@@ -16,7 +17,12 @@ from carbonhook.errors import (
     RetryableError,
     StillSettling,
 )
-from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
+from carbonhook.event_types import (
+    BILL_CONFIRMED,
+    CRP_GENERATED,
+    EMISSIONS_CATCH_UP,
+    SUBJECT_ID,
+)
 from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
 from carbonhook.schema import utcnow
@@ -245,7 +251,15 @@ class Processor:
         )
         company = self.carbonpass.company() if wants_company else None
         emissions = None
-        if "emissions" in needed:
+        if "emissions" in needed and event.type == EMISSIONS_CATCH_UP:
+            # What the catch-up read is what it offsets (its identity names that figure): a
+            # replay offsets the same, and a newer figure is the next catch-up's.
+            emissions = reading_of(event.data)
+            if emissions is None:
+                raise PermanentError(
+                    "a catch-up event without the emissions it read (data.emissions)"
+                )
+        elif "emissions" in needed:
             emissions = self._visible(event, lambda: self.carbonpass.emissions(site_id))
         return Resources(event=event.data, crp=crp, company=company, emissions=emissions)
 

@@ -19,7 +19,13 @@ from pydantic import (
 )
 
 from carbonhook.errors import RulesError
-from carbonhook.event_types import CRP_GENERATED, EVENT_NAME, KNOWN_TYPES
+from carbonhook.event_types import (
+    CRP_GENERATED,
+    EMISSIONS_CATCH_UP,
+    EVENT_NAME,
+    KNOWN_TYPES,
+    OWN_TYPES,
+)
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists")
 SOURCES = ("event", "crp", "company", "emissions")
@@ -115,6 +121,10 @@ class Rule(_Strict):
             raise ValueError(
                 "offset_delta is for events that name a site (data.siteId), not crp.generated"
             )
+        if self.on == EMISSIONS_CATCH_UP and self.offset_delta is None:
+            # A catch-up reads a site's emissions again and again: only the growth since the
+            # last capture may be offset, never a fixed or whole amount each time.
+            raise ValueError(f"a rule on {EMISSIONS_CATCH_UP} takes offset_delta")
         if self.customer_name and not self.customer_email:
             raise ValueError("customer_name needs customer_email")
         for text in (self.customer_email, self.customer_name):
@@ -167,11 +177,17 @@ class RuleSet:
         return self.file.rule
 
     def for_event(self, event_type: str) -> list[Rule]:
+        """The rules that process an event of `event_type`: those on it, and for a catch-up
+        also every `offset_delta` rule (each on an event naming a site, such as a bill), whose
+        missed deliveries the catch-up makes up for."""
+        if event_type == EMISSIONS_CATCH_UP:
+            return [rule for rule in self.file.rule if rule.offset_delta is not None]
         return [rule for rule in self.file.rule if rule.on == event_type]
 
     def unknown_types(self) -> list[str]:
-        """The types rules are on that CarbonPass is not known to send: they may never come."""
-        return sorted({rule.on for rule in self.file.rule} - KNOWN_TYPES)
+        """The types rules are on that CarbonPass is not known to send (nor carbonhook stores
+        itself): they may never come."""
+        return sorted({rule.on for rule in self.file.rule} - KNOWN_TYPES - OWN_TYPES)
 
 
 def _source(path: str, on: str) -> str:

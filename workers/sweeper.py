@@ -1,5 +1,7 @@
-"""The sweeper: finds events the queue may have lost and hands them to it again, and every
-`CARBONHOOK_AUDIT_INTERVAL_S` audits the ledger against 1ClickImpact (workers/audit.py)."""
+"""The sweeper: finds events the queue may have lost and hands them to it again; every
+`CARBONHOOK_AUDIT_INTERVAL_S` audits the ledger against 1ClickImpact (workers/audit.py), and,
+when `CARBONHOOK_CATCH_UP_INTERVAL_S` is set, catches up missed bill confirmations on that
+period (workers/catch_up.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from carbonhook.metrics import metrics
@@ -14,10 +17,24 @@ from carbonhook.store import EventStore
 
 log = logging.getLogger(__name__)
 
+# A periodic job's first run comes this soon after start-up at the latest.
+FIRST_RUN_WITHIN_S = 60.0
+
+
+@dataclass
+class _Periodic:
+    """A job the sweeper runs every `interval_s`; a failure waits for the next period."""
+
+    name: str
+    run: Callable[[], Any]
+    interval_s: float
+    next_at: float
+
 
 class Sweeper:
     """Every `interval_s`: re-enqueue `pending` events (never handed over), `queued` ones
-    older than a lease (message lost), and `processing` ones whose lease expired (worker died)."""
+    older than a lease (message lost), and `processing` ones whose lease expired (worker died);
+    then run the periodic jobs that are due (`run_due`)."""
 
     def __init__(
         self,
@@ -28,16 +45,27 @@ class Sweeper:
         lease_s: float,
         audit: Callable[[], Any] | None = None,
         audit_interval_s: float = 300.0,
+        catch_up: Callable[[], Any] | None = None,
+        catch_up_interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.enqueue = enqueue
         self.interval_s = interval_s
         self.lease_s = lease_s
         self.audit = audit
-        self.audit_interval_s = audit_interval_s
-        self._next_audit = time.monotonic() + min(audit_interval_s, 60.0)
+        self.clock = clock
+        self.jobs: list[_Periodic] = []
+        if audit is not None:
+            self._every("audit", audit, audit_interval_s)
+        if catch_up is not None and catch_up_interval_s is not None:
+            self._every("catch-up", catch_up, catch_up_interval_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="carbonhook-sweeper", daemon=True)
+
+    def _every(self, name: str, run: Callable[[], Any], interval_s: float) -> None:
+        first = self.clock() + min(interval_s, FIRST_RUN_WITHIN_S)
+        self.jobs.append(_Periodic(name, run, interval_s, first))
 
     def start(self) -> None:
         self._thread.start()
@@ -58,15 +86,26 @@ class Sweeper:
             log.info("sweeper re-enqueued %d events", len(ids))
         return len(ids)
 
+    def run_due(self) -> list[str]:
+        """Run each periodic job whose time has come; returns their names. A job that fails
+        (an API or database outage) is logged and runs again next period."""
+        ran = []
+        for job in self.jobs:
+            now = self.clock()
+            if now < job.next_at:
+                continue
+            job.next_at = now + job.interval_s
+            ran.append(job.name)
+            try:
+                job.run()
+            except Exception as exc:
+                log.warning("%s failed: %s", job.name, exc)
+        return ran
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sweep_once()
             except Exception as exc:  # database or broker down: try again next period
                 log.warning("sweep failed: %s", exc)
-            if self.audit is not None and time.monotonic() >= self._next_audit:
-                self._next_audit = time.monotonic() + self.audit_interval_s
-                try:
-                    self.audit()
-                except Exception as exc:  # an API or database outage: the next audit retries
-                    log.warning("audit failed: %s", exc)
+            self.run_due()

@@ -155,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--by", default="month", choices=["day", "month", "rule", "site"])
 
+    p = add(
+        "catch-up",
+        _command("catch_up", "catch_up"),
+        "offset the emissions growth of bill confirmations that never arrived",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and say what each rule would offset per site; store and send nothing",
+    )
+    p.add_argument("--json", action="store_true")
+
     captures = add("captures", _needs_subcommand(parser), "the capture ledger")
     cap_sub = captures.add_subparsers(dest="captures_command", required=True, metavar="ACTION")
     p = cap_sub.add_parser("list", help="list ledger rows, newest first")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from receiver.app import Services
     from receiver.lockout import Lockout
     from receiver.pages import RulesInfo
+    from workers.carbonpass import CarbonPassClient
+    from workers.catch_up import CatchUp
     from workers.rules import RulesHolder
     from workers.runtime import WorkerRuntime
 
@@ -121,6 +124,9 @@ def build_worker(
         processor.impact,
         settle_s=settings.reconcile_after_s,
     )
+    catch_up = None
+    if settings.catch_up_interval_s is not None:
+        catch_up = _catch_up(processor.carbonpass, processor.store, rules, broker).run
     sweeper = Sweeper(
         processor.store,
         lambda ids: enqueue_events(broker, ids),
@@ -128,6 +134,8 @@ def build_worker(
         lease_s=settings.lease_s,
         audit=auditor.run,
         audit_interval_s=settings.audit_interval_s,
+        catch_up=catch_up,
+        catch_up_interval_s=settings.catch_up_interval_s,
     )
     return WorkerRuntime(
         processor=processor,
@@ -154,6 +162,44 @@ def build_auditor(settings: Settings) -> Any:
         timeout_s=settings.http_timeout_s,
     )
     return Auditor(Ledger(engine), AuditLog(engine), impact, settle_s=settings.reconcile_after_s)
+
+
+def build_catch_up(settings: Settings, broker: dramatiq.Broker | None) -> CatchUp:
+    """`carbonhook catch-up`: new readings are handed to `broker` (None: they wait,
+    `pending`, for a sweeper); close its `carbonpass` client and dispose of its engine when
+    done."""
+    from workers.carbonpass import CarbonPassClient
+    from workers.rules import RulesHolder
+
+    settings.require("carbonpass_api_key")
+    assert settings.carbonpass_api_key is not None
+    rules = RulesHolder(settings.rules_file)
+    engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=1)
+    carbonpass = CarbonPassClient(
+        settings.carbonpass_api_url,
+        settings.carbonpass_api_key.get_secret_value(),
+        timeout_s=settings.http_timeout_s,
+    )
+    return _catch_up(carbonpass, EventStore(engine), rules, broker)
+
+
+def _catch_up(
+    carbonpass: CarbonPassClient,
+    store: EventStore,
+    rules: RulesHolder,
+    broker: dramatiq.Broker | None,
+) -> CatchUp:
+    from carbonhook.catch_ups import CatchUpEvents
+    from workers.catch_up import CatchUp
+
+    hand_off = None
+    if broker is not None:
+
+        def hand_off(ids: Sequence[int]) -> None:
+            enqueue_events(broker, ids)
+            store.mark_queued(ids)  # one the queue lost is then the sweeper's, as any event
+
+    return CatchUp(carbonpass, CatchUpEvents(store.engine), rules, hand_off)
 
 
 # -- admins ---------------------------------------------------------------------------------

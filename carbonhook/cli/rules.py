@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from carbonhook.actions import ACTIONS, Action
+from carbonhook.catch_ups import reading_of
 from carbonhook.cli.bootstrap import settings_for
 from carbonhook.cli.tables import print_table
 from carbonhook.emulator import EmulatorState
 from carbonhook.errors import UsageError
-from carbonhook.event_types import KNOWN_TYPES
+from carbonhook.event_types import EMISSIONS_CATCH_UP, KNOWN_TYPES
 from workers.planning import Resources, explain, needed_sources
 from workers.rules import load_rules
 
@@ -86,7 +87,14 @@ def rules_explain(args: argparse.Namespace) -> int:
         event=data,
         crp=resource("crp", lambda: sandbox.crp_data(str(data.get("id")))),
         company=resource("company", sandbox.company_data),
-        emissions=resource("emissions", lambda: sandbox.emissions_data(site)),
+        # A catch-up is offset by the emissions it read, as a worker would.
+        emissions=resource(
+            "emissions",
+            lambda: (
+                (event_type == EMISSIONS_CATCH_UP and reading_of(data))
+                or sandbox.emissions_data(site)
+            ),
+        ),
     )
     if not ruleset.for_event(event_type):
         print(f"no rule is on {event_type!r}: a worker would end the event ignored")

@@ -64,6 +64,11 @@ class _Emulator:
             Route("/_emulator/reset", control(ctl.reset), methods=["POST"]),
             Route("/_emulator/crp/{crp_id}", control(ctl.change_crp), methods=["PUT", "DELETE"]),
             Route("/_emulator/emissions/{site_id}", control(ctl.put_emissions), methods=["PUT"]),
+            Route(
+                "/_emulator/emissions/{site_id}/grow",
+                control(ctl.grow_emissions),
+                methods=["POST"],
+            ),
         ]
 
     def api(

@@ -88,3 +88,10 @@ class ControlApi:
             site_id, float(body["total"]), scope1, scope2, scope3, reporting_period=period
         )
         return JSONResponse(self.state.emissions_data(site_id))
+
+    async def grow_emissions(self, request: Request) -> Response:
+        """POST `{"tco2e": n, "scope": "scope2"}`: the site's emissions grow by n tonnes."""
+        body, site_id = await json_object(request), request.path_params["site_id"]
+        scope = str(body.get("scope", "scope2"))
+        self.state.grow_site_emissions(site_id, float(body["tco2e"]), scope)
+        return JSONResponse(self.state.emissions_data(site_id))

@@ -110,6 +110,15 @@ class EmulatorState:
             key: float(value) for key, value in totals.items()
         }
 
+    def grow_site_emissions(self, site_id: str, tco2e: float, scope: str = "scope2") -> None:
+        """Add `tco2e` to a known site's emissions (to `scope` and the total), as a confirmed
+        bill would: KeyError for a site with no emissions."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+        row = self.site_emissions[site_id]
+        row[scope] = round(row[scope] + tco2e, 6)
+        row["total"] = round(row["total"] + tco2e, 6)
+
     def emissions_data(self, site_id: str | None = None) -> dict[str, Any] | None:
         """The `/emissions` data for one site, or totalled over all; None for an unknown site."""
         if site_id is not None and site_id not in self.site_emissions:

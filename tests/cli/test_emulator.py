@@ -252,6 +252,32 @@ async def test_site_emissions_can_be_set_through_the_control_api(client: httpx.A
     ).status_code == 400
 
 
+async def test_site_emissions_grow_through_the_control_api_as_bills_would(
+    client: httpx.AsyncClient,
+) -> None:
+    grow = {"tco2e": 2.5, "scope": "scope1"}
+    assert (await client.post("/_emulator/emissions/site_3rZ1/grow", json=grow)).status_code == 200
+    assert (
+        await client.post("/_emulator/emissions/site_3rZ1/grow", json={"tco2e": 1})
+    ).status_code == 200
+
+    data = (await client.get("/api/v1/emissions?siteId=site_3rZ1", headers=CARBONPASS)).json()[
+        "data"
+    ]
+
+    assert (data["totalTco2e"], data["scope1"]["total"], data["scope2"]["total"]) == (
+        175.5,
+        44.6,
+        109.3,
+    )
+    unknown = await client.post("/_emulator/emissions/site_x/grow", json={"tco2e": 1})
+    assert unknown.status_code == 400
+    bad_scope = {"tco2e": 1, "scope": "total"}
+    assert (
+        await client.post("/_emulator/emissions/site_3rZ1/grow", json=bad_scope)
+    ).status_code == 400
+
+
 async def test_the_seed_crp_is_published_with_every_section(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/crp/crp_5tN8xBmQ", headers=CARBONPASS)
     assert response.json() == {

@@ -458,3 +458,11 @@ def test_without_a_grace_window_a_404_is_permanent_at_once(db_url: str, emulator
     emulator.state.remove_crp("crp_never")
     event_id = h.deliver(make_body(subject="crp_never", ts=iso_ago(0)))
     assert h.processor.process(event_id) == "failed"
+
+
+def test_an_event_of_a_type_no_rule_is_on_ends_ignored_after_other_events_captured(harness: Harness):
+    # On SQLite the claim once asked `captures.event_id = captures.id` (RETURNING names columns
+    # bare): with capture 1 of event 1 stored, every later event looked as if it had captures.
+    assert harness.processor.process(harness.deliver(make_body())) == "succeeded"
+    later = harness.deliver(make_body("bill.calculated", "bill_after", siteId="site_3rZ1"))
+    assert harness.processor.process(later) == "ignored"

@@ -92,3 +92,17 @@ def test_a_rule_may_be_on_any_event_name_and_the_unknown_ones_are_listed():
     assert ruleset.unknown_types() == ["bill.calculated", "site_2.added"]
     assert [rule.name for rule in ruleset.for_event("bill.calculated")] == ["calc"]
     assert parse_rules(CORE_EXAMPLE).unknown_types() == []
+
+
+def test_a_catch_up_is_processed_by_every_offset_delta_rule_and_by_those_on_it():
+    ruleset = parse_rules(
+        '[[rule]]\nname = "calc"\non = "bill.calculated"\noffset_delta = { fraction = 0.1 }\n'
+        '[[rule]]\nname = "flat"\non = "bill.confirmed"\ncapture_lbs = 1\n'
+        '[[rule]]\nname = "whole"\non = "bill.confirmed"\noffset = { fraction = 0.1 }\n'
+        '[[rule]]\nname = "own"\non = "emissions.catch_up"\noffset_delta = { fraction = 0.2 }\n'
+    )
+    assert [rule.name for rule in ruleset.for_event("emissions.catch_up")] == ["calc", "own"]
+    assert [rule.name for rule in ruleset.for_event("bill.confirmed")] == ["flat", "whole"]
+    assert ruleset.unknown_types() == ["bill.calculated"]  # emissions.catch_up is carbonhook's own
+    with pytest.raises(RulesError, match=r"a rule on emissions\.catch_up takes offset_delta"):
+        parse_rules('[[rule]]\nname = "flat"\non = "emissions.catch_up"\ncapture_lbs = 5\n')

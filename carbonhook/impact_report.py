@@ -89,7 +89,7 @@ class ImpactRow:
     capture_id: int
     event_id: int
     rule: str
-    subject_id: str  # the CRP's id (`crp_…`) or the bill's (`bill_…`)
+    subject_id: str  # the CRP's id (`crp_…`), the bill's (`bill_…`) or a catch-up's (`catch_up:…`)
     site_id: str | None
     period: str | None  # CarbonPass's reporting period (`2025-26`), where planning knew it
     action: str

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 class Sweeper:
     """Every `interval_s`: re-enqueue `pending` events (never handed over), `queued` ones
-    older than a lease (message lost), and `processing` ones whose lease expired (worker died)."""
+    older than a lease (message lost), `waiting` ones a lease past their re-check (its message
+    lost), and `processing` ones whose lease expired (worker died)."""
 
     def __init__(
         self,

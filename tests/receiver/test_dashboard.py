@@ -501,7 +501,7 @@ def test_replaying_from_the_event_page_queues_it_and_records_who_and_why(site: S
         f"/admin/events/{failed}/replay", data={"csrf": csrf, "next": f"/admin/events/{failed}"}
     )
     assert again.status_code == 303
-    assert "only failed/succeeded/held/ignored can be replayed" in flash_in(
+    assert "only failed/succeeded/held/ignored/waiting can be replayed" in flash_in(
         site.http.get(f"/admin/events/{failed}").text
     )
 

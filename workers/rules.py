@@ -64,7 +64,8 @@ class Rule(_Strict):
     on: str  # any event name, `word.word` in lower case
     when: dict[str, Any] = Field(default_factory=dict)
     # While `wait_until` (`when`'s syntax) does not hold, the event waits, re-checked, for at
-    # most `wait_for` from the event's timestamp: then the rule is planned, or its wait expires.
+    # most `wait_for` from when the event first waited (the database's clock): then the rule is
+    # planned, or its wait expires.
     wait_until: dict[str, Any] | None = None
     wait_for: str | None = None
     capture_lbs: Annotated[int, Field(ge=0, le=10_000_000_000)] | None = None

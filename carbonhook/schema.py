@@ -108,6 +108,8 @@ class Event(Base):
     available_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     body_sha256: Mapped[str | None] = mapped_column(String(64))
+    # When the event first waited for a rule's `wait_until`, by the database's clock.
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class EventAttempt(Base):

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=30.0, gt=0)
     reconcile_after_s: float = Field(default=60.0, ge=0)
     not_found_grace_s: float = Field(default=900.0, ge=0)
+    # A waiting event (a rule's `wait_until`) is re-checked after as long as it has waited,
+    # within these bounds: 1 min, 2, 4, … then every 4 hours.
+    wait_min_interval_s: float = Field(default=60.0, gt=0)
+    wait_max_interval_s: float = Field(default=14400.0, gt=0)
     audit_interval_s: float = Field(default=300.0, gt=0)
     catch_up_interval_s: float | None = Field(default=None, gt=0)  # unset: no catch-up
     db_pool_size: int = Field(default=10, gt=0)

@@ -2,7 +2,10 @@
 
 An event: `pending` (stored, not yet handed to the queue) → `queued` → `processing` (a worker
 holds it under a lease) → `succeeded` | `failed` | `held`, or `ignored` when no rule in force is
-on its type. A replay takes `failed`, `succeeded`, `held` and `ignored` back to `queued`.
+on its type; or `waiting` while a matched rule's `wait_until` does not hold yet and its `wait_for`
+is not over: it is claimed again (`processing`) at each re-check, using no retry and holding no
+lease in between. A replay takes `failed`, `succeeded`, `held`, `ignored` and `waiting` (check
+now) back to `queued`.
 `invalid`: a signed delivery whose body did not parse, kept as it came; a replay parses it
 again and, if it parses now, it becomes a `queued` event like a new delivery.
 
@@ -27,6 +30,7 @@ class EventStatus(StrEnum):
     HELD = "held"
     IGNORED = "ignored"
     INVALID = "invalid"
+    WAITING = "waiting"
 
 
 class CaptureStatus(StrEnum):
@@ -42,12 +46,13 @@ class CaptureStatus(StrEnum):
 
 
 # An admin may send these events through the workers again (an `ignored` one once a rule is on
-# its type).
+# its type; a `waiting` one to check its condition now rather than at the next re-check).
 REPLAYABLE_EVENTS = (
     EventStatus.FAILED,
     EventStatus.SUCCEEDED,
     EventStatus.HELD,
     EventStatus.IGNORED,
+    EventStatus.WAITING,
 )
 # An attempt ends an event in one of these.
 FINAL_EVENTS = (EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.HELD, EventStatus.IGNORED)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     insert,
     or_,
     select,
@@ -52,6 +53,15 @@ class ClaimedEvent:
     event_ts: datetime  # the event's own timestamp, as the sender gave it
     claimed_at: datetime  # by the database's clock
     has_captures: bool = True  # whether an earlier attempt planned captures already
+    waiting_since: datetime | None = None  # when it first waited for a rule, by the database
+
+    def waited_s(self) -> float:
+        """Seconds since the event first waited for a rule's `wait_until` (0 if it never did),
+        by the database's clock at the claim plus the time since by this worker's."""
+        if self.waiting_since is None:
+            return 0.0
+        since_claim = (utcnow() - self.started_at).total_seconds()
+        return (self.claimed_at - self.waiting_since).total_seconds() + since_claim
 
     def age_s(self) -> float:
         """Seconds from the event's timestamp to now: the database's clock at the claim,
@@ -95,7 +105,10 @@ class EventStore(EventQueries):
         pending_before = db_now(-pending_after_s)
         lost = or_(
             and_(Event.status == EventStatus.PENDING, Event.available_at <= pending_before),
-            and_(Event.status == EventStatus.QUEUED, Event.available_at <= db_now(-queued_after_s)),
+            and_(
+                Event.status.in_((EventStatus.QUEUED, EventStatus.WAITING)),
+                Event.available_at <= db_now(-queued_after_s),
+            ),
             and_(
                 Event.status == EventStatus.PROCESSING,
                 Event.lease_until < db_now(),
@@ -115,7 +128,7 @@ class EventStore(EventQueries):
 
     def claim(self, event_id: int, *, lease_s: float) -> ClaimedEvent | None:
         """Take the event under a lease and a new token, or return None if it is finished,
-        held elsewhere, or waiting out a retry delay (see `seconds_until_due`)."""
+        held elsewhere, or waiting out a retry delay or a re-check's (see `seconds_until_due`)."""
         token = uuid.uuid4().hex
         params = {"event_id": event_id, "slack_s": CLOCK_SLACK_S, "lease_s": lease_s}
         row = _CLAIM.run(self.engine, params | {"token": token}).first()
@@ -131,6 +144,7 @@ class EventStore(EventQueries):
             event_ts,
             lease_until,
             planned,
+            waiting_since,
         ) = row
         return ClaimedEvent(
             id=event_id,
@@ -145,10 +159,12 @@ class EventStore(EventQueries):
             has_captures=bool(planned),
             event_ts=event_ts,
             claimed_at=lease_until - timedelta(seconds=lease_s),
+            waiting_since=waiting_since,
         )
 
     def seconds_until_due(self, event_id: int) -> float | None:
-        """For a queued event still waiting out its retry delay, how long is left."""
+        """For a queued event still waiting out its retry delay, or a waiting one its next
+        re-check, how long is left."""
         row = _DUE_IN.run(self.engine, {"event_id": event_id}).first()
         if row is None or row[0] is None:
             return None
@@ -196,6 +212,19 @@ class EventStore(EventQueries):
             event, EventStatus.QUEUED, error, http_status, extra, outcome="retry"
         )
 
+    def wait(self, event: ClaimedEvent, *, delay_s: float, note: str) -> bool:
+        """End an attempt that found a rule's `wait_until` not holding yet: the event waits
+        `delay_s` (by the database's clock) for its next re-check, holding no lease and giving
+        back the attempt its claim counted (waiting is not failing)."""
+        extra: dict[str, Any] = {
+            "lease_until": None,
+            "available_at": delay_s,
+            "attempts": -1,
+            "note": note,
+            "waiting_since": None,  # kept if set: see `_end_attempt_statement`
+        }
+        return self._end_attempt(event, EventStatus.WAITING, None, None, extra)
+
     def release(self, event: ClaimedEvent) -> bool:
         """Give an event back unfinished (the worker is stopping)."""
         extra = {"lease_until": None, "available_at": 0.0}
@@ -213,7 +242,7 @@ class EventStore(EventQueries):
         outcome: str | None = None,
     ) -> bool:
         values = {"status": status, "last_error": error, **extra}
-        params = {f"new_{key}": value for key, value in values.items()}
+        params = {f"new_{key}": value for key, value in values.items() if key not in _SET_IN_SQL}
         params |= {"event_id": event.id, "token": event.token}
         attempt = {
             "started_at": event.started_at,
@@ -258,7 +287,11 @@ _CLAIM = DriverStatement(
             Event.id == bindparam("event_id"),
             or_(
                 and_(
-                    or_(Event.status == EventStatus.PENDING, Event.status == EventStatus.QUEUED),
+                    or_(
+                        Event.status == EventStatus.PENDING,
+                        Event.status == EventStatus.QUEUED,
+                        Event.status == EventStatus.WAITING,
+                    ),
                     Event.available_at <= db_now(bindparam("slack_s", type_=Float())),
                 ),
                 and_(Event.status == EventStatus.PROCESSING, Event.lease_until < db_now()),
@@ -284,12 +317,14 @@ _CLAIM = DriverStatement(
             # By the parameter, not `Event.id`: SQLite's RETURNING names the columns bare, and
             # a bare `id` inside the subquery is the capture's own.
             exists().where(Capture.event_id == bindparam("event_id")),
+            Event.waiting_since,
         )
     )
 )
 _DUE_IN = DriverStatement(
     lambda _: select(seconds_since(Event.available_at)).where(
-        Event.id == bindparam("event_id"), Event.status == EventStatus.QUEUED
+        Event.id == bindparam("event_id"),
+        or_(Event.status == EventStatus.QUEUED, Event.status == EventStatus.WAITING),
     )
 )
 _RENEW = DriverStatement(
@@ -310,18 +345,23 @@ _OPEN_CAPTURE = exists().where(
 )
 
 
+# Columns `_end_attempt_statement` sets from the database alone: they take no parameter.
+_SET_IN_SQL = frozenset({"waiting_since"})
+
+
 @functools.cache
 def _end_attempt_statement(columns: tuple[str, ...], guarded: bool) -> Update:
     """Set `columns` (from `new_<column>`; `available_at` is a delay in seconds, `attempts` a
-    change) if the caller
-    still holds the attempt's token; with `guarded`, only while no capture of the event is
-    open."""
+    change, `waiting_since` the database's now unless set already) if the caller still holds
+    the attempt's token; with `guarded`, only while no capture of the event is open."""
     values: dict[str, Any] = {"updated_at": db_now()}
     for column in columns:
         if column == "available_at":
             values[column] = db_now(bindparam("new_available_at", type_=Float()))
         elif column == "attempts":  # a change, not a value: `new_attempts` is added
             values[column] = Event.attempts + bindparam("new_attempts", type_=Integer())
+        elif column == "waiting_since":  # the first wait's time stands: `wait_for` counts from it
+            values[column] = func.coalesce(Event.waiting_since, db_now())
         else:
             values[column] = bindparam(f"new_{column}")
     where = [

@@ -284,7 +284,7 @@ def document() -> dict[str, Any]:
         "/admin/api/events/{id}/replay": {
             "post": {
                 "operationId": "replayEvent",
-                "summary": "replay a failed, succeeded, held or ignored event, or parse an invalid one again (audited)",
+                "summary": "replay a failed, succeeded, held, ignored or waiting (check now) event, or parse an invalid one again (audited)",
                 "parameters": [_id("event")],
                 "requestBody": _body("ReplayBody"),
                 "responses": {

@@ -59,6 +59,9 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
     captures: list[PlannedCapture] = field(default_factory=list)
     delta: DeltaPlan | None = None
+    # A matched rule whose `wait_until` does not hold yet: why not (nothing is planned).
+    waiting: list[str] = field(default_factory=list)
+    wait_for_s: float = 0.0
 
 
 def needed_sources(ruleset: RuleSet, event_type: str) -> set[str]:
@@ -206,17 +209,26 @@ def explain(ruleset: RuleSet, event_type: str, resources: Resources) -> list[Out
     """Every rule for `event_type`: whether it matches, why not, and what it would send."""
     outcomes = []
     for rule in ruleset.for_event(event_type):
-        outcome = Outcome(rule=rule.name, matched=True)
-        for path, condition in rule.when.items():
-            value = lookup(resources, path, rule.on)
-            if not check(value, condition):
-                shown = "missing" if value is _MISSING else repr(value)
-                outcome.reasons.append(f"{path} is {shown}, wanted {condition!r}")
-                outcome.matched = False
-        if outcome.matched:
+        reasons = unmet(rule.when, resources, rule.on)
+        outcome = Outcome(rule=rule.name, matched=not reasons, reasons=reasons)
+        if outcome.matched and rule.wait_until is not None:
+            outcome.waiting = unmet(rule.wait_until, resources, rule.on)
+            outcome.wait_for_s = rule.wait_for_s
+        if outcome.matched and not outcome.waiting:
             _plan_rule(rule, ruleset, resources, outcome)
         outcomes.append(outcome)
     return outcomes
+
+
+def unmet(conditions: dict[str, Any], resources: Resources, on: str) -> list[str]:
+    """Why each condition that does not hold does not: empty when they all hold."""
+    reasons = []
+    for path, condition in conditions.items():
+        value = lookup(resources, path, on)
+        if not check(value, condition):
+            shown = "missing" if value is _MISSING else repr(value)
+            reasons.append(f"{path} is {shown}, wanted {condition!r}")
+    return reasons
 
 
 def _plan_rule(rule: Rule, ruleset: RuleSet, resources: Resources, outcome: Outcome) -> None:

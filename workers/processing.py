@@ -32,14 +32,24 @@ from carbonhook.store import ClaimedEvent, EventStore
 from workers.carbonpass import CarbonPassClient
 from workers.impact import ImpactClient
 from workers.leases import LeaseLost, Leases
-from workers.planning import Resources, explain, needed_sources
+from workers.planning import Outcome, Resources, explain, needed_sources
 from workers.reconciliation import Reconciler
 from workers.rules import RuleSet
 from workers.settlement import Settlement
+from workers.waiting import expired_note, recheck_delay_s, split_waits, waiting_note
 
 log = logging.getLogger(__name__)
 
 PREFIX = {CRP_GENERATED: "crp_", BILL_CONFIRMED: "bill_"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How an attempt ends: a status and its note; `waiting`, also when to look again."""
+
+    status: str
+    note: str | None = None
+    recheck_in_s: float = 0.0
 
 
 def backoff_s(attempt: int, settings: Settings) -> float:
@@ -89,7 +99,7 @@ class Processor:
 
     def _attempt(self, event: ClaimedEvent) -> str:
         try:
-            status, note = self._work(event)
+            verdict = self._work(event)
         except LeaseLost:
             log.warning("event %s: lease lost to another worker; stopping", event.id)
             return "lost"
@@ -102,6 +112,9 @@ class Processor:
         except Exception as exc:  # a bug or an outage we did not foresee: keep the event, retry
             log.exception("event %s: unexpected error", event.id)
             return self._retry(event, RetryableError(f"unexpected {type(exc).__name__}: {exc}"))
+        if verdict.status == EventStatus.WAITING:
+            return self._wait(event, verdict)
+        status, note = verdict.status, verdict.note
         if not self.store.finish(event, status, note=note):
             if self.ledger.open_count(event.id):
                 # Never `succeeded` over an open capture: the database refused; look again.
@@ -142,6 +155,22 @@ class Processor:
                 extra={"outcome": EventStatus.IGNORED},
             )
 
+    def _wait(self, event: ClaimedEvent, verdict: Verdict) -> str:
+        """Let the event wait for its next re-check, which uses no retry of its budget."""
+        assert verdict.note is not None
+        if not self.store.wait(event, delay_s=verdict.recheck_in_s, note=verdict.note):
+            log.warning("event %s: lease lost before it could wait", event.id)
+            return "lost"
+        self.enqueue(event.id, verdict.recheck_in_s)
+        log.info(
+            "event %s waiting, re-checked in %.0fs: %s",
+            event.id,
+            verdict.recheck_in_s,
+            verdict.note,
+            extra={"event_id": event.id, "outcome": EventStatus.WAITING},
+        )
+        return EventStatus.WAITING
+
     def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
         self.store.finish(event, EventStatus.FAILED, error=error, http_status=http_status)
         self._observe(event, EventStatus.FAILED)
@@ -175,13 +204,14 @@ class Processor:
         )
         return "retry"
 
-    def _work(self, event: ClaimedEvent) -> tuple[str, str | None]:
-        """The event's final status and note, once every row it ever planned is settled."""
+    def _work(self, event: ClaimedEvent) -> Verdict:
+        """The event's final status and note once every row it ever planned is settled, or
+        `waiting` while a matched rule's `wait_until` does not hold and its wait is not over."""
         ruleset = self.rules()
         if not ruleset.for_event(event.type) and not event.has_captures:
             # Decided by the rules in force now: a replay after a rule is on the type
             # processes it. (With captures planned before, those are settled below.)
-            return EventStatus.IGNORED, f"no rule is on {event.type!r}"
+            return Verdict(EventStatus.IGNORED, f"no rule is on {event.type!r}")
         prefix = PREFIX.get(event.type)
         if prefix is not None and not (
             SUBJECT_ID.fullmatch(event.subject_id) and event.subject_id.startswith(prefix)
@@ -191,8 +221,13 @@ class Processor:
             )
         resources = self._fetch(event, ruleset)
         rows: list[CaptureRow] = []
+        waits: list[Outcome] = []
         for outcome in explain(ruleset, event.type, resources):
             if not outcome.matched:
+                continue
+            if outcome.waiting:
+                # Nothing planned for it yet; the rest of the event goes on as without it.
+                waits.append(outcome)
                 continue
             if outcome.delta is not None:
                 rows += self.ledger.ensure_delta(
@@ -218,15 +253,32 @@ class Processor:
                 statuses.append(settlement.supersede_by(row, twin))
             else:
                 statuses.append(settlement.settle(row, event.id, ruleset.file.limits))
+        waited = event.waited_s()
+        still, over = split_waits(waits, waited)
+        notes = []
         if CaptureStatus.HELD in statuses:
-            held = statuses.count(CaptureStatus.HELD)
-            return EventStatus.HELD, f"{held} capture(s) held over a spend limit"
-        if not rows:
-            return EventStatus.SUCCEEDED, "no rule matched"
+            notes.append(f"{statuses.count(CaptureStatus.HELD)} capture(s) held over a spend limit")
+        if still:
+            # Before `held`: the re-checks go on while an admin decides (a decision replays
+            # the event, which checks at once).
+            left = min(outcome.wait_for_s for outcome in still) - waited
+            delay = recheck_delay_s(
+                waited,
+                left,
+                min_s=self.settings.wait_min_interval_s,
+                max_s=self.settings.wait_max_interval_s,
+            )
+            return Verdict(EventStatus.WAITING, "; ".join([waiting_note(still), *notes]), delay)
+        if over:
+            notes.append(expired_note(over))
+        if CaptureStatus.HELD in statuses:
+            return Verdict(EventStatus.HELD, "; ".join(notes))
+        if not rows and not over:
+            return Verdict(EventStatus.SUCCEEDED, "no rule matched")
         if CaptureStatus.DRY_RUN in statuses:
             dry = statuses.count(CaptureStatus.DRY_RUN)
-            return EventStatus.SUCCEEDED, f"dry run: {dry} capture(s) recorded, not sent"
-        return EventStatus.SUCCEEDED, None
+            notes.append(f"dry run: {dry} capture(s) recorded, not sent")
+        return Verdict(EventStatus.SUCCEEDED, "; ".join(notes) or None)
 
     def _settlement(self, event: ClaimedEvent) -> Settlement:
         return Settlement(

@@ -34,6 +34,11 @@ Action = Literal["capture_carbon", "plant_tree", "clean_ocean"]
 MAX_TYPE_LENGTH = 100  # the events table's `type` column
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 EMAIL = re.compile(r"[^@\s{}]+@[^@\s{}]+\.[^@\s{}]+|.*\{.+\}.*")
+DURATION = re.compile(r"([1-9][0-9]{0,6})(s|m|h|d)")
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# An event waits in the database, re-checked now and then; a wait longer than this is more
+# likely a typo than an intent, and would keep events open for a season.
+MAX_WAIT_S = 90 * 86400
 
 
 class _Strict(BaseModel):
@@ -64,6 +69,11 @@ class Rule(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
     on: str  # any event name, `word.word` in lower case
     when: dict[str, Any] = Field(default_factory=dict)
+    # While `wait_until` (`when`'s syntax) does not hold, the event waits, re-checked, for at
+    # most `wait_for` from when the event first waited (the database's clock): then the rule is
+    # planned, or its wait expires.
+    wait_until: dict[str, Any] | None = None
+    wait_for: str | None = None
     capture_lbs: Annotated[int, Field(ge=0, le=10_000_000_000)] | None = None
     offset: Offset | None = None
     offset_delta: Offset | None = None
@@ -83,10 +93,10 @@ class Rule(_Strict):
             )
         return on
 
-    @field_validator("when")
+    @field_validator("when", "wait_until")
     @classmethod
-    def _check_when(cls, when: dict[str, Any]) -> dict[str, Any]:
-        for path, condition in when.items():
+    def _check_conditions(cls, conditions: dict[str, Any] | None) -> dict[str, Any] | None:
+        for path, condition in (conditions or {}).items():
             source = path.split(".", 1)[0]
             if "." in path and source not in SOURCES:
                 raise ValueError(f"'{path}': a dotted path starts with one of {', '.join(SOURCES)}")
@@ -101,7 +111,14 @@ class Rule(_Strict):
                         raise ValueError(f"'{path}': '{op}' takes a list")
                 if "exists" in condition and not isinstance(condition["exists"], bool):
                     raise ValueError(f"'{path}': 'exists' takes true or false")
-        return when
+        return conditions
+
+    @field_validator("wait_for")
+    @classmethod
+    def _check_wait_for(cls, wait_for: str | None) -> str | None:
+        if wait_for is not None:
+            duration_s(wait_for)
+        return wait_for
 
     @field_validator("customer_email")
     @classmethod
@@ -127,6 +144,13 @@ class Rule(_Strict):
             raise ValueError(f"a rule on {EMISSIONS_CATCH_UP} takes offset_delta")
         if self.customer_name and not self.customer_email:
             raise ValueError("customer_name needs customer_email")
+        if (self.wait_until is None) != (self.wait_for is None):
+            raise ValueError(
+                "wait_until and wait_for go together: what to wait for, and how long at most "
+                '(e.g. wait_until = { "crp.status" = "published" }, wait_for = "14d")'
+            )
+        if self.wait_until == {}:
+            raise ValueError("wait_until needs at least one condition")
         for text in (self.customer_email, self.customer_name):
             for field in placeholders(text):
                 if field.split(".", 1)[0] not in SOURCES or "." not in field:
@@ -137,7 +161,7 @@ class Rule(_Strict):
 
     def sources(self) -> set[str]:
         """Which fetched resources this rule reads."""
-        used = {_source(path, self.on) for path in self.when}
+        used = {_source(path, self.on) for path in (*self.when, *(self.wait_until or {}))}
         for text in (self.customer_email, self.customer_name):
             used |= {field.split(".", 1)[0] for field in placeholders(text)}
         if self.offset is not None:
@@ -145,6 +169,11 @@ class Rule(_Strict):
         if self.offset_delta is not None:
             used.add("emissions")
         return used - {"event"}
+
+    @property
+    def wait_for_s(self) -> float:
+        """How long the event may wait for `wait_until`, in seconds (0 when it does not wait)."""
+        return float(duration_s(self.wait_for)) if self.wait_for is not None else 0.0
 
 
 class RulesFile(_Strict):
@@ -196,6 +225,19 @@ def _source(path: str, on: str) -> str:
     if "." in path and head in SOURCES:
         return head
     return "crp" if on == CRP_GENERATED else "event"
+
+
+def duration_s(text: str) -> int:
+    """Seconds in a duration like `"30m"` or `"14d"` (s, m, h, d); ValueError saying why not."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f'{text!r} is not a duration: a whole number and a unit, s, m, h or d (e.g. "14d")'
+        )
+    seconds = int(match.group(1)) * DURATION_UNITS_S[match.group(2)]
+    if seconds > MAX_WAIT_S:
+        raise ValueError(f"{text!r} is longer than the longest wait, {MAX_WAIT_S // 86400}d")
+    return seconds
 
 
 def placeholders(text: str | None) -> list[str]:

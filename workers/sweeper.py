@@ -33,8 +33,9 @@ class _Periodic:
 
 class Sweeper:
     """Every `interval_s`: re-enqueue `pending` events (never handed over), `queued` ones
-    older than a lease (message lost), and `processing` ones whose lease expired (worker died);
-    then run the periodic jobs that are due (`run_due`)."""
+    older than a lease (message lost), `waiting` ones a lease past their re-check (its message
+    lost), and `processing` ones whose lease expired (worker died); then run the periodic jobs
+    that are due (`run_due`)."""
 
     def __init__(
         self,

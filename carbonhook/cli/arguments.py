@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "strict (new impacts listed 3 s late, no metadata echoed, e-mails lower-cased, "
         "cancelled impacts still listed)",
     )
+    p.add_argument(
+        "--publish-drafts-after",
+        type=float,
+        metavar="SECONDS",
+        help="generate each new CRP as a draft and publish it this many seconds later "
+        "(default: published at once)",
+    )
 
     p = add(
         "send-test-event",

@@ -45,6 +45,10 @@ log = logging.getLogger("carbonhook")
 
 SANDBOX_SECRET = "sandbox-secret"
 SANDBOX_RULES = Path(__file__).with_name("sandbox_rules.toml")
+# The sandbox's CRPs are drafts published this long after, and its waiting events are
+# re-checked every few seconds, so the draft-then-published case plays out while one watches.
+SANDBOX_PUBLISH_AFTER_S = 10.0
+SANDBOX_WAIT_INTERVALS_S = {"wait_min_interval_s": 2.0, "wait_max_interval_s": 5.0}
 
 
 def settings_for(sandbox: bool = False, **overrides: Any) -> Settings:
@@ -53,6 +57,9 @@ def settings_for(sandbox: bool = False, **overrides: Any) -> Settings:
         base = load_settings()
         overrides.setdefault("webhook_secrets", base.webhook_secrets or (SANDBOX_SECRET,))
         overrides.setdefault("rules_file", SANDBOX_RULES)
+        for name, value in SANDBOX_WAIT_INTERVALS_S.items():
+            if name not in base.model_fields_set:  # the environment's value wins
+                overrides.setdefault(name, value)
     return load_settings(**overrides)
 
 

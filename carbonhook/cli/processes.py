@@ -17,6 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from carbonhook.cli.bootstrap import (
+    SANDBOX_PUBLISH_AFTER_S,
     SANDBOX_SECRET,
     build_receiver,
     build_worker,
@@ -55,9 +56,16 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     emulator = None
     if args.sandbox:
-        from carbonhook.emulator import DEMO_CARBONPASS_KEY, DEMO_IMPACT_KEY, create_emulator_app
+        from carbonhook.emulator import (
+            DEMO_CARBONPASS_KEY,
+            DEMO_IMPACT_KEY,
+            EmulatorState,
+            create_emulator_app,
+        )
 
-        emulator = start_server(create_emulator_app(), "127.0.0.1", 0)
+        # Drafts published a little later, as CarbonPass does: the demo rules wait for it.
+        state = EmulatorState(publish_drafts_after_s=SANDBOX_PUBLISH_AFTER_S)
+        emulator = start_server(create_emulator_app(state), "127.0.0.1", 0)
         base = f"http://127.0.0.1:{emulator.port}"
         overrides = {
             "carbonpass_api_url": f"{base}/api/v1",
@@ -87,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             f"API emulator on http://127.0.0.1:{emulator.port}\n"
             f"  send a test event:  .venv/bin/carbonhook send-test-event crp.generated --url {url}\n"
             f"  webhook secret:     {SANDBOX_SECRET}   rules: {settings.rules_file}\n"
+            f"  new CRPs are drafts, published {SANDBOX_PUBLISH_AFTER_S:g} s later: "
+            "their events wait (status waiting) until then\n"
             f"  then look:          .venv/bin/carbonhook events list; .venv/bin/carbonhook captures list",
             flush=True,
         )
@@ -325,18 +335,28 @@ def emulate(args: argparse.Namespace) -> int:
     print(
         f"emulator on http://{args.host}:{args.port}: CarbonPass at /api/v1 (Bearer {DEMO_CARBONPASS_KEY}), "
         f"1ClickImpact at /v1 (x-api-key {DEMO_IMPACT_KEY}), faults at /_emulator"
-        + (f", profile {args.profile}" if args.profile else ""),
+        + (f", profile {args.profile}" if args.profile else "")
+        + (
+            f", new CRPs drafts published after {args.publish_drafts_after:g} s"
+            if args.publish_drafts_after is not None
+            else ""
+        ),
         flush=True,
     )
-    serve_emulator(args.host, args.port, profile=profile)
+    serve_emulator(
+        args.host, args.port, profile=profile, publish_drafts_after_s=args.publish_drafts_after
+    )
     return 0
 
 
 def requeue_pending(store: EventStore, broker: dramatiq.Broker) -> None:
     """At start-up, hand the queue every event stored but never handed over; an in-process
-    queue starts empty, so there also every event it held when the last process ended."""
+    queue starts empty, so there also every event it held when the last process ended (a
+    waiting one's message is delayed again by the claim until its re-check is due)."""
     statuses = (
-        (EventStatus.PENDING,) if is_shared(broker) else (EventStatus.PENDING, EventStatus.QUEUED)
+        (EventStatus.PENDING,)
+        if is_shared(broker)
+        else (EventStatus.PENDING, EventStatus.QUEUED, EventStatus.WAITING)
     )
     ids = store.waiting_ids(statuses)
     enqueue_events(broker, ids)

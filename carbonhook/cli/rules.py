@@ -38,6 +38,9 @@ def rules_check(args: argparse.Namespace) -> int:
                 rule.name,
                 rule.on,
                 json.dumps(rule.when) if rule.when else "always",
+                f"{json.dumps(rule.wait_until)} for up to {rule.wait_for}"
+                if rule.wait_until is not None
+                else "",
                 rule.action,
                 amount,
                 rule.customer_email or "",
@@ -46,9 +49,15 @@ def rules_check(args: argparse.Namespace) -> int:
         )
     print_table(
         f"{path} — {len(ruleset.rules)} rules, sha256 {ruleset.sha256[:12]}",
-        ["name", "on", "when", "action", "amount", "customer", "dry run"],
+        ["name", "on", "when", "wait until", "action", "amount", "customer", "dry run"],
         rows,
     )
+    if any(rule.wait_until is not None for rule in ruleset.rules):
+        print(
+            "wait until: while it does not hold, a matched event waits (status waiting), "
+            "re-checked at growing intervals, for at most that long after it first "
+            "waited; then the rule captures, or its wait expires and captures nothing"
+        )
     limits = ruleset.file.limits
     print(
         f"limits: {limits.max_lbs_per_day or 'none'} lbs/day, {limits.max_lbs_per_month or 'none'} lbs/month"
@@ -99,9 +108,12 @@ def rules_explain(args: argparse.Namespace) -> int:
     if not ruleset.for_event(event_type):
         print(f"no rule is on {event_type!r}: a worker would end the event ignored")
     for outcome in explain(ruleset, event_type, resources):
-        print(f"{'MATCH' if outcome.matched else 'no match':9} {outcome.rule}")
+        shown = "WAIT" if outcome.waiting else "MATCH" if outcome.matched else "no match"
+        print(f"{shown:9} {outcome.rule}")
         for reason in outcome.reasons:
             print(f"          - {reason}")
+        for reason in outcome.waiting:
+            print(f"          - waits until it holds: {reason}")
         for c in outcome.captures:
             what = "skipped (< 1 lb)" if c.skipped else "dry run" if c.dry_run else "would send"
             print(

@@ -63,6 +63,7 @@ class _Emulator:
             Route("/_emulator/calls", control(ctl.calls)),
             Route("/_emulator/reset", control(ctl.reset), methods=["POST"]),
             Route("/_emulator/crp/{crp_id}", control(ctl.change_crp), methods=["PUT", "DELETE"]),
+            Route("/_emulator/drafts", control(ctl.drafts), methods=["GET", "POST"]),
             Route("/_emulator/emissions/{site_id}", control(ctl.put_emissions), methods=["PUT"]),
             Route(
                 "/_emulator/emissions/{site_id}/grow",
@@ -151,7 +152,10 @@ def create_emulator_app(
     return app
 
 
-def serve_emulator(host: str, port: int, *, profile: Profile = KIND) -> None:
+def serve_emulator(
+    host: str, port: int, *, profile: Profile = KIND, publish_drafts_after_s: float | None = None
+) -> None:
     """Run a fresh emulator with uvicorn until interrupted (`carbonhook emulate`)."""
-    app = create_emulator_app(EmulatorState(profile=profile))
+    state = EmulatorState(profile=profile, publish_drafts_after_s=publish_drafts_after_s)
+    app = create_emulator_app(state)
     uvicorn.run(app, host=host, port=port, log_level="warning", ws="none")

@@ -7,6 +7,8 @@ from dataclasses import asdict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from carbonhook.emulator.errors import InvalidRequest
+from carbonhook.emulator.formats import is_number
 from carbonhook.emulator.impact import json_object
 from carbonhook.emulator.profile import DEFAULT_LATE_FINISH_S, named_profile, with_overrides
 from carbonhook.emulator.state import SCOPES, EmulatorState
@@ -71,6 +73,17 @@ class ControlApi:
     async def reset(self, request: Request) -> Response:
         self.state.reset()
         return Response(status_code=204)
+
+    async def drafts(self, request: Request) -> Response:
+        """GET shows, POST `{"publish_after_s": seconds or null}` sets whether a CRP first seen
+        is a draft published that long after (null: published at once)."""
+        if request.method == "POST":
+            body = await json_object(request)
+            after = body.get("publish_after_s")
+            if after is not None and (not is_number(after) or after < 0):
+                raise InvalidRequest("publish_after_s must be a non-negative number or null")
+            self.state.publish_drafts_after_s = None if after is None else float(after)
+        return JSONResponse({"publish_after_s": self.state.publish_drafts_after_s})
 
     async def change_crp(self, request: Request) -> Response:
         crp_id = request.path_params["crp_id"]

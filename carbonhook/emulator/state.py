@@ -43,9 +43,19 @@ T = TypeVar("T")
 class EmulatorState:
     """Everything both emulated APIs know, plus the calls answered and the faults pending."""
 
-    def __init__(self, *, clock: Clock = utc_now, profile: Profile = KIND) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock = utc_now,
+        profile: Profile = KIND,
+        publish_drafts_after_s: float | None = None,
+    ) -> None:
         self.clock = clock
         self.profile = profile  # also seeds the random failures
+        # CarbonPass sends `crp.generated` for a draft and no event when it is published: with
+        # this set, a CRP first seen is a draft, published this long after (by `clock`).
+        self.publish_drafts_after_s = publish_drafts_after_s
+        self._publish_at: dict[str, datetime] = {}
         self.company: dict[str, Any] = copy.deepcopy(SEED_COMPANY)
         self.sites: dict[str, dict[str, Any]] = {SEED_SITE["id"]: dict(SEED_SITE)}
         self.sessions: dict[str, dict[str, str]] = {SEED_SITE["id"]: dict(SEED_SESSION)}
@@ -157,6 +167,8 @@ class EmulatorState:
         }
         self.crps[crp_id] = {**crp, **fields, "id": crp_id}
         self.missing_crps.discard(crp_id)
+        if "status" in fields:  # told what it is: no publication planned any more
+            self._publish_at.pop(crp_id, None)
 
     def remove_crp(self, crp_id: str) -> None:
         """Make `GET /crp/{crp_id}` answer 404 from now on."""
@@ -172,8 +184,20 @@ class EmulatorState:
         if crp_id in self.missing_crps or not CRP_ID.fullmatch(crp_id):
             return None
         if crp_id not in self.crps:
-            self.set_crp(crp_id)
+            self._generate_crp(crp_id)
+        publish_at = self._publish_at.get(crp_id)
+        if publish_at is not None and self.clock() >= publish_at:
+            self.set_crp(crp_id, status="published")
         return self.crps[crp_id]
+
+    def _generate_crp(self, crp_id: str) -> None:
+        """A new CRP: published, or a draft published later (`publish_drafts_after_s`)."""
+        if self.publish_drafts_after_s is None:
+            self.set_crp(crp_id)
+            return
+        self.set_crp(crp_id, status="draft")
+        later = timedelta(seconds=self.publish_drafts_after_s)
+        self._publish_at[crp_id] = self.clock() + later
 
     def add_bill(self, kind: str, site_id: str | None) -> dict[str, Any]:
         """Record an uploaded bill against its site's session (the first site by default)."""

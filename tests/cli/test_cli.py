@@ -29,16 +29,33 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def fail_event(db: str, subject: str) -> int:
-    event_id = store_delivery(db, make_body(subject=subject))
+    return mark(db, store_delivery(db, make_body(subject=subject)), "failed", last_error="HTTP 500 boom")
+
+
+def mark(db: str, event_id: int, status: str, **columns: str) -> int:
+    """Put a stored event in `status`, with other columns set as given."""
     from sqlalchemy import create_engine, text
 
     from carbonhook.database import sync_url
 
     engine = create_engine(sync_url(db))
+    sets = ", ".join(f"{name} = :{name}" for name in ["status", *columns])
     with engine.begin() as conn:
-        conn.execute(text("UPDATE events SET status = 'failed', last_error = 'HTTP 500 boom' WHERE id = :id"), {"id": event_id})
+        conn.execute(text(f"UPDATE events SET {sets} WHERE id = :id"), {"id": event_id, "status": status, **columns})
     engine.dispose()
     return event_id
+
+
+def test_waiting_events_are_listed_shown_with_what_they_wait_for_and_replayed_to_check_now(cli_env: str, capsys: pytest.CaptureFixture[str]):
+    note = "waiting for rule 'published' (crp.status is 'draft', wanted 'published')"
+    event_id = mark(cli_env, store_delivery(cli_env, make_body(subject="crp_cliw")), "waiting", note=note)
+    fail_event(cli_env, "crp_clif")
+    code, out, _ = run(capsys, "events", "list", "--status", "waiting", "--json")
+    assert code == 0 and [(e["id"], e["status"], e["note"]) for e in json.loads(out)] == [(event_id, "waiting", note)]
+    code, out, _ = run(capsys, "events", "show", str(event_id))
+    assert code == 0 and "waiting" in out and "crp.status is 'draft'" in out
+    code, out, _ = run(capsys, "events", "replay", str(event_id), "--reason", "published now")
+    assert code == 0 and f"replayed event {event_id} (was waiting)" in out
 
 
 def test_events_list_show_and_replay(cli_env: str, capsys: pytest.CaptureFixture[str]):
@@ -209,6 +226,20 @@ def test_rules_check_warns_without_failing_about_a_type_carbonpass_is_not_known_
     assert err.count("\n") == 1
 
 
+def test_rules_check_and_explain_say_what_a_rule_waits_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nname = "on-publication"\non = "crp.generated"\nwait_until = { "crp.status" = "published" }\nwait_for = "14d"\ncapture_lbs = 5\n')
+    code, out, _ = run(capsys, "rules", "check", str(rules))
+    assert code == 0 and '{"crp.status": "published"} for up to 14d' in out and "status waiting" in out
+    event = tmp_path / "event.json"
+    event.write_text(make_body(subject="crp_explained").decode())
+    crp = tmp_path / "crp.json"
+    crp.write_text(json.dumps({"id": "crp_explained", "status": "draft"}))
+    code, out, _ = run(capsys, "rules", "explain", str(event), "--rules", str(rules), "--crp", str(crp))
+    assert code == 0 and "WAIT      on-publication" in out
+    assert "waits until it holds: crp.status is 'draft', wanted 'published'" in out and "would send" not in out
+
+
 def test_rules_check_names_the_rule_field_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     bad = tmp_path / "rules.toml"
     bad.write_text('[[rule]]\nname = "oops"\non = "crp.generated"\ncapture_lbs = "many"\n')
@@ -275,6 +306,7 @@ def test_run_at_start_up_hands_over_what_its_queue_cannot_have(sqlite_url: str, 
     refused = store_delivery(sqlite_url, make_body(subject="crp_refused"))
     store.mark_pending([refused])
     queued = store_delivery(sqlite_url, make_body(subject="crp_queued"))
+    waiting = mark(sqlite_url, store_delivery(sqlite_url, make_body(subject="crp_waiting")), "waiting")
     handed: list[int] = []
     monkeypatch.setattr(processes, "enqueue_events", lambda broker, ids: handed.extend(ids))
     # An in-process queue started empty: the queued event's message died with the last process.
@@ -283,8 +315,9 @@ def test_run_at_start_up_hands_over_what_its_queue_cannot_have(sqlite_url: str, 
         processes.requeue_pending(store, broker)
     finally:
         store.engine.dispose()
-    assert handed == ([refused, queued] if in_process else [refused])
-    assert query(sqlite_url, "SELECT status FROM events ORDER BY id") == [("queued",), ("queued",)]
+    # A waiting event's re-check message died too; a shared broker still holds it.
+    assert handed == ([refused, queued, waiting] if in_process else [refused])
+    assert query(sqlite_url, "SELECT status FROM events ORDER BY id") == [("queued",), ("queued",), ("waiting",)]
 
 
 PLACEHOLDER_ENV = {

@@ -311,6 +311,31 @@ async def test_an_unknown_well_formed_crp_id_is_created_published_now(
     assert all(data["sections"].values())
 
 
+async def test_with_drafts_on_a_new_crp_is_a_draft_until_published_later(
+    client: httpx.AsyncClient, state: EmulatorState, clock: FakeClock
+) -> None:
+    assert (await client.get("/_emulator/drafts")).json() == {"publish_after_s": None}
+    answer = await client.post("/_emulator/drafts", json={"publish_after_s": 600})
+    assert answer.json() == {"publish_after_s": 600.0}
+
+    async def status(crp_id: str) -> str:
+        return str((await client.get(f"/api/v1/crp/{crp_id}", headers=CARBONPASS)).json()["data"]["status"])
+
+    assert await status("crp_new") == "draft"
+    clock.advance(seconds=599)
+    assert await status("crp_new") == "draft"
+    assert await status("crp_newer") == "draft"  # generated a little later: published later
+    clock.advance(seconds=1)
+    assert (await status("crp_new"), await status("crp_newer")) == ("published", "draft")
+    state.set_crp("crp_newer", status="draft")  # told what it is: no publication any more
+    clock.advance(days=1)
+    assert await status("crp_newer") == "draft"
+    await client.post("/_emulator/drafts", json={"publish_after_s": None})
+    assert await status("crp_newest") == "published"
+    refused = await client.post("/_emulator/drafts", json={"publish_after_s": "soon"})
+    assert refused.status_code == 400 and "publish_after_s" in refused.text
+
+
 @pytest.mark.parametrize("crp_id", ["bill_1", "crp_", "crp_" + "x" * 65, "crp_a.b"])
 async def test_a_malformed_crp_id_is_not_found(client: httpx.AsyncClient, crp_id: str) -> None:
     response = await client.get(f"/api/v1/crp/{crp_id}", headers=CARBONPASS)

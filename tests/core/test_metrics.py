@@ -150,3 +150,23 @@ def test_the_cache_answers_until_its_figures_are_15_seconds_old():
         values.append([sample.value for family in cached.collect() for sample in family.samples])
     assert queries == [100.0, 115.0, 130.0]
     assert values == [[1], [1], [1], [2], [2], [3]]
+
+
+def test_waiting_events_are_counted_by_status(sqlite_url: str, emulator: RunningEmulator, monkeypatch):
+    from carbonhook.cli.bootstrap import build_worker
+
+    rules = '[[rule]]\nname = "on-publication"\non = "crp.generated"\nwait_until = { "crp.status" = "published" }\nwait_for = "1d"\ncapture_lbs = 5\n'
+    monkeypatch.setattr("receiver.app.STORE_METRICS_MAX_AGE_S", 0.0)
+    emulator.state.set_crp("crp_draft_m", status="draft")
+    server, rec = start_receiver(sqlite_url)
+    settings = settings_for_test(sqlite_url, emulator)
+    runtime = build_worker(settings, rules=RulesHolder(settings.rules_file, parse_rules(rules)))
+    runtime.processor.enqueue = lambda event_id, delay: None
+    try:
+        event_id = rec.post(make_body(subject="crp_draft_m")).json()["id"]
+        assert runtime.processor.process(event_id) == "waiting"
+        after = scrape(rec.base)
+    finally:
+        runtime.close()
+        server.stop()
+    assert after[("carbonhook_events", (("status", "waiting"),))] == 1

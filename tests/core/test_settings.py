@@ -28,6 +28,30 @@ def test_fractions_of_a_second_are_accepted(monkeypatch, tmp_path):
     assert load_settings().retry_min_backoff_s == 0.25
 
 
+def test_waiting_events_are_rechecked_between_a_minute_and_four_hours_unless_set(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.wait_min_interval_s, settings.wait_max_interval_s) == (60, 14400)
+    monkeypatch.setenv("CARBONHOOK_WAIT_MIN_INTERVAL_S", "0.5")
+    monkeypatch.setenv("CARBONHOOK_WAIT_MAX_INTERVAL_S", "3")
+    settings = load_settings()
+    assert (settings.wait_min_interval_s, settings.wait_max_interval_s) == (0.5, 3)
+    monkeypatch.setenv("CARBONHOOK_WAIT_MIN_INTERVAL_S", "0")
+    with pytest.raises(SettingsError, match="CARBONHOOK_WAIT_MIN_INTERVAL_S"):
+        load_settings()
+
+
+def test_the_sandbox_rechecks_waiting_events_every_few_seconds_unless_told_otherwise(monkeypatch, tmp_path):
+    from carbonhook.cli.bootstrap import settings_for
+
+    monkeypatch.chdir(tmp_path)
+    settings = settings_for(sandbox=True)
+    assert (settings.wait_min_interval_s, settings.wait_max_interval_s) == (2, 5)
+    monkeypatch.setenv("CARBONHOOK_WAIT_MAX_INTERVAL_S", "30")
+    assert settings_for(sandbox=True).wait_max_interval_s == 30
+    assert settings_for().wait_min_interval_s == 60
+
+
 def test_a_malformed_value_names_the_variable(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CARBONHOOK_HTTP_TIMEOUT_S", "soon")

@@ -132,6 +132,26 @@ def test_ignored_events_are_replayed_one_by_one_or_by_type(api: Api):
     assert statuses == [("queued",)] * 3
 
 
+def test_waiting_events_are_listed_shown_and_replayed_to_check_now(api: Api):
+    note = "waiting for rule 'published' (crp.status is 'draft', wanted 'published')"
+    ids = [store_delivery(api.db, make_body(subject=f"crp_w{n}")) for n in range(2)]
+    store_delivery(api.db, make_body(subject="crp_other"))
+    from sqlalchemy import create_engine, text
+
+    from carbonhook.database import sync_url
+
+    engine = create_engine(sync_url(api.db))
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE events SET status = 'waiting', note = :note WHERE id IN ({ids[0]}, {ids[1]})"), {"note": note})
+    engine.dispose()
+    listed = api.call("GET", "/events", params={"status": "waiting"}).json()["events"]
+    assert [(e["id"], e["status"], e["note"]) for e in listed] == [(ids[1], "waiting", note), (ids[0], "waiting", note)]
+    assert api.call("GET", f"/events/{ids[0]}").json()["note"] == note
+    one = api.call("POST", f"/events/{ids[0]}/replay", json={"reason": "published now"})
+    assert one.json() == {"id": ids[0], "previous_status": "waiting", "status": "queued"}
+    assert api.call("POST", "/events/replay", json={"status": "waiting"}).json() == {"replayed": 1, "ids": [ids[1]]}
+
+
 def test_an_unparseable_delivery_is_listed_shown_and_parsed_again_on_replay(api: Api):
     body = b'{"event": "crp.generated", "timestamp": "06/04/2026 14:35", "data": {"id": "crp_kept"}}'
     answer = httpx.post(f"{api.base}/webhooks/carbonpass", content=body, headers=signed(body), timeout=10)

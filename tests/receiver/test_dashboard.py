@@ -502,7 +502,7 @@ def test_replaying_from_the_event_page_queues_it_and_records_who_and_why(site: S
         f"/admin/events/{failed}/replay", data={"csrf": csrf, "next": f"/admin/events/{failed}"}
     )
     assert again.status_code == 303
-    assert "only failed/succeeded/held/ignored can be replayed" in flash_in(
+    assert "only failed/succeeded/held/ignored/waiting can be replayed" in flash_in(
         site.http.get(f"/admin/events/{failed}").text
     )
 
@@ -565,6 +565,27 @@ def test_an_invalid_event_shows_why_and_its_replay_parses_it_again(site: Site):
     site.http.post("/admin/events/replay-invalid", data={"csrf": csrf})
     assert flash_in(site.http.get("/admin/events").text) == "ok: 1 invalid event queued for replay."
     assert site.enqueued == [later] and site.status(later) == "queued" and site.status(still) == "invalid"
+
+
+def test_a_waiting_event_is_counted_listed_badged_and_can_be_replayed_to_check_now(site: Site):
+    from sqlalchemy import update
+
+    waiting = add_event(site.engine, "crp_draft", "waiting")
+    note = "waiting for rule 'published' (crp.status is 'draft', wanted 'published')"
+    with site.engine.begin() as conn:
+        conn.execute(update(Event).where(Event.id == waiting).values(note=note))
+    add_event(site.engine, "crp_done", "succeeded")
+    csrf = site.sign_in()
+    overview = site.http.get("/admin").text
+    assert re.search(r'class="tile t-waiting" href="/admin/events\?status=waiting">\s*<span class="tile-count">1</span>', overview)
+    listing = site.http.get("/admin/events?status=waiting").text
+    assert '<option value="waiting"' in listing and '<span class="pill s-waiting">waiting</span>' in listing
+    assert f'href="/admin/events/{waiting}"' in listing and "crp_done" not in listing
+    assert "crp.status is &#39;draft&#39;" in listing
+    page = site.http.get(f"/admin/events/{waiting}").text
+    assert f'action="/admin/events/{waiting}/replay"' in page
+    site.http.post(f"/admin/events/{waiting}/replay", data={"csrf": csrf, "next": f"/admin/events/{waiting}"})
+    assert site.enqueued == [waiting] and site.status(waiting) == "queued"
 
 
 def test_the_events_list_filters_and_pages(site: Site):

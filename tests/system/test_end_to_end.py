@@ -102,9 +102,13 @@ def test_the_sandbox_runs_on_embedded_defaults_with_no_keys(tmp_path: Path):
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert "HTTP 202" in sent.stdout
         db = f"sqlite:///{tmp_path}/carbonhook.db"
-        wait_until(lambda: query(db, "SELECT status FROM captures") == [("captured",)], timeout=30, what="sandbox capture")
+        # The sandbox's CRPs are drafts, published 10 s later: the event waits for it.
+        wait_until(lambda: query(db, "SELECT status FROM events") == [("waiting",)], timeout=30, what="the event waiting")
+        assert query(db, "SELECT status FROM captures") == []
+        wait_until(lambda: query(db, "SELECT status FROM captures") == [("captured",)], timeout=60, what="sandbox capture")
         listed = subprocess.run([sys.executable, "-m", "carbonhook", "events", "list", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
         assert json.loads(listed.stdout)[0]["status"] == "succeeded"
+        assert query(db, "SELECT outcome FROM event_attempts ORDER BY id")[-1] == ("succeeded",)
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=30)

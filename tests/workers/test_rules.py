@@ -106,3 +106,45 @@ def test_a_catch_up_is_processed_by_every_offset_delta_rule_and_by_those_on_it()
     assert ruleset.unknown_types() == ["bill.calculated"]  # emissions.catch_up is carbonhook's own
     with pytest.raises(RulesError, match=r"a rule on emissions\.catch_up takes offset_delta"):
         parse_rules('[[rule]]\nname = "flat"\non = "emissions.catch_up"\ncapture_lbs = 5\n')
+
+
+# -- rules that wait ---------------------------------------------------------------------------
+
+WAITING_RULE = '[[rule]]\nname = "w"\non = "crp.generated"\ncapture_lbs = 1\n'
+
+
+def test_a_rule_waits_for_a_condition_in_whens_syntax_for_a_duration():
+    rule = parse_rules(WAITING_RULE + 'wait_until = { "crp.status" = "published", "crp.sections.actions" = { exists = true } }\nwait_for = "14d"\n').rules[0]
+    assert rule.wait_until == {"crp.status": "published", "crp.sections.actions": {"exists": True}}
+    assert rule.wait_for_s == 14 * 86400
+    assert rule.sources() == {"crp"}
+
+
+def test_a_rule_without_wait_waits_for_nothing():
+    assert parse_rules(WAITING_RULE).rules[0].wait_for_s == 0.0
+
+
+@pytest.mark.parametrize(("wait_for", "seconds"), [("45s", 45), ("30m", 1800), ("12h", 43200), ("90d", 90 * 86400)])
+def test_wait_for_reads_seconds_minutes_hours_and_days(wait_for, seconds):
+    text = WAITING_RULE + f'wait_until = {{ "crp.status" = "published" }}\nwait_for = "{wait_for}"\n'
+    assert parse_rules(text).rules[0].wait_for_s == seconds
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        ('wait_until = { "crp.status" = "published" }\n', "wait_until and wait_for go together"),
+        ('wait_for = "1d"\n', "wait_until and wait_for go together"),
+        ('wait_until = {}\nwait_for = "1d"\n', "wait_until needs at least one condition"),
+        ('wait_until = { "crp.status" = { like = "p" } }\nwait_for = "1d"\n', "field 'wait_until': 'crp.status': unknown operator"),
+        ('wait_until = { "bill.status" = "x" }\nwait_for = "1d"\n', "field 'wait_until': 'bill.status': a dotted path starts with one of"),
+        ('wait_until = { "crp.status" = { in = "published" } }\nwait_for = "1d"\n', "'in' takes a list"),
+        ('wait_until = { "crp.status" = "published" }\nwait_for = "2 weeks"\n', "field 'wait_for': '2 weeks' is not a duration"),
+        ('wait_until = { "crp.status" = "published" }\nwait_for = "0d"\n', "is not a duration"),
+        ('wait_until = { "crp.status" = "published" }\nwait_for = "91d"\n', "longer than the longest wait, 90d"),
+        ('wait_until = { "crp.status" = "published" }\nwait_for = 14\n', "field 'wait_for'"),
+    ],
+)
+def test_a_wait_that_is_not_right_is_a_clear_error(lines, says):
+    with pytest.raises(RulesError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        parse_rules(WAITING_RULE + lines, path="rules.toml")

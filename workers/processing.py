@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from carbonhook import notices
 from carbonhook.capture_rows import CaptureRow
 from carbonhook.errors import (
     NotVisibleYet,
@@ -19,6 +20,7 @@ from carbonhook.errors import (
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, SUBJECT_ID
 from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
+from carbonhook.notices import Notice
 from carbonhook.schema import utcnow
 from carbonhook.settings import Settings
 from carbonhook.statuses import CaptureStatus, EventStatus
@@ -96,7 +98,8 @@ class Processor:
         except Exception as exc:  # a bug or an outage we did not foresee: keep the event, retry
             log.exception("event %s: unexpected error", event.id)
             return self._retry(event, RetryableError(f"unexpected {type(exc).__name__}: {exc}"))
-        if not self.store.finish(event, status, note=note):
+        notice = self._first_of_type(event) if status == EventStatus.IGNORED else None
+        if not self.store.finish(event, status, note=note, notice=notice):
             if self.ledger.open_count(event.id):
                 # Never `succeeded` over an open capture: the database refused; look again.
                 return self._retry(
@@ -120,6 +123,13 @@ class Processor:
         elapsed = (utcnow() - event.received_at).total_seconds()
         metrics().processing_seconds.labels(event.type, status).observe(max(0.0, elapsed))
 
+    def _first_of_type(self, event: ClaimedEvent) -> Notice | None:
+        """The notification of a type no rule names, unless this process has seen the type
+        (the outbox keeps one per type ever: this only spares it the statement)."""
+        with self._ignored_lock:
+            seen = event.type in self._ignored_types
+        return None if seen else notices.ignored_type(event.type, event.id)
+
     def _ignored(self, event_type: str) -> None:
         """Count an event ignored for its type, and say so once per type (per process)."""
         metrics().events_ignored.labels(event_type).inc()
@@ -137,7 +147,13 @@ class Processor:
             )
 
     def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
-        self.store.finish(event, EventStatus.FAILED, error=error, http_status=http_status)
+        self.store.finish(
+            event,
+            EventStatus.FAILED,
+            error=error,
+            http_status=http_status,
+            notice=notices.failed(event.id, event.token, event.type, error),
+        )
         self._observe(event, EventStatus.FAILED)
         log.warning(
             "event %s failed: %s",

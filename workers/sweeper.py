@@ -1,5 +1,6 @@
 """The sweeper: finds events the queue may have lost and hands them to it again, and every
-`CARBONHOOK_AUDIT_INTERVAL_S` audits the ledger against 1ClickImpact (workers/audit.py)."""
+`CARBONHOOK_AUDIT_INTERVAL_S` audits the ledger against 1ClickImpact (workers/audit.py); after
+each sweep it sends the notifications due (workers/notifier.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Sweeper:
         lease_s: float,
         audit: Callable[[], Any] | None = None,
         audit_interval_s: float = 300.0,
+        notify: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.enqueue = enqueue
@@ -35,6 +37,7 @@ class Sweeper:
         self.lease_s = lease_s
         self.audit = audit
         self.audit_interval_s = audit_interval_s
+        self.notify = notify  # workers/notifier.py: after each sweep, in this thread
         self._next_audit = time.monotonic() + min(audit_interval_s, 60.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="carbonhook-sweeper", daemon=True)
@@ -64,6 +67,11 @@ class Sweeper:
                 self.sweep_once()
             except Exception as exc:  # database or broker down: try again next period
                 log.warning("sweep failed: %s", exc)
+            if self.notify is not None:
+                try:
+                    self.notify()
+                except Exception as exc:  # the database down: the outbox keeps every row
+                    log.warning("sending notifications failed: %s", exc)
             if self.audit is not None and time.monotonic() >= self._next_audit:
                 self._next_audit = time.monotonic() + self.audit_interval_s
                 try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from carbonhook.store import EventStore
 
 if TYPE_CHECKING:
     import dramatiq
+    from sqlalchemy import Engine
     from starlette.applications import Starlette
     from starlette.routing import BaseRoute
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from receiver.app import Services
     from receiver.lockout import Lockout
     from receiver.pages import RulesInfo
+    from workers.notifier import Notifier
     from workers.rules import RulesHolder
     from workers.runtime import WorkerRuntime
 
@@ -120,6 +123,12 @@ def build_worker(
         processor.impact,
         settle_s=settings.reconcile_after_s,
     )
+
+    def limits() -> tuple[int | None, int | None]:
+        held = rules().file.limits
+        return held.max_lbs_per_day, held.max_lbs_per_month
+
+    notifier = build_notifier(settings, engine=engine, limits=limits)
     sweeper = Sweeper(
         processor.store,
         lambda ids: enqueue_events(broker, ids),
@@ -127,6 +136,7 @@ def build_worker(
         lease_s=settings.lease_s,
         audit=auditor.run,
         audit_interval_s=settings.audit_interval_s,
+        notify=notifier.run,
     )
     return WorkerRuntime(
         processor=processor,
@@ -153,6 +163,33 @@ def build_auditor(settings: Settings) -> Any:
         timeout_s=settings.http_timeout_s,
     )
     return Auditor(Ledger(engine), AuditLog(engine), impact, settle_s=settings.reconcile_after_s)
+
+
+def build_notifier(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    limits: Callable[[], tuple[int | None, int | None]] | None = None,
+) -> Notifier:
+    """The sender of the outbox's notifications (in each sweeper; `carbonhook notify`);
+    without `engine`, close its `client` and dispose of its outbox's engine when done."""
+    import httpx
+
+    from carbonhook.outbox import Outbox
+    from workers.notifier import Destination, Notifier
+
+    if engine is None:
+        engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
+    return Notifier(
+        outbox=Outbox(engine),
+        destinations=tuple(Destination(url.get_secret_value()) for url in settings.notify_url),
+        client=httpx.Client(timeout=settings.http_timeout_s, follow_redirects=False),
+        public_url=settings.public_url,
+        secrets=settings.secret_values,
+        digest_at=settings.notify_digest,
+        limits=limits or (lambda: (None, None)),
+        settle_s=settings.reconcile_after_s,
+    )
 
 
 # -- admins ---------------------------------------------------------------------------------

@@ -4,11 +4,14 @@ and fail in CI (`service_missing`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +338,49 @@ class Harness:
             assert time.monotonic() < deadline, self.status(event_id)
             time.sleep(0.2)
             self.due_now(event_id)
+
+
+# -- a webhook receiver for notifications ----------------------------------------------------
+
+
+class Catcher:
+    """A local webhook receiver: keeps every JSON body it is sent, answers `status`."""
+
+    def __init__(self, port: int | None = None, status: int = 200) -> None:
+        self.port = port or free_port()
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/T000/B000/secretpath"
+
+    def start(self) -> Catcher:
+        catcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with catcher._lock:
+                    catcher.bodies.append(json.loads(raw))
+                    catcher.paths.append(self.path)
+                self.send_response(catcher.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -144,6 +144,7 @@ def build_worker(
         sweeper=sweeper,
         rules=rules,
         threads=threads or settings.worker_threads,
+        notifier=notifier,
     )
 
 

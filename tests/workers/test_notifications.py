@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,9 +16,9 @@ from tests.support import (
     CP_KEY,
     IMPACT_KEY,
     SECRET,
+    Catcher,
     Harness,
     RunningEmulator,
-    free_port,
     keep_invalid,
     make_body,
     query,
@@ -37,49 +36,6 @@ capture_lbs = 500
 customer_email = "esg@example.com"
 """
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
-
-
-class Catcher:
-    """A local webhook receiver: keeps every JSON body it is sent, answers `status`."""
-
-    def __init__(self, port: int | None = None, status: int = 200) -> None:
-        self.port = port or free_port()
-        self.status = status
-        self.bodies: list[dict[str, Any]] = []
-        self.paths: list[str] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/T000/B000/secretpath"
-
-    def start(self) -> Catcher:
-        catcher = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with catcher._lock:
-                    catcher.bodies.append(json.loads(raw))
-                    catcher.paths.append(self.path)
-                self.send_response(catcher.status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 @pytest.fixture
@@ -103,7 +59,7 @@ def harness(db_url: str, emulator: RunningEmulator, catcher: Catcher) -> Iterato
 
 
 def notifier(harness: Harness) -> Any:
-    return harness.runtime.sweeper.notify.__self__  # type: ignore[union-attr]
+    return harness.runtime.notifier
 
 
 def notes(db: str, kind: str | None = None) -> list[tuple[Any, ...]]:
@@ -336,3 +292,20 @@ def test_no_notification_carries_a_secret_a_key_a_token_or_a_payload(harness: Ha
         assert secret not in sent
     tokens = [row[0] for row in query(harness.db, "SELECT attempt_token FROM events WHERE attempt_token IS NOT NULL")]
     assert tokens and not any(token in sent for token in tokens)
+
+
+def test_the_running_sweeper_sends_what_a_worker_wrote(db_url: str, emulator: RunningEmulator, catcher: Catcher):
+    from tests.support import wait_until
+
+    harness = make_harness(db_url, emulator, catcher.url, sweep_interval_s=0.1)
+    try:
+        harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 400, "times": 1})
+        event_id = harness.deliver(make_body())
+        assert harness.processor.process(event_id) == "failed"
+        harness.runtime.sweeper.start()
+        wait_until(lambda: catcher.bodies, what="the notification to arrive")
+    finally:
+        harness.runtime.sweeper.stop()
+        harness.runtime.close()
+    [body] = catcher.bodies
+    assert (body["kind"], body["event_id"]) == ("failed", event_id) and "HTTP 400" in body["reason"]

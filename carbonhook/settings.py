@@ -28,6 +28,7 @@ MAKE_ONE = "make a real one with `openssl rand -hex 32`"
 ADMIN_NAME = re.compile(r"[\w.@+$-]{1,64}")
 DEFAULT_ADMIN = "admin"  # the name of CARBONHOOK_ADMIN_TOKEN's admin
 # When the daily digest is written (CARBONHOOK_NOTIFY_DIGEST), UTC.
+EMAIL_ADDRESS = re.compile(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+")
 DIGEST_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 
 
@@ -89,21 +90,16 @@ class Settings(BaseSettings):
     intake_pool_size: int = Field(default=32, gt=0)
     worker_threads: int = Field(default=8, gt=0)
     notify_url: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    smtp_url: SecretUrl | None = None
+    notify_email: Annotated[tuple[str, ...], NoDecode] = ()
     public_url: str | None = None
     notify_digest: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("webhook_secrets", mode="before")
+    @field_validator("webhook_secrets", "notify_url", "notify_email", mode="before")
     @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("notify_url", mode="before")
-    @classmethod
-    def _split_urls(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -116,6 +112,27 @@ class Settings(BaseSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 # The URL itself is a secret (a Slack webhook's path is its key): not shown.
                 raise ValueError("each URL must be http:// or https:// with a host")
+        return value
+
+    @field_validator("notify_email")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            if not EMAIL_ADDRESS.fullmatch(address):
+                raise ValueError(f"{address[:100]!r} is not an e-mail address")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretUrl | None) -> SecretUrl | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(
+                f"{mask_password(value.get_secret_value())!r} is not smtp://host[:port] or "
+                "smtps://host[:port] (user and password in it if the server wants them)"
+            )
         return value
 
     @field_validator("public_url")
@@ -254,6 +271,9 @@ class Settings(BaseSettings):
         found = [s.get_secret_value() for s in self.webhook_secrets]
         found += [s.get_secret_value() for s in self.admins.values()]
         found += [s.get_secret_value() for s in self.notify_url]
+        if self.smtp_url is not None:
+            password = urlsplit(self.smtp_url.get_secret_value()).password
+            found += [password] if password else []
         for key in (self.carbonpass_api_key, self.impact_api_key):
             if key is not None:
                 found.append(key.get_secret_value())

@@ -1,23 +1,22 @@
-"""Sending the outbox's notifications (carbonhook/outbox.py) to operators' webhooks, from the
+"""Sending the outbox's notifications (carbonhook/outbox.py) to operators (webhooks, e-mail:
+workers/destinations.py), from the
 sweeper's thread: never from a worker's, so a slow or dead receiver never holds up an event.
 
-Each destination gets a JSON POST with Slack's `text` and the structured fields beside it
-(carbonhook/notices.py); a 2xx answer is taken, anything else is tried again with exponential
+Each destination gets the message (carbonhook/notices.py: Slack's `text` and the structured
+fields beside it); what a destination takes is done, anything else is tried again with exponential
 backoff and jitter, and a notification still not taken by every destination `give_up_s` after
 it was written is given up with a log line and a metric.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,6 +25,7 @@ from carbonhook.metrics import metrics
 from carbonhook.notices import redact
 from carbonhook.outbox import ClaimedNotification, Outbox
 from carbonhook.schema import utcnow
+from workers.destinations import Destination
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +34,6 @@ MAX_BACKOFF_S = 6 * 3600.0
 GIVE_UP_S = 3 * 86400.0
 # At most this many notifications per sweep: the sweeper has events to hand over too.
 PER_PASS = 50
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """One webhook URL (`CARBONHOOK_NOTIFY_URL`). Its path is often its key (Slack's is), so
-    it is shown and stored by `shown` and `key`, never in full."""
-
-    url: str = field(repr=False)
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
-
-    @property
-    def shown(self) -> str:
-        parts = urlsplit(self.url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-        hidden = "/***" if parts.path.strip("/") or parts.query else ""
-        return f"{parts.scheme}://{host}{port}{hidden}"
-
-
-def refusal(status_code: int) -> str | None:
-    """What a destination's answer means: None when it took the message."""
-    return None if 200 <= status_code < 300 else f"HTTP {status_code}"
 
 
 def backoff_s(
@@ -77,7 +52,8 @@ class Notifier:
 
     outbox: Outbox
     destinations: tuple[Destination, ...]
-    client: httpx.Client
+    client: httpx.Client  # the webhooks' (closed with the worker)
+    timeout_s: float = 10.0  # of each destination's send
     public_url: str | None = None
     secrets: tuple[str, ...] = ()
     digest_at: str | None = None  # HH:MM, UTC
@@ -100,7 +76,7 @@ class Notifier:
         if not self.destinations:
             self.outbox.drop_due()
             return 0
-        lease_s = 60.0 + 2 * len(self.destinations) * (self.client.timeout.read or 10.0)
+        lease_s = 60.0 + 2 * len(self.destinations) * self.timeout_s
         down: dict[str, str] = {}  # destinations that failed this pass: not tried again in it
         done = 0
         for _ in range(limit):
@@ -158,13 +134,9 @@ class Notifier:
         return notices.message(kind, fields, public_url=self.public_url, secrets=self.secrets)
 
     def post(self, destination: Destination, body: dict[str, Any]) -> str | None:
-        """POST `body` to `destination`; None if it took it, else why not (never its URL)."""
-        try:
-            response = self.client.post(destination.url, json=body)
-        except httpx.HTTPError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            return str(redact(reason, (destination.url, *self.secrets)))[:300]
-        return refusal(response.status_code)
+        """Send `body` to `destination`; None if it took it, else why not (no secret)."""
+        error = destination.send(body)
+        return None if error is None else str(redact(error, self.secrets))
 
     def write_digest_if_due(self) -> bool:
         """Once per UTC day, at or after `digest_at`: the digest, written once whatever the

@@ -177,14 +177,24 @@ def build_notifier(
     import httpx
 
     from carbonhook.outbox import Outbox
-    from workers.notifier import Destination, Notifier
+    from workers.destinations import destinations_of
+    from workers.notifier import Notifier
 
     if engine is None:
         engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
+    client = httpx.Client(timeout=settings.http_timeout_s, follow_redirects=False)
+    smtp_url = settings.smtp_url.get_secret_value() if settings.smtp_url is not None else None
     return Notifier(
         outbox=Outbox(engine),
-        destinations=tuple(Destination(url.get_secret_value()) for url in settings.notify_url),
-        client=httpx.Client(timeout=settings.http_timeout_s, follow_redirects=False),
+        destinations=destinations_of(
+            [url.get_secret_value() for url in settings.notify_url],
+            client,
+            smtp_url=smtp_url,
+            emails=settings.notify_email,
+            timeout_s=settings.http_timeout_s,
+        ),
+        client=client,
+        timeout_s=settings.http_timeout_s,
         public_url=settings.public_url,
         secrets=settings.secret_values,
         digest_at=settings.notify_digest,

@@ -14,7 +14,10 @@ def notify_test(args: argparse.Namespace) -> int:
     notifier = build_notifier(settings_for())
     try:
         if not notifier.destinations:
-            raise SettingsError("CARBONHOOK_NOTIFY_URL is required but not set")
+            raise SettingsError(
+                "no destination: set CARBONHOOK_NOTIFY_URL, or CARBONHOOK_SMTP_URL and "
+                "CARBONHOOK_NOTIFY_EMAIL"
+            )
         results = notifier.send_test()
     finally:
         notifier.client.close()

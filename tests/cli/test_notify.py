@@ -54,7 +54,7 @@ def test_notify_test_without_a_destination_says_which_variable_is_missing(
 ):
     monkeypatch.delenv("CARBONHOOK_NOTIFY_URL", raising=False)
     assert main(["notify", "test"]) == 2
-    assert "CARBONHOOK_NOTIFY_URL is required" in capsys.readouterr().err
+    assert "no destination: set CARBONHOOK_NOTIFY_URL" in capsys.readouterr().err
 
 
 def test_a_notify_url_that_is_not_http_is_refused_without_showing_it(

@@ -309,3 +309,56 @@ def test_the_running_sweeper_sends_what_a_worker_wrote(db_url: str, emulator: Ru
         harness.runtime.close()
     [body] = catcher.bodies
     assert (body["kind"], body["event_id"]) == ("failed", event_id) and "HTTP 400" in body["reason"]
+
+
+def test_notifications_go_by_e_mail_too_without_the_smtp_password(db_url: str, emulator: RunningEmulator, catcher: Catcher):
+    import base64
+
+    from tests.support import SmtpCatcher
+
+    smtp = SmtpCatcher().start()
+    harness = make_harness(
+        db_url,
+        emulator,
+        catcher.url,
+        smtp_url=f"smtp://ops:smtp-pass-0912@127.0.0.1:{smtp.port}?from=carbonhook@example.com",
+        notify_email="oncall@example.com,esg@example.com",
+    )
+    try:
+        harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 400, "times": 1})
+        event_id = harness.deliver(make_body())
+        assert harness.processor.process(event_id) == "failed"
+        assert notifier(harness).run() == 1
+        assert notifier(harness).run() == 0
+    finally:
+        smtp.stop()
+        harness.runtime.close()
+    [mail] = smtp.messages
+    assert mail["from"] == "<carbonhook@example.com>"
+    assert mail["to"] == ["<oncall@example.com>", "<esg@example.com>"]
+    assert f"Subject: carbonhook: event {event_id} (crp.generated) failed" in mail["data"]
+    assert "HTTP 400" in mail["data"] and "smtp-pass-0912" not in mail["data"]
+    assert base64.b64decode(smtp.logins[0]) == b"\0ops\0smtp-pass-0912"
+    assert len(catcher.bodies) == 1 and "smtp-pass-0912" not in json.dumps(catcher.bodies)
+
+
+def test_an_smtp_server_that_is_down_leaves_the_e_mail_to_try_again_and_the_webhook_sent_once(
+    db_url: str, emulator: RunningEmulator, catcher: Catcher
+):
+    from tests.support import SmtpCatcher
+
+    smtp = SmtpCatcher()  # not listening yet
+    harness = make_harness(db_url, emulator, catcher.url, smtp_url=f"smtp://127.0.0.1:{smtp.port}", notify_email="oncall@example.com")
+    try:
+        notifier(harness).min_backoff_s = 0.0
+        harness.emulator.control("faults", {"endpoint": "capture_carbon", "status": 400, "times": 1})
+        assert harness.processor.process(harness.deliver(make_body())) == "failed"
+        assert notifier(harness).run() == 0
+        [(error,)] = query(harness.db, "SELECT last_error FROM notifications")
+        assert error.startswith(f"smtp://127.0.0.1:{smtp.port} to oncall@example.com: ConnectionRefusedError")
+        smtp.start()
+        assert notifier(harness).run() == 1
+    finally:
+        smtp.stop()
+        harness.runtime.close()
+    assert len(catcher.bodies) == 1 and len(smtp.messages) == 1

@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -228,10 +228,11 @@ class Outbox:
             ).first()
         return found is not None
 
-    def digest_figures(self, day: str) -> tuple[dict[str, int], dict[str, int]]:
-        """Events received in the 24 hours before now by status, and the pounds reserved on
-        `day` and in its month (the spend windows' own names)."""
-        since = utcnow() - timedelta(days=1)
+    def digest_figures(self, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+        """Events received in the 24 hours before `now` by status, and the pounds of CO2
+        reserved on its UTC day and in its month (the spend windows' own names)."""
+        since = now - timedelta(days=1)
+        day = now.astimezone(UTC).date().isoformat()
         with self.engine.connect() as conn:
             events = {
                 status: int(count)

@@ -149,7 +149,7 @@ class Notifier:
         day = now.date().isoformat()
         if self.outbox.has(f"digest:{day}"):
             return False
-        events, spent = self.outbox.digest_figures(day)
+        events, spent = self.outbox.digest_figures(now)
         day_limit, month_limit = self.limits()
         spend = {**spent, "day_limit_lbs": day_limit, "month_limit_lbs": month_limit}
         self.outbox.write_one(notices.digest(day, events, spend))

@@ -259,7 +259,8 @@ def test_without_a_destination_what_is_due_is_dropped_not_kept_for_a_later_one(d
 
 
 def test_the_digest_is_written_once_a_day_after_its_time(db_url: str, emulator: RunningEmulator, catcher: Catcher):
-    now = [datetime(2026, 12, 6, 7, 59, tzinfo=UTC)]
+    today = datetime.now(UTC).replace(second=0, microsecond=0)
+    now = [today.replace(hour=7, minute=59)]
     harness = make_harness(db_url, emulator, catcher.url, notify_digest="08:00")
     try:
         sender = notifier(harness)
@@ -274,9 +275,10 @@ def test_the_digest_is_written_once_a_day_after_its_time(db_url: str, emulator: 
     finally:
         harness.runtime.close()
     [body] = catcher.bodies
-    assert body["kind"] == "digest" and body["day"] == "2026-12-06"
+    assert body["kind"] == "digest" and body["day"] == today.date().isoformat()
     assert body["events"] == {"succeeded": 1}
-    assert body["spend"]["day_limit_lbs"] == 600 and "of 600" in body["text"]
+    assert body["spend"] == {"day_lbs": 500, "month_lbs": 500, "day_limit_lbs": 600, "month_limit_lbs": None}
+    assert "this day: 500 of 600" in body["text"] and "this month: 500 (no limit)" in body["text"]
 
 
 def test_no_notification_carries_a_secret_a_key_a_token_or_a_payload(harness: Harness, catcher: Catcher):

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, or_, select, update
 
-from carbonhook import spend
+from carbonhook import notices, outbox, spend
 from carbonhook.captures import Impact
 from carbonhook.clock import db_now, seconds_since
 from carbonhook.database import insert_ignore
@@ -168,13 +168,23 @@ class AuditLog:
         return done is None
 
     def end_reversal(self, user_id: str, time_utc: str, *, error: str | None = None) -> None:
+        """Record the cancel's answer; the first success is told to operators with it."""
         values = {"error": error} if error else {"cancelled_at": utcnow(), "error": None}
+        which = [Reversal.user_id == user_id, Reversal.time_utc == time_utc]
+        if not error:
+            which.append(Reversal.cancelled_at.is_(None))
         with self.engine.begin() as conn:
-            conn.execute(
-                update(Reversal)
+            if not conn.execute(update(Reversal).where(*which).values(values)).rowcount or error:
+                return
+            found = conn.execute(
+                select(Reversal.capture_id, Capture.event_id)
+                .join(Capture, Capture.id == Reversal.capture_id)
                 .where(Reversal.user_id == user_id, Reversal.time_utc == time_utc)
-                .values(values)
-            )
+            ).first()
+            if found is not None:
+                capture_id, event_id = found
+                notice = notices.reversed_duplicate(capture_id, event_id, user_id, time_utc)
+                outbox.write(conn, notice)
 
     def reversed_impacts(self) -> set[tuple[str, str]]:
         """Every impact reversed (or being reversed) as a duplicate."""

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import Engine, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from carbonhook import spend
+from carbonhook import notices, outbox, spend
 from carbonhook.attempts import (
     BEGIN_AND_RESERVE,
     begin_attempt_alone,
@@ -222,8 +222,11 @@ class Ledger(Decisions):
                     raise _OverLimit
         except _OverLimit:
             with self.engine.begin() as conn:
-                held = conn.execute(hold_statement(), params)
-                return AttemptStart("held" if held.rowcount else "busy")
+                if not conn.execute(hold_statement(), params).rowcount:
+                    return AttemptStart("busy")
+                notice = notices.held(row.id, token, row.event_id, row.rule, row.amount, row.action)
+                outbox.write(conn, notice)
+                return AttemptStart("held")
         return AttemptStart("go", token)
 
     def signature_unknown(self, row: CaptureRow) -> bool:

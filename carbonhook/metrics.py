@@ -48,6 +48,7 @@ class Metrics:
     reversals: Counter
     audit_discrepancies: Gauge
     metrics_errors: Counter
+    notifications: Counter
 
 
 @functools.cache
@@ -102,6 +103,12 @@ def metrics() -> Metrics:
             "carbonhook_metrics_errors",
             "Scrapes answered without a source's figures because it could not be read",
             ["source"],
+        ),
+        notifications=Counter(
+            "carbonhook_notifications",
+            "Notifications to operators by kind and outcome: sent (every destination took it), "
+            "failed (one destination's attempt, tried again later), given_up",
+            ["kind", "outcome"],
         ),
     )
     for source in ("database", "counters"):

@@ -27,6 +27,9 @@ MAKE_ONE = "make a real one with `openssl rand -hex 32`"
 # command (or its `--as`). Kept in the audit columns (64 wide); `=` and `,` separate the setting.
 ADMIN_NAME = re.compile(r"[\w.@+$-]{1,64}")
 DEFAULT_ADMIN = "admin"  # the name of CARBONHOOK_ADMIN_TOKEN's admin
+# When the daily digest is written (CARBONHOOK_NOTIFY_DIGEST), UTC.
+EMAIL_ADDRESS = re.compile(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+")
+DIGEST_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 
 
 class SecretUrl(SecretStr):
@@ -91,15 +94,70 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, gt=0)
     intake_pool_size: int = Field(default=32, gt=0)
     worker_threads: int = Field(default=8, gt=0)
+    notify_url: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    smtp_url: SecretUrl | None = None
+    notify_email: Annotated[tuple[str, ...], NoDecode] = ()
+    public_url: str | None = None
+    notify_digest: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("webhook_secrets", mode="before")
+    @field_validator("webhook_secrets", "notify_url", "notify_email", mode="before")
     @classmethod
-    def _split_secrets(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("notify_url")
+    @classmethod
+    def _web_urls(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for url in value:
+            parts = urlsplit(url.get_secret_value())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # The URL itself is a secret (a Slack webhook's path is its key): not shown.
+                raise ValueError("each URL must be http:// or https:// with a host")
+        return value
+
+    @field_validator("notify_email")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            if not EMAIL_ADDRESS.fullmatch(address):
+                raise ValueError(f"{address[:100]!r} is not an e-mail address")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretUrl | None) -> SecretUrl | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(
+                f"{mask_password(value.get_secret_value())!r} is not smtp://host[:port] or "
+                "smtps://host[:port] (user and password in it if the server wants them)"
+            )
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value[:100]!r} is not an http:// or https:// URL")
+        return value.strip().rstrip("/")
+
+    @field_validator("notify_digest")
+    @classmethod
+    def _digest_time(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not DIGEST_TIME.fullmatch(value.strip()):
+            raise ValueError(f"{value[:20]!r} is not a UTC time HH:MM (00:00 to 23:59)")
+        return value.strip()
 
     @field_validator("admin_token")
     @classmethod
@@ -211,6 +269,20 @@ class Settings(BaseSettings):
     @property
     def secret_bytes(self) -> tuple[bytes, ...]:
         return tuple(s.get_secret_value().encode() for s in self.webhook_secrets)
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret the settings hold, for what must never show one (notifications)."""
+        found = [s.get_secret_value() for s in self.webhook_secrets]
+        found += [s.get_secret_value() for s in self.admins.values()]
+        found += [s.get_secret_value() for s in self.notify_url]
+        if self.smtp_url is not None:
+            password = urlsplit(self.smtp_url.get_secret_value()).password
+            found += [password] if password else []
+        for key in (self.carbonpass_api_key, self.impact_api_key):
+            if key is not None:
+                found.append(key.get_secret_value())
+        return tuple(value for value in found if value)
 
     @property
     def admins(self) -> dict[str, SecretStr]:

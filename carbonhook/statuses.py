@@ -45,6 +45,28 @@ class CaptureStatus(StrEnum):
     SUPERSEDED = "superseded"
 
 
+class NotificationStatus(StrEnum):
+    """A notification (carbonhook/outbox.py): `pending` until every destination took it,
+    then `sent`; `given_up` after its retries ran out; `dropped` when no destination was
+    configured to take it (a destination configured later gets nothing stale)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    GIVEN_UP = "given_up"
+    DROPPED = "dropped"
+
+
+class NotificationKind(StrEnum):
+    HELD = "held"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    REVERSED = "reversed"
+    INVALID = "invalid"
+    IGNORED_TYPE = "ignored_type"
+    DIGEST = "digest"
+    TEST = "test"
+
+
 # An admin may send these events through the workers again (an `ignored` one once a rule is on
 # its type; a `waiting` one to check its condition now rather than at the next re-check).
 REPLAYABLE_EVENTS = (

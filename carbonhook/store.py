@@ -27,9 +27,11 @@ from sqlalchemy import (
     update,
 )
 
+from carbonhook import outbox
 from carbonhook.clock import db_now, seconds_since
 from carbonhook.database import DriverStatement
 from carbonhook.event_queries import EventQueries
+from carbonhook.notices import Notice
 from carbonhook.schema import Capture, Event, EventAttempt, UTCDateTime, utcnow
 from carbonhook.statuses import OPEN_CAPTURES, EventStatus
 
@@ -187,12 +189,14 @@ class EventStore(EventQueries):
         error: str | None = None,
         note: str | None = None,
         http_status: int | None = None,
+        notice: Notice | None = None,
     ) -> bool:
         """End an attempt with a final status (succeeded, failed, held); False if the lease was
         lost, or, for `succeeded`, while a capture of the event is still `pending` or
-        `unknown` (the database refuses: an event never succeeds over an open capture)."""
+        `unknown` (the database refuses: an event never succeeds over an open capture).
+        `notice` goes to the outbox in the same transaction, only if the attempt ended."""
         extra = {"note": note, "lease_until": None}
-        return self._end_attempt(event, status, error, http_status, extra)
+        return self._end_attempt(event, status, error, http_status, extra, notice=notice)
 
     def retry_later(
         self,
@@ -240,6 +244,7 @@ class EventStore(EventQueries):
         http_status: int | None,
         extra: dict[str, Any],
         outcome: str | None = None,
+        notice: Notice | None = None,
     ) -> bool:
         values = {"status": status, "last_error": error, **extra}
         params = {f"new_{key}": value for key, value in values.items() if key not in _SET_IN_SQL}
@@ -254,12 +259,15 @@ class EventStore(EventQueries):
         # Only the holder of the attempt's token may end it: a worker whose lease expired and
         # was taken over must not overwrite the newer attempt's state.
         guarded = status == EventStatus.SUCCEEDED
-        if self.engine.dialect.name == "postgresql":  # one statement, one round trip
+        if notice is None and self.engine.dialect.name == "postgresql":
+            # one statement, one round trip
             ended = _end_and_record_statement(tuple(values), guarded)
             return bool(ended.run(self.engine, params | attempt).rowcount)
         with self.engine.begin() as conn:
             if conn.execute(_end_attempt_statement(tuple(values), guarded), params).rowcount:
                 conn.execute(_RECORD_ATTEMPT, {"event_id": event.id, **attempt})
+                if notice is not None:
+                    outbox.write(conn, notice)
                 return True
         return False
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from carbonhook.database import create_intake_engine, describe_error, is_sqlite
 from carbonhook.errors import InvalidDelivery, StoreUnavailable
+from carbonhook.outbox import invalid_note_sql
 from carbonhook.schema import UTCDateTime, sqlite_event_ts, utcnow
 from carbonhook.statuses import EventStatus
 from receiver.events import Delivery, parse_delivery
@@ -66,9 +67,12 @@ _FIND = text(f"SELECT id, 0 FROM events WHERE {_IDENTITY}")
 # ON CONFLICT without a target: the conflict is on that partial unique index.
 _KEPT_COLUMNS = f"{_COLUMNS}, last_error, body_sha256"
 _KEPT_VALUES = "'', :sha256, :now, :now, :body, :status, 0, :now, :now, :reason, :sha256"
+# A new one is told to operators in the same statement (carbonhook/outbox.py); the valid
+# delivery's statements above write nothing more.
+_NOTE_INVALID_PG = invalid_note_sql(event_id="id", now=":now") + " FROM ins ON CONFLICT DO NOTHING"
 _KEEP_PG = text(
     f"WITH ins AS (INSERT INTO events ({_KEPT_COLUMNS}) VALUES ({_KEPT_VALUES}) "
-    "ON CONFLICT DO NOTHING RETURNING id) "
+    f"ON CONFLICT DO NOTHING RETURNING id), note AS ({_NOTE_INVALID_PG}) "
     "SELECT id, true AS created FROM ins "
     "UNION ALL SELECT id, false FROM events WHERE body_sha256 = :sha256 LIMIT 1"
 )
@@ -77,6 +81,10 @@ _KEEP_SQLITE = text(
     "ON CONFLICT DO NOTHING RETURNING id, 1"
 )
 _FIND_KEPT = text("SELECT id, 0 FROM events WHERE body_sha256 = :sha256")
+# SQLite has no writing CTE: the notification is the second statement of one transaction.
+_NOTE_INVALID_SQLITE = text(
+    invalid_note_sql(event_id=":event_id", now=":now") + " ON CONFLICT DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +160,8 @@ _PG_FIND = "SELECT id, false FROM events WHERE type = $1 AND subject_id = $2 AND
 _PG_KEEP = (
     f"WITH ins AS (INSERT INTO events ({_KEPT_COLUMNS}) "
     "VALUES ('', $1, $2, $2, $3, $4, 0, $2, $2, $5, $1) "
-    "ON CONFLICT DO NOTHING RETURNING id) "
+    "ON CONFLICT DO NOTHING RETURNING id), "
+    f"note AS ({invalid_note_sql(event_id='id', now='$2')} FROM ins ON CONFLICT DO NOTHING) "
     "SELECT id, true AS created FROM ins "
     "UNION ALL SELECT id, false FROM events WHERE body_sha256 = $1 LIMIT 1"
 )
@@ -263,7 +272,32 @@ class SqlIntake:
             "status": EventStatus.INVALID.value,
             "reason": reason,
         }
-        return await self._store(self._keep, _FIND_KEPT, params)
+        if self._postgres:
+            return await self._store(self._keep, _FIND_KEPT, params)
+        return await self._keep_sqlite(params)
+
+    async def _keep_sqlite(self, params: dict[str, Any]) -> Recorded:
+        """The invalid event and its notification in one transaction (the engine autocommits:
+        the transaction is opened by hand)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("BEGIN IMMEDIATE"))
+                try:
+                    row = (await conn.execute(self._keep, params)).first()
+                    if row is None:
+                        row = (await conn.execute(_FIND_KEPT, params)).first()
+                    else:
+                        note = {"event_id": int(row[0]), "now": params["now"]}
+                        await conn.execute(_NOTE_INVALID_SQLITE, note)
+                    await conn.execute(text("COMMIT"))
+                except BaseException:
+                    await conn.execute(text("ROLLBACK"))
+                    raise
+        except DataError as exc:
+            raise InvalidDelivery("the delivery holds a value the event store cannot keep") from exc
+        except (OperationalError, DBAPIError, PoolTimeout, OSError) as exc:
+            raise StoreUnavailable(describe_error(exc)) from exc
+        return _recorded(row)
 
     async def _store(self, insert: Any, find: Any, params: dict[str, Any]) -> Recorded:
         try:

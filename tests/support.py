@@ -4,11 +4,14 @@ and fail in CI (`service_missing`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,7 @@ def migrate(url: str) -> None:
     upgrade(url)
 
 
-TABLES = "events, event_attempts, replays, captures, decisions, spend, delta_marks"
+TABLES = "events, event_attempts, replays, captures, decisions, spend, delta_marks, notifications"
 
 
 # -- the emulator ---------------------------------------------------------------------------
@@ -335,3 +338,114 @@ class Harness:
             assert time.monotonic() < deadline, self.status(event_id)
             time.sleep(0.2)
             self.due_now(event_id)
+
+
+# -- a webhook receiver for notifications ----------------------------------------------------
+
+
+class _Served:
+    """A test server on a thread of its own, stopped by `stop`."""
+
+    _server: Any = None
+
+    def _serve(self, server: Any) -> None:
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class Catcher(_Served):
+    """A local webhook receiver: keeps every JSON body it is sent, answers `status`."""
+
+    def __init__(self, port: int | None = None, status: int = 200) -> None:
+        self.port = port or free_port()
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/T000/B000/secretpath"
+
+    def start(self) -> Catcher:
+        catcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with catcher._lock:
+                    catcher.bodies.append(json.loads(raw))
+                    catcher.paths.append(self.path)
+                self.send_response(catcher.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._serve(ThreadingHTTPServer(("127.0.0.1", self.port), Handler))
+        return self
+
+
+
+class SmtpCatcher(_Served):
+    """A local SMTP server, just enough of RFC 5321 for smtplib (EHLO, AUTH PLAIN, MAIL, RCPT,
+    DATA): keeps each message's envelope and text and the credentials it was given."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.messages: list[dict[str, Any]] = []
+        self.logins: list[str] = []
+
+    def start(self) -> SmtpCatcher:
+        import socketserver
+
+        catcher = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def reply(self, line: str) -> None:
+                self.wfile.write(line.encode() + b"\r\n")
+
+            def handle(self) -> None:
+                envelope: dict[str, Any] = {"to": []}
+                self.reply("220 catcher ESMTP")
+                while line := self.rfile.readline().decode().rstrip("\r\n"):
+                    verb = line.split(" ", 1)[0].upper()
+                    if verb == "EHLO":
+                        self.reply("250-catcher")
+                        self.reply("250 AUTH PLAIN")
+                    elif verb == "AUTH":
+                        catcher.logins.append(line.split(" ", 2)[2])
+                        self.reply("235 ok")
+                    elif verb == "MAIL":
+                        envelope["from"] = line.split(":", 1)[1].strip()
+                        self.reply("250 ok")
+                    elif verb == "RCPT":
+                        envelope["to"].append(line.split(":", 1)[1].strip())
+                        self.reply("250 ok")
+                    elif verb == "DATA":
+                        self.reply("354 go on")
+                        data = []
+                        while (row := self.rfile.readline().decode()) not in (".\r\n", ""):
+                            data.append(row)
+                        catcher.messages.append({**envelope, "data": "".join(data)})
+                        envelope = {"to": []}
+                        self.reply("250 kept")
+                    elif verb == "QUIT":
+                        self.reply("221 bye")
+                        return
+                    else:
+                        self.reply("250 ok")
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self._serve(server)
+        return self
+

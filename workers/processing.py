@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from carbonhook import notices
 from carbonhook.capture_rows import CaptureRow
 from carbonhook.catch_ups import reading_of
 from carbonhook.errors import (
@@ -25,6 +26,7 @@ from carbonhook.event_types import (
 )
 from carbonhook.ledger import Ledger
 from carbonhook.metrics import metrics
+from carbonhook.notices import Notice
 from carbonhook.schema import utcnow
 from carbonhook.settings import Settings
 from carbonhook.statuses import CaptureStatus, EventStatus
@@ -115,7 +117,8 @@ class Processor:
         if verdict.status == EventStatus.WAITING:
             return self._wait(event, verdict)
         status, note = verdict.status, verdict.note
-        if not self.store.finish(event, status, note=note):
+        notice = self._first_of_type(event) if status == EventStatus.IGNORED else None
+        if not self.store.finish(event, status, note=note, notice=notice):
             if self.ledger.open_count(event.id):
                 # Never `succeeded` over an open capture: the database refused; look again.
                 return self._retry(
@@ -138,6 +141,13 @@ class Processor:
     def _observe(self, event: ClaimedEvent, status: str) -> None:
         elapsed = (utcnow() - event.received_at).total_seconds()
         metrics().processing_seconds.labels(event.type, status).observe(max(0.0, elapsed))
+
+    def _first_of_type(self, event: ClaimedEvent) -> Notice | None:
+        """The notification of a type no rule names, unless this process has seen the type
+        (the outbox keeps one per type ever: this only spares it the statement)."""
+        with self._ignored_lock:
+            seen = event.type in self._ignored_types
+        return None if seen else notices.ignored_type(event.type, event.id)
 
     def _ignored(self, event_type: str) -> None:
         """Count an event ignored for its type, and say so once per type (per process)."""
@@ -172,7 +182,13 @@ class Processor:
         return EventStatus.WAITING
 
     def _fail(self, event: ClaimedEvent, error: str, http_status: int | None) -> str:
-        self.store.finish(event, EventStatus.FAILED, error=error, http_status=http_status)
+        self.store.finish(
+            event,
+            EventStatus.FAILED,
+            error=error,
+            http_status=http_status,
+            notice=notices.failed(event.id, event.token, event.type, error),
+        )
         self._observe(event, EventStatus.FAILED)
         log.warning(
             "event %s failed: %s",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import dramatiq
 
 from carbonhook.queue import EVENTS_QUEUE
+from workers.notifier import Notifier
 from workers.processing import Processor
 from workers.rules import RulesHolder
 from workers.sweeper import Sweeper
@@ -25,6 +26,7 @@ class WorkerRuntime:
     sweeper: Sweeper
     rules: RulesHolder
     threads: int
+    notifier: Notifier | None = None
     worker: dramatiq.Worker | None = None
 
     def start(self) -> None:
@@ -54,4 +56,6 @@ class WorkerRuntime:
         """Close the clients and the database pool."""
         self.processor.carbonpass.close()
         self.processor.impact.close()
+        if self.notifier is not None:
+            self.notifier.client.close()
         self.processor.store.engine.dispose()

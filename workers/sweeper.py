@@ -1,5 +1,6 @@
-"""The sweeper: finds events the queue may have lost and hands them to it again; every
-`CARBONHOOK_AUDIT_INTERVAL_S` audits the ledger against 1ClickImpact (workers/audit.py), and,
+"""The sweeper: finds events the queue may have lost and hands them to it again; after each
+sweep it sends the notifications due (workers/notifier.py); every
+`CARBONHOOK_AUDIT_INTERVAL_S` it audits the ledger against 1ClickImpact (workers/audit.py), and,
 when `CARBONHOOK_CATCH_UP_INTERVAL_S` is set, catches up missed bill confirmations on that
 period (workers/catch_up.py)."""
 
@@ -48,6 +49,7 @@ class Sweeper:
         audit_interval_s: float = 300.0,
         catch_up: Callable[[], Any] | None = None,
         catch_up_interval_s: float | None = None,
+        notify: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -55,6 +57,7 @@ class Sweeper:
         self.interval_s = interval_s
         self.lease_s = lease_s
         self.audit = audit
+        self.notify = notify  # workers/notifier.py: after each sweep, in this thread
         self.clock = clock
         self.jobs: list[_Periodic] = []
         if audit is not None:
@@ -109,4 +112,9 @@ class Sweeper:
                 self.sweep_once()
             except Exception as exc:  # database or broker down: try again next period
                 log.warning("sweep failed: %s", exc)
+            if self.notify is not None:
+                try:
+                    self.notify()
+                except Exception as exc:  # the database down: the outbox keeps every row
+                    log.warning("sending notifications failed: %s", exc)
             self.run_due()

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
+    notify = add("notify", _needs_subcommand(parser), "notifications to operators")
+    notify_sub = notify.add_subparsers(dest="notify_command", required=True, metavar="ACTION")
+    p = notify_sub.add_parser("test", help="send one notification to every CARBONHOOK_NOTIFY_URL")
+    p.set_defaults(handler=_command("notify", "notify_test"))
+    p.add_argument("--json", action="store_true")
+
     captures = add("captures", _needs_subcommand(parser), "the capture ledger")
     cap_sub = captures.add_subparsers(dest="captures_command", required=True, metavar="ACTION")
     p = cap_sub.add_parser("list", help="list ledger rows, newest first")

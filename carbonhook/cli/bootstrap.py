@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from carbonhook.store import EventStore
 
 if TYPE_CHECKING:
     import dramatiq
+    from sqlalchemy import Engine
     from starlette.applications import Starlette
     from starlette.routing import BaseRoute
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from receiver.pages import RulesInfo
     from workers.carbonpass import CarbonPassClient
     from workers.catch_up import CatchUp
+    from workers.notifier import Notifier
     from workers.rules import RulesHolder
     from workers.runtime import WorkerRuntime
 
@@ -134,6 +136,12 @@ def build_worker(
     catch_up = None
     if settings.catch_up_interval_s is not None:
         catch_up = _catch_up(processor.carbonpass, processor.store, rules, broker).run
+
+    def limits() -> tuple[int | None, int | None]:
+        held = rules().file.limits
+        return held.max_lbs_per_day, held.max_lbs_per_month
+
+    notifier = build_notifier(settings, engine=engine, limits=limits)
     sweeper = Sweeper(
         processor.store,
         lambda ids: enqueue_events(broker, ids),
@@ -143,6 +151,7 @@ def build_worker(
         audit_interval_s=settings.audit_interval_s,
         catch_up=catch_up,
         catch_up_interval_s=settings.catch_up_interval_s,
+        notify=notifier.run,
     )
     return WorkerRuntime(
         processor=processor,
@@ -150,6 +159,7 @@ def build_worker(
         sweeper=sweeper,
         rules=rules,
         threads=threads or settings.worker_threads,
+        notifier=notifier,
     )
 
 
@@ -207,6 +217,43 @@ def _catch_up(
             store.mark_queued(ids)  # one the queue lost is then the sweeper's, as any event
 
     return CatchUp(carbonpass, CatchUpEvents(store.engine), rules, hand_off)
+
+
+def build_notifier(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    limits: Callable[[], tuple[int | None, int | None]] | None = None,
+) -> Notifier:
+    """The sender of the outbox's notifications (in each sweeper; `carbonhook notify`);
+    without `engine`, close its `client` and dispose of its outbox's engine when done."""
+    import httpx
+
+    from carbonhook.outbox import Outbox
+    from workers.destinations import destinations_of
+    from workers.notifier import Notifier
+
+    if engine is None:
+        engine = create_sync_engine(settings.database_url.get_secret_value(), pool_size=2)
+    client = httpx.Client(timeout=settings.http_timeout_s, follow_redirects=False)
+    smtp_url = settings.smtp_url.get_secret_value() if settings.smtp_url is not None else None
+    return Notifier(
+        outbox=Outbox(engine),
+        destinations=destinations_of(
+            [url.get_secret_value() for url in settings.notify_url],
+            client,
+            smtp_url=smtp_url,
+            emails=settings.notify_email,
+            timeout_s=settings.http_timeout_s,
+        ),
+        client=client,
+        timeout_s=settings.http_timeout_s,
+        public_url=settings.public_url,
+        secrets=settings.secret_values,
+        digest_at=settings.notify_digest,
+        limits=limits or (lambda: (None, None)),
+        settle_s=settings.reconcile_after_s,
+    )
 
 
 # -- admins ---------------------------------------------------------------------------------

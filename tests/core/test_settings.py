@@ -235,3 +235,39 @@ def test_forwarded_allow_ips_must_name_addresses(monkeypatch, tmp_path, value):
         load_settings()
     monkeypatch.setenv("CARBONHOOK_FORWARDED_ALLOW_IPS", "10.244.0.0/16, 127.0.0.1")
     assert load_settings().forwarded_allow_ips == "10.244.0.0/16,127.0.0.1"
+
+
+def test_notification_settings_are_read_and_their_secrets_hidden(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_NOTIFY_URL", "https://hooks.slack.com/services/T1/B2/key-one , https://chat.example.com/hooks/key-two")
+    monkeypatch.setenv("CARBONHOOK_SMTP_URL", "smtps://ops:mail-pass-77@smtp.example.com:465")
+    monkeypatch.setenv("CARBONHOOK_NOTIFY_EMAIL", "oncall@example.com, esg@example.com")
+    monkeypatch.setenv("CARBONHOOK_PUBLIC_URL", "https://carbonhook.example.com/")
+    monkeypatch.setenv("CARBONHOOK_NOTIFY_DIGEST", "08:30")
+    settings = load_settings()
+    assert [url.get_secret_value() for url in settings.notify_url][1] == "https://chat.example.com/hooks/key-two"
+    assert settings.notify_email == ("oncall@example.com", "esg@example.com")
+    assert (settings.public_url, settings.notify_digest) == ("https://carbonhook.example.com", "08:30")
+    for secret in ("key-one", "key-two", "mail-pass-77"):
+        assert secret not in repr(settings)
+        assert secret in settings.secret_values or secret in "".join(settings.secret_values)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("CARBONHOOK_NOTIFY_DIGEST", "24:00", "is not a UTC time HH:MM"),
+        ("CARBONHOOK_NOTIFY_DIGEST", "true", "is not a UTC time HH:MM"),
+        ("CARBONHOOK_SMTP_URL", "http://ops:pw-x@mail.example.com", "is not smtp://host"),
+        ("CARBONHOOK_NOTIFY_EMAIL", "oncall", "is not an e-mail address"),
+        ("CARBONHOOK_PUBLIC_URL", "carbonhook.example.com", "is not an http:// or https:// URL"),
+        ("CARBONHOOK_NOTIFY_URL", "hooks.slack.com/services/key-three", "must be http:// or https://"),
+    ],
+)
+def test_a_malformed_notification_setting_is_named_without_its_secret(monkeypatch, tmp_path, name, value, said):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"{name}:") and said in str(caught.value)
+    assert "pw-x" not in str(caught.value) and "key-three" not in str(caught.value)

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from carbonhook.errors import SettingsError
@@ -139,6 +146,17 @@ class Settings(BaseSettings):
                 "smtps://host[:port] (user and password in it if the server wants them)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _mail_wired_whole(self) -> Settings:
+        # One without the other would send no e-mail and say nothing: an operator who set one
+        # expects mail.
+        if (self.smtp_url is None) != (not self.notify_email):
+            raise ValueError(
+                f"{ENV_PREFIX}SMTP_URL and {ENV_PREFIX}NOTIFY_EMAIL go together: notifications "
+                "are mailed only with both set (the server, and who gets them)"
+            )
+        return self
 
     @field_validator("public_url")
     @classmethod

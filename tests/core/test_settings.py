@@ -271,3 +271,20 @@ def test_a_malformed_notification_setting_is_named_without_its_secret(monkeypatc
         load_settings()
     assert str(caught.value).startswith(f"{name}:") and said in str(caught.value)
     assert "pw-x" not in str(caught.value) and "key-three" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CARBONHOOK_SMTP_URL", "smtps://ops:pw-y@smtp.example.com:465"),
+        ("CARBONHOOK_NOTIFY_EMAIL", "oncall@example.com"),
+    ],
+)
+def test_mail_settings_one_without_the_other_is_refused_naming_both(monkeypatch, tmp_path, name, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert "CARBONHOOK_SMTP_URL and CARBONHOOK_NOTIFY_EMAIL go together" in said
+    assert "pw-y" not in said

@@ -2,59 +2,44 @@
 
 Signing in with an admin's token (CARBONHOOK_ADMIN_TOKEN, CARBONHOOK_ADMIN_TOKENS) sets a signed
 session cookie naming that admin (receiver/sessions.py), the one every replay and decision made
-from the pages records; every POST must carry the session's CSRF token. Pages only read and
-call `AdminOperations`; the overview's figures come from carbonhook/reports.py, and the Report
-page is receiver/report_views.py. How the pages look is receiver/pages.py; what their query
+from the pages records; every POST must carry the session's CSRF token (both in
+receiver/page_frame.py). Pages only read and call `AdminOperations`; the overview's figures come
+from carbonhook/reports.py, and the Report page is receiver/report_views.py. How the pages look is receiver/pages.py; what their query
 strings mean is receiver/params.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from carbonhook import reports
-from carbonhook.errors import BadRequest, CarbonhookError, Conflict, NotFound
+from carbonhook.errors import BadRequest, NotFound
 from carbonhook.event_types import BILL_CONFIRMED, CRP_GENERATED, EMISSIONS_CATCH_UP
 from carbonhook.schema import utcnow
 from carbonhook.statuses import REPLAYABLE_EVENTS, CaptureStatus, EventStatus
-from receiver.admin import AdminOperations, admin_named, text
-from receiver.lockout import Lockout, client_address, retry_after
-from receiver.pages import RulesInfo, chart_bars, environment, pretty_json, share
-from receiver.params import event_filter, here, page_cursor, query_string, safe_next
+from receiver.admin import AdminOperations, text
+from receiver.lockout import Lockout
+from receiver.page_frame import HEADERS, PageFrame
+from receiver.pages import RulesInfo, chart_bars, pretty_json, share
+from receiver.params import event_filter, page_cursor, query_string, safe_next
 from receiver.report_views import ReportPages
-from receiver.sessions import COOKIE, Session, Sessions
+from receiver.sessions import Session, Sessions
 
 VIA = "dashboard"
 # The statuses whose events the pages replay all at once (each behind a confirmation).
 BULK_REPLAYS = (EventStatus.FAILED, EventStatus.IGNORED, EventStatus.INVALID)
 # An `invalid` event's replay parses its body again (carbonhook/admin.py).
 CAN_REPLAY = (*REPLAYABLE_EVENTS, EventStatus.INVALID)
-ERROR_TITLES = {400: "Bad request", 404: "Not found", 409: "Refused", 500: "Error"}
-HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
 
 
-View = Callable[[Request, Session], Awaitable[Response]]
-Action = Callable[[Request, Session, dict[str, str]], Awaitable[Response]]
-
-
-class Dashboard:
+class Dashboard(PageFrame):
     """The pages; each handler reads or calls one thing and renders or redirects."""
 
     def __init__(
@@ -66,131 +51,10 @@ class Dashboard:
         page_size: int,
         lockout: Lockout,
     ) -> None:
+        super().__init__(sessions, tokens, lockout)
         self.admin = admin
-        self.sessions = sessions
-        self.tokens = tokens
-        self.lockout = lockout
         self.rules_info = rules_info
         self.page_size = page_size
-        self.templates = environment()
-
-    # -- plumbing ----------------------------------------------------------------------
-
-    def render(
-        self, request: Request, session: Session | None, name: str, code: int = 200, **ctx: Any
-    ) -> Response:
-        flash = session.flash if session else None
-        html = self.templates.get_template(name).render(
-            csrf=session.csrf if session else "",
-            signed_in=bool(session and session.signed_in),
-            signed_in_as=session.admin if session else None,
-            flash=flash,
-            path=request.url.path,
-            here=here(request),
-            **ctx,
-        )
-        response = HTMLResponse(html, status_code=code, headers=HEADERS)
-        if session is not None and flash is not None:
-            self.sessions.write(response, session.without_flash(), secure=_https(request))
-        return response
-
-    def redirect(
-        self, request: Request, session: Session, target: str, kind: str, message: str
-    ) -> Response:
-        response = RedirectResponse(target, status_code=303, headers=HEADERS)
-        self.sessions.write(response, session.with_flash(kind, message), secure=_https(request))
-        return response
-
-    def refuse(self, request: Request, code: int, message: str) -> Response:
-        return self.render(request, None, "error.html", code, title="Refused", message=message)
-
-    def error_page(
-        self, request: Request, session: Session
-    ) -> Callable[[CarbonhookError, int], Response]:
-        """How receiver/app.py answers our errors on a page: the error page, signed in."""
-
-        def page(exc: CarbonhookError, status: int) -> Response:
-            title = ERROR_TITLES.get(status, "Refused")
-            message = "Something went wrong; the log says more." if status == 500 else str(exc)
-            return self.render(request, session, "error.html", status, title=title, message=message)
-
-        return page
-
-    def view(self, handler: View) -> Callable[[Request], Awaitable[Response]]:
-        """A page for signed-in admins; anyone else is sent to sign in."""
-
-        async def endpoint(request: Request) -> Response:
-            session = self.sessions.read(request.cookies.get(COOKIE))
-            if session is None or not session.signed_in:
-                target = "/admin/login" + query_string({"next": here(request)})
-                return RedirectResponse(target, status_code=303, headers=HEADERS)
-            request.state.error_page = self.error_page(request, session)
-            return await handler(request, session)
-
-        return endpoint
-
-    def action(self, handler: Action) -> Callable[[Request], Awaitable[Response]]:
-        """A POST from a signed-in admin's form, with the session's CSRF token."""
-
-        async def endpoint(request: Request) -> Response:
-            session = self.sessions.read(request.cookies.get(COOKIE))
-            if session is None or not session.signed_in:
-                return self.refuse(request, 403, "Sign in first.")
-            async with request.form() as form:
-                fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            if not session.csrf_matches(fields.get("csrf")):
-                return self.refuse(request, 403, "The form's CSRF token is missing or wrong.")
-            back = safe_next(fields.get("next"))
-            request.state.error_page = self.error_page(request, session)
-            try:
-                return await handler(request, session, fields)
-            except (Conflict, BadRequest) as exc:
-                # A refused decision is shown on the page the admin came from.
-                return self.redirect(request, session, back, "error", str(exc))
-
-        return endpoint
-
-    # -- signing in --------------------------------------------------------------------
-
-    async def login_form(self, request: Request) -> Response:
-        session = self.sessions.read(request.cookies.get(COOKIE))
-        target = safe_next(request.query_params.get("next"))
-        if session is not None and session.signed_in:
-            return RedirectResponse(target, status_code=303, headers=HEADERS)
-        if session is not None:  # keep its CSRF token: another tab may hold the form
-            return self.render(request, session, "login.html", next=target, error=None)
-        fresh = self.sessions.new(admin=None)
-        response = self.render(request, fresh, "login.html", next=target, error=None)
-        self.sessions.write(response, fresh, secure=_https(request))
-        return response
-
-    async def login(self, request: Request) -> Response:
-        session = self.sessions.read(request.cookies.get(COOKIE))
-        async with request.form() as form:
-            given, csrf, target = form.get("token"), form.get("csrf"), form.get("next")
-        if session is None or not session.csrf_matches(csrf):
-            return self.refuse(request, 403, "The sign-in form expired; reload it and try again.")
-        target = safe_next(target if isinstance(target, str) else None)
-        address = client_address(request)
-        wait_s = self.lockout.wait_s(address)
-        if wait_s:
-            error = f"Too many wrong tokens from {address}: try again in {math.ceil(wait_s)} s."
-            response = self.render(request, session, "login.html", 429, next=target, error=error)
-            response.headers.update(retry_after(wait_s))
-            return response
-        name = admin_named(given if isinstance(given, str) else None, self.tokens)
-        if name is None:
-            self.lockout.wrong(address)
-            error = "That is not an admin's token."
-            return self.render(request, session, "login.html", 403, next=target, error=error)
-        self.lockout.right(address)
-        response = RedirectResponse(target, status_code=303, headers=HEADERS)
-        self.sessions.write(response, self.sessions.new(admin=name), secure=_https(request))
-        return response
-
-    async def logout(self, request: Request, session: Session, form: dict[str, str]) -> Response:
-        signed_out = self.sessions.new(admin=None)
-        return self.redirect(request, signed_out, "/admin/login", "ok", "Signed out.")
 
     # -- pages -------------------------------------------------------------------------
 
@@ -367,10 +231,6 @@ class Dashboard:
         if info is not None:
             stale = hashlib.sha256(info.text.encode()).hexdigest() != info.sha256
         return self.render(request, session, "rules.html", info=info, stale=stale)
-
-
-def _https(request: Request) -> bool:
-    return request.url.scheme == "https"
 
 
 def _who(session: Session) -> str:

@@ -48,7 +48,7 @@ def migrate(url: str) -> None:
     upgrade(url)
 
 
-TABLES = "events, event_attempts, replays, captures, decisions, spend, delta_marks"
+TABLES = "events, event_attempts, replays, captures, decisions, spend, delta_marks, rate_budgets"
 
 
 # -- the emulator ---------------------------------------------------------------------------

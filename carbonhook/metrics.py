@@ -48,6 +48,10 @@ class Metrics:
     reversals: Counter
     audit_discrepancies: Gauge
     metrics_errors: Counter
+    rate_waits: Counter
+    rate_wait_seconds: Counter
+    rate_limited: Counter
+    rate_pauses: Counter
 
 
 @functools.cache
@@ -102,6 +106,26 @@ def metrics() -> Metrics:
             "carbonhook_metrics_errors",
             "Scrapes answered without a source's figures because it could not be read",
             ["source"],
+        ),
+        rate_waits=Counter(
+            "carbonhook_rate_limit_waits",
+            "Outbound calls that waited for a request of their API's shared budget",
+            ["api"],
+        ),
+        rate_wait_seconds=Counter(
+            "carbonhook_rate_limit_wait_seconds",
+            "Seconds outbound calls waited for their API's shared budget",
+            ["api"],
+        ),
+        rate_limited=Counter(
+            "carbonhook_rate_limited",
+            "Outbound calls not sent (no request of the budget in time), their events retried",
+            ["api"],
+        ),
+        rate_pauses=Counter(
+            "carbonhook_rate_limit_pauses",
+            "Pauses of every worker's calls to an API after a 429, by what set their length",
+            ["api", "by"],
         ),
     )
     for source in ("database", "counters"):

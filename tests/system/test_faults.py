@@ -71,6 +71,10 @@ capture_lbs = 3
 # Small enough that leases, sweeps and reconciliation happen within seconds.
 FAST = {
     "CARBONHOOK_LEASE_S": "3",
+    # Hundreds of events at once: the rate limits (tests/workers/test_rate_limit.py) are not
+    # what these faults test.
+    "CARBONHOOK_CARBONPASS_RATE": "1000",
+    "CARBONHOOK_IMPACT_RATE": "1000",
     "CARBONHOOK_SWEEP_INTERVAL_S": "1",
     "CARBONHOOK_RECONCILE_AFTER_S": "1",
     "CARBONHOOK_MAX_RETRIES": "5",

@@ -60,6 +60,10 @@ class Budget(Protocol):
         """No request before `until_s` (a later pause already set stands)."""
         ...
 
+    def close(self) -> None:
+        """Let go of what the budget holds open."""
+        ...
+
 
 def bucket_rate(rate: Rate) -> BucketRate:
     """`rate` as pyrate-limiter's: per 1000 s, so that a rate below one a second is exact."""
@@ -101,6 +105,9 @@ class DatabaseBudget:
         with self._locked() as (conn, row):
             if _us(until_s) > row.paused_until_us:
                 self._set(conn, paused_until_us=_us(until_s))
+
+    def close(self) -> None:
+        pass  # the engine is the worker's, disposed of with it
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[Connection, Row[int, int, int, int]]]:
@@ -194,6 +201,10 @@ class RedisBudget:
         # The key outlives the pause by a second: a clock a little behind still sees it.
         lives_ms = math.ceil((until_s - now_s) * 1000) + 1000
         self._pause(keys=[self.pause_key], args=[repr(until_s), max(1000, lives_ms)])
+
+    def close(self) -> None:
+        # The client may be the other API's budget's too: closing it twice is harmless.
+        self.client.close()
 
 
 def open_redis(url: str, *, timeout_s: float) -> Any:

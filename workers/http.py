@@ -71,6 +71,8 @@ class Api:
 
     def close(self) -> None:
         self.transport.close()
+        if self.rate_limit is not None:
+            self.rate_limit.close()
 
 
 def proxy_for(url: str) -> str | None:

@@ -64,6 +64,9 @@ class RateLimit:
                 )
             self.sleep(wait_s)
 
+    def close(self) -> None:
+        self.budget.close()
+
     def pause(self, retry_after_s: float | None) -> float:
         """Pause every worker's calls after a 429: for `retry_after_s` (at most `MAX_PAUSE_S`),
         or without it a backoff with full jitter. Returns the pause's length."""

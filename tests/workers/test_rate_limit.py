@@ -230,20 +230,42 @@ def test_a_retry_after_of_a_billion_seconds_retries_the_event_in_an_hour(harness
     assert left is not None and 3500 < left <= MAX_PAUSE_S
 
 
+def test_a_retry_after_too_large_for_a_float_retries_the_event_in_an_hour(harness: Harness):
+    import httpx
+
+    from carbonhook.queue import enqueue_event
+
+    # 401 digits read as infinity: its delay once overflowed the queue's milliseconds and the
+    # database's interval.
+    huge = httpx.Response(429, headers={"Retry-After": "1" + "0" * 400})
+    harness.processor.carbonpass.http.transport = httpx.MockTransport(lambda request: huge)
+    event_id = harness.deliver(make_body())
+    assert harness.processor.process(event_id) == "retry"
+    assert harness.enqueued == [(event_id, MAX_PAUSE_S)]
+    enqueue_event(harness.broker, event_id, delay_s=MAX_PAUSE_S)
+    left = harness.processor.store.seconds_until_due(event_id)
+    assert left is not None and 3500 < left <= MAX_PAUSE_S
+
+
 def test_the_budgets_are_kept_in_redis_with_a_redis_broker_else_in_the_database(sqlite_url: str, redis_url: str):
     from carbonhook.cli.bootstrap import build_rate_limits
     from carbonhook.database import create_sync_engine
 
     engine = create_sync_engine(sqlite_url)
+    built: list[RateLimit | None] = []
     try:
         on_redis = build_rate_limits(settings_for_test(sqlite_url, broker_url=redis_url), engine)
-        assert all(isinstance(limit.budget, RedisBudget) for limit in on_redis if limit)
         named = build_rate_limits(settings_for_test(sqlite_url, rate_limit_url=redis_url), engine)
-        assert all(isinstance(limit.budget, RedisBudget) for limit in named if limit)
-        carbonpass, impact = build_rate_limits(settings_for_test(sqlite_url, impact_rate="off"), engine)
+        database = build_rate_limits(settings_for_test(sqlite_url, impact_rate="off"), engine)
+        built += [*on_redis, *named, *database]
+        assert all(limit is not None and isinstance(limit.budget, RedisBudget) for limit in on_redis + named)
+        carbonpass, impact = database
         assert carbonpass is not None and isinstance(carbonpass.budget, DatabaseBudget)
         assert impact is None  # off
     finally:
+        for limit in built:
+            if limit is not None:
+                limit.close()
         engine.dispose()
 
 

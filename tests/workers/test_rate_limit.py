@@ -174,6 +174,13 @@ def test_a_retry_after_is_read_in_seconds_and_capped_at_an_hour(header: str, sec
     assert parse_retry_after(header) == seconds
 
 
+def test_a_retry_after_date_is_read_against_the_clock_given():
+    from email.utils import format_datetime, parsedate_to_datetime
+
+    when = parsedate_to_datetime("Sun, 06 Dec 2026 10:00:30 GMT")
+    assert parse_retry_after(format_datetime(when, usegmt=True), now=when.timestamp() - 30) == 30.0
+
+
 # -- a worker's 429s ------------------------------------------------------------------------
 
 

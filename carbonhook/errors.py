@@ -151,3 +151,7 @@ class RateLimited(RetryableError):
     """A call not performed for the API's rate limit: the shared budget had no request left in
     time (nothing was sent), or the API answered 429 (it did nothing). Waiting is not failing:
     it does not use up the event's retries."""
+
+
+class RateBudgetUnavailable(CarbonhookError):
+    """An API's shared rate budget cannot be read or written (its Redis or database is down)."""

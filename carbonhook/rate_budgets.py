@@ -32,9 +32,13 @@ from typing import Any, Protocol
 from pyrate_limiter import GCRA
 from pyrate_limiter import Rate as BucketRate
 from pyrate_limiter.buckets.redis_state import RedisStateStore
+from redis.exceptions import RedisError
 from sqlalchemy import Connection, Engine, Row, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
+from carbonhook.database import describe_error
+from carbonhook.errors import RateBudgetUnavailable
 from carbonhook.schema import RateBudget
 from carbonhook.settings import Rate
 
@@ -46,7 +50,8 @@ _GCRA = GCRA()
 
 
 class Budget(Protocol):
-    """One API's shared budget."""
+    """One API's shared budget; each method raises `RateBudgetUnavailable` when its store
+    cannot be reached."""
 
     def take(self, now_s: float) -> float:
         """0 when a request may go now (it is counted), else the seconds until one may."""
@@ -72,6 +77,16 @@ def bucket_rate(rate: Rate) -> BucketRate:
 
 def _us(seconds: float) -> int:
     return math.floor(seconds * 1_000_000)
+
+
+@contextmanager
+def _reachable(api: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, DBAPIError) as exc:
+        raise RateBudgetUnavailable(
+            f"{api}: its rate budget cannot be read ({describe_error(exc)})"
+        ) from None
 
 
 class DatabaseBudget:
@@ -125,7 +140,7 @@ class DatabaseBudget:
                 RateBudget.struck_at_us,
             )
         )
-        with self.engine.begin() as conn:
+        with _reachable(self.api), self.engine.begin() as conn:
             row = conn.execute(touch).one_or_none()
             if row is None:
                 conn.execute(self._new_row())
@@ -173,6 +188,7 @@ class RedisBudget:
 
     def __init__(self, client: Any, api: str, rate: Rate) -> None:
         self.client = client
+        self.api = api
         self.rates = [bucket_rate(rate)]
         prefix = f"{REDIS_PREFIX}{api}:"
         self.bucket = RedisStateStore(client, prefix + "bucket")
@@ -182,12 +198,13 @@ class RedisBudget:
         self._strike = client.register_script(_STRIKE_LUA)
 
     def take(self, now_s: float) -> float:
-        paused = self.client.get(self.pause_key)
-        if paused is not None and float(paused) > now_s:
-            return float(paused) - now_s
-        decision = self.bucket.check(  # type: ignore[no-untyped-call]
-            _GCRA, self.rates, math.floor(now_s * 1000), 1
-        )
+        with _reachable(self.api):
+            paused = self.client.get(self.pause_key)
+            if paused is not None and float(paused) > now_s:
+                return float(paused) - now_s
+            decision = self.bucket.check(  # type: ignore[no-untyped-call]
+                _GCRA, self.rates, math.floor(now_s * 1000), 1
+            )
         if decision.allowed:
             return 0.0
         return max(1, decision.retry_after_ms or 1) / 1000
@@ -195,12 +212,14 @@ class RedisBudget:
     def strike(self, now_s: float) -> int:
         lives_ms = math.ceil(STRIKES_FORGOTTEN_S * 1000)
         args = [repr(now_s), repr(STRIKES_FORGOTTEN_S), lives_ms]
-        return int(self._strike(keys=[self.strikes_key], args=args))
+        with _reachable(self.api):
+            return int(self._strike(keys=[self.strikes_key], args=args))
 
     def pause_until(self, until_s: float, now_s: float) -> None:
         # The key outlives the pause by a second: a clock a little behind still sees it.
         lives_ms = math.ceil((until_s - now_s) * 1000) + 1000
-        self._pause(keys=[self.pause_key], args=[repr(until_s), max(1000, lives_ms)])
+        with _reachable(self.api):
+            self._pause(keys=[self.pause_key], args=[repr(until_s), max(1000, lives_ms)])
 
     def close(self) -> None:
         # The client may be the other API's budget's too: closing it twice is harmless.

@@ -3,14 +3,17 @@ after a 429 (the budgets themselves: carbonhook/rate_budgets.py)."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carbonhook.errors import RateLimited
+from carbonhook.errors import RateBudgetUnavailable, RateLimited
 from carbonhook.metrics import metrics
 from carbonhook.rate_budgets import Budget
+
+log = logging.getLogger(__name__)
 
 # The longest pause a 429 sets, whatever its `Retry-After` says.
 MAX_PAUSE_S = 3600.0
@@ -47,7 +50,13 @@ class RateLimit:
         started = self.clock()
         while True:
             now = self.clock()
-            wait_s = self.budget.take(now)
+            try:
+                wait_s = self.budget.take(now)
+            except RateBudgetUnavailable as exc:
+                # Not the event's fault, and nothing was sent: it waits like any other call
+                # held back, and the budget is read again when it comes back.
+                metrics().rate_limited.labels(self.api).inc()
+                raise RateLimited(f"{exc}; not sent") from None
             waited_s = now - started
             if wait_s <= 0:
                 if waited_s > 0:
@@ -71,12 +80,16 @@ class RateLimit:
         """Pause every worker's calls after a 429: for `retry_after_s` (at most `MAX_PAUSE_S`),
         or without it a backoff with full jitter. Returns the pause's length."""
         now = self.clock()
-        if retry_after_s is None:
-            pause_s = full_jitter_s(self.budget.strike(now), self.draw)
-            by = "backoff"
-        else:
-            pause_s = min(MAX_PAUSE_S, max(0.0, retry_after_s))
-            by = "retry_after"
-        self.budget.pause_until(now + pause_s, now)
+        try:
+            if retry_after_s is None:
+                pause_s, by = full_jitter_s(self.budget.strike(now), self.draw), "backoff"
+            else:
+                pause_s, by = min(MAX_PAUSE_S, max(0.0, retry_after_s)), "retry_after"
+            self.budget.pause_until(now + pause_s, now)
+        except RateBudgetUnavailable as exc:
+            # The other workers meet the 429 themselves; this call's event waits all the same.
+            log.warning("%s: a 429's pause is not shared: %s", self.api, exc)
+            if retry_after_s is None:
+                pause_s, by = full_jitter_s(1, self.draw), "backoff"
         metrics().rate_pauses.labels(self.api, by).inc()
         return pause_s

@@ -154,6 +154,22 @@ def test_429s_without_retry_after_back_off_with_full_jitter_doubling_up_to_an_ho
     assert ceilings[-1] == 1.0
 
 
+def test_a_budget_out_of_reach_holds_calls_back_at_no_cost_and_a_429_still_pauses_its_event(caplog):
+    from tests.support import free_port
+
+    client = open_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1)  # nothing listens
+    clock = FakeTime()
+    limit = limit_on(RedisBudget(client, "carbonpass", Rate(5, 10)), clock)
+    try:
+        with pytest.raises(RateLimited, match="rate budget cannot be read"):
+            limit.take()
+        assert limit.pause(30.0) == 30.0
+        assert limit.pause(None) == 1.0  # the first backoff's ceiling, as drawn here
+        assert "pause is not shared" in caplog.text
+    finally:
+        limit.close()
+
+
 def test_full_jitter_draws_below_a_doubling_ceiling():
     assert [full_jitter_s(n, lambda high: high) for n in (1, 2, 3, 13, 10_000)] == [1.0, 2.0, 4.0, MAX_PAUSE_S, MAX_PAUSE_S]
 

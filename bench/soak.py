@@ -195,6 +195,10 @@ class Soak:
             "CARBONHOOK_LEASE_S": f"{config.lease_s:g}",
             "CARBONHOOK_AUDIT_INTERVAL_S": f"{config.audit_interval_s:g}",
             "CARBONHOOK_SWEEP_INTERVAL_S": "1",
+            # The soak pushes deliveries faster than the default 5 calls a second: the budgets
+            # are spent but never waited on (a 429 fault still pauses every worker).
+            "CARBONHOOK_CARBONPASS_RATE": "10000",
+            "CARBONHOOK_IMPACT_RATE": "10000",
             "CARBONHOOK_MAX_RETRIES": str(config.max_retries),
             "CARBONHOOK_RETRY_MIN_BACKOFF_S": "0.5",
             "CARBONHOOK_RETRY_MAX_BACKOFF_S": "4",

@@ -145,3 +145,13 @@ class StillSettling(RetryableError):
 
 class AmbiguousError(RetryableError):
     """The request may have taken effect (timeout after sending, dropped connection, 5xx)."""
+
+
+class RateLimited(RetryableError):
+    """A call not performed for the API's rate limit: the shared budget had no request left in
+    time (nothing was sent), or the API answered 429 (it did nothing). Waiting is not failing:
+    it does not use up the event's retries."""
+
+
+class RateBudgetUnavailable(CarbonhookError):
+    """An API's shared rate budget cannot be read or written (its Redis or database is down)."""

@@ -49,6 +49,10 @@ class Metrics:
     audit_discrepancies: Gauge
     metrics_errors: Counter
     notifications: Counter
+    rate_waits: Counter
+    rate_wait_seconds: Counter
+    rate_limited: Counter
+    rate_pauses: Counter
 
 
 @functools.cache
@@ -109,6 +113,26 @@ def metrics() -> Metrics:
             "Notifications to operators by kind and outcome: sent (every destination took it), "
             "failed (one destination's attempt, tried again later), given_up",
             ["kind", "outcome"],
+        ),
+        rate_waits=Counter(
+            "carbonhook_rate_limit_waits",
+            "Outbound calls that waited for a request of their API's shared budget",
+            ["api"],
+        ),
+        rate_wait_seconds=Counter(
+            "carbonhook_rate_limit_wait_seconds",
+            "Seconds outbound calls waited for their API's shared budget",
+            ["api"],
+        ),
+        rate_limited=Counter(
+            "carbonhook_rate_limited",
+            "Outbound calls not sent (no request of the budget in time), their events retried",
+            ["api"],
+        ),
+        rate_pauses=Counter(
+            "carbonhook_rate_limit_pauses",
+            "Pauses of every worker's calls to an API after a 429, by what set their length",
+            ["api", "by"],
         ),
     )
     for source in ("database", "counters"):

@@ -271,3 +271,16 @@ class Notification(Base):
     delivered: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class RateBudget(Base):
+    """One API's request budget, shared by every worker when there is no Redis: a token
+    bucket kept as its theoretical arrival time, and the pause a 429 set (epoch microseconds)."""
+
+    __tablename__ = "rate_budgets"
+
+    api: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tat_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    paused_until_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    strikes: Mapped[int] = mapped_column(Integer, default=0)
+    struck_at_us: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -37,6 +37,10 @@ DEFAULT_ADMIN = "admin"  # the name of CARBONHOOK_ADMIN_TOKEN's admin
 # When the daily digest is written (CARBONHOOK_NOTIFY_DIGEST), UTC.
 EMAIL_ADDRESS = re.compile(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+")
 DIGEST_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+# An API's request budget: `5` is 5 requests a second with a burst of twice that, `5/20` names
+# the burst, `0` or `off` sets no limit.
+RATE = re.compile(r"\s*(?P<per_s>\d+(?:\.\d+)?)\s*(?:/\s*(?P<burst>\d+)\s*)?")
+RATE_OFF = ("0", "off")
 
 
 class SecretUrl(SecretStr):
@@ -106,6 +110,9 @@ class Settings(BaseSettings):
     notify_email: Annotated[tuple[str, ...], NoDecode] = ()
     public_url: str | None = None
     notify_digest: str | None = None
+    carbonpass_rate: str = "5"
+    impact_rate: str = "5"
+    rate_limit_url: SecretUrl | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -253,6 +260,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item.strip()!r} is not an IP address or CIDR") from None
         return ",".join(item.strip() for item in value.split(","))
 
+    @field_validator("carbonpass_rate", "impact_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value.strip()
+
+    @field_validator("rate_limit_url")
+    @classmethod
+    def _redis_url(cls, value: SecretUrl | None) -> SecretUrl | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -356,6 +376,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class Rate(NamedTuple):
+    """Requests a second on average, and how many may go at once after a quiet spell."""
+
+    per_s: float
+    burst: int
+
+
+def parse_rate(value: str) -> Rate | None:
+    """`5` (burst 10), `5/20` or `0.5/1`; None for `0` or `off` (no limit)."""
+    if value.strip().lower() in RATE_OFF:
+        return None
+    match = RATE.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a rate: requests a second (`5`), with a burst if wanted "
+            "(`5/20`), or `off`"
+        )
+    per_s = float(match["per_s"])
+    burst = int(match["burst"]) if match["burst"] else max(1, round(2 * per_s))
+    if per_s <= 0 or burst < 1:
+        raise ValueError(f"{value!r}: the rate and the burst must be above 0 (or `off`)")
+    return Rate(per_s, burst)
 
 
 def load_settings(**overrides: object) -> Settings:

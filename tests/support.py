@@ -51,7 +51,10 @@ def migrate(url: str) -> None:
     upgrade(url)
 
 
-TABLES = "events, event_attempts, replays, captures, decisions, spend, delta_marks, notifications"
+TABLES = (
+    "events, event_attempts, replays, captures, decisions, spend, delta_marks, notifications, "
+    "rate_budgets"
+)
 
 
 # -- the emulator ---------------------------------------------------------------------------

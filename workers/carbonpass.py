@@ -9,6 +9,7 @@ import httpx
 from carbonhook.errors import PermanentError, RetryableError
 from carbonhook.event_types import SUBJECT_ID
 from workers.http import Api, send
+from workers.rate_limit import RateLimit
 
 SITE_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -23,6 +24,7 @@ class CarbonPassClient:
         *,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.http = Api(
             "carbonpass",
@@ -30,6 +32,7 @@ class CarbonPassClient:
             headers={"Authorization": f"Bearer {api_key}"},
             timeout_s=timeout_s,
             transport=transport,
+            rate_limit=rate_limit,
         )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 import urllib.parse
 import urllib.request
@@ -10,8 +11,9 @@ from typing import Any
 
 import httpx
 
-from carbonhook.errors import AmbiguousError, PermanentError, RetryableError
+from carbonhook.errors import AmbiguousError, PermanentError, RateLimited, RetryableError
 from carbonhook.metrics import metrics
+from workers.rate_limit import MAX_PAUSE_S, RateLimit
 
 
 class Api:
@@ -33,8 +35,10 @@ class Api:
         headers: dict[str, str],
         timeout_s: float,
         transport: httpx.BaseTransport | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.name = name  # in metrics
+        self.rate_limit = rate_limit  # None: calls go unmetered
         self._base = base_url.rstrip("/")
         self.base_url = httpx.URL(self._base)
         self.headers = httpx.Headers(
@@ -67,6 +71,8 @@ class Api:
 
     def close(self) -> None:
         self.transport.close()
+        if self.rate_limit is not None:
+            self.rate_limit.close()
 
 
 def proxy_for(url: str) -> str | None:
@@ -82,19 +88,23 @@ def proxy_for(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), at most
+    `MAX_PAUSE_S`: a wait of years (or `1e999`, read as infinity) would not fit a retry's
+    due time, and is not what a rate limit means."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(MAX_PAUSE_S, max(0.0, seconds))
 
 
 def error_message(response: httpx.Response) -> str:
@@ -149,6 +159,8 @@ def send(
     except (httpx.InvalidURL, UnicodeError, ValueError, TypeError) as exc:
         observed.api_requests.labels(api.name, endpoint, "not_sent").inc()
         raise RetryableError(f"{what}: not sent, the request is malformed ({exc})") from None
+    if api.rate_limit is not None:
+        api.rate_limit.take()
     started = time.perf_counter()
     try:
         response = api.send(request)
@@ -162,7 +174,13 @@ def send(
     finally:
         observed.api_seconds.labels(api.name, endpoint).observe(time.perf_counter() - started)
     observed.api_requests.labels(api.name, endpoint, str(response.status_code)).inc()
-    decipher_response(response, what=what, side_effect=side_effect)
+    try:
+        decipher_response(response, what=what, side_effect=side_effect)
+    except RateLimited as exc:
+        if api.rate_limit is None:
+            raise
+        pause_s = api.rate_limit.pause(exc.retry_after)
+        raise RateLimited(str(exc), status=exc.status, retry_after=pause_s) from None
     return response
 
 
@@ -174,9 +192,9 @@ def decipher_response(response: httpx.Response, *, what: str, side_effect: bool)
     if status < 300:
         return
     message = f"{what}: HTTP {status} {error_message(response)}"
-    if status == 429:
+    if status == 429:  # refused, not performed: not even a create
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise RetryableError(message, status=status, retry_after=retry_after)
+        raise RateLimited(message, status=status, retry_after=retry_after)
     if status >= 500:
         cls = AmbiguousError if side_effect else RetryableError
         raise cls(

@@ -14,6 +14,7 @@ from carbonhook.actions import ACTIONS, Action
 from carbonhook.captures import Impact
 from carbonhook.errors import AmbiguousError, RetryableError
 from workers.http import Api, send
+from workers.rate_limit import RateLimit
 
 MAX_AMOUNT = 10_000_000
 RECORDS_PAGE = 1000
@@ -29,6 +30,7 @@ class ImpactClient:
         *,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.http = Api(
             "impact",
@@ -36,6 +38,7 @@ class ImpactClient:
             headers={"x-api-key": api_key},
             timeout_s=timeout_s,
             transport=transport,
+            rate_limit=rate_limit,
         )
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from carbonhook.errors import (
     NotVisibleYet,
     PermanentError,
     PlanError,
+    RateLimited,
     RetryableError,
     StillSettling,
 )
@@ -199,7 +200,8 @@ class Processor:
         return EventStatus.FAILED
 
     def _retry(self, event: ClaimedEvent, exc: RetryableError) -> str:
-        waiting = isinstance(exc, StillSettling)  # not a failure: no retry used up
+        # Not failures: no retry used up.
+        waiting = isinstance(exc, (StillSettling, RateLimited))
         if not waiting and event.attempts > self.settings.max_retries:
             return self._fail(event, f"gave up after {event.attempts} attempts: {exc}", exc.status)
         delay = (

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from workers.carbonpass import CarbonPassClient
     from workers.catch_up import CatchUp
     from workers.notifier import Notifier
+    from workers.rate_limit import RateLimit
     from workers.rules import RulesHolder
     from workers.runtime import WorkerRuntime
 
@@ -80,6 +81,43 @@ def read_schema(settings: Settings) -> SchemaState:
 # -- workers --------------------------------------------------------------------------------
 
 
+def rate_limit_redis_url(settings: Settings) -> str | None:
+    """The Redis that keeps the APIs' shared budgets: CARBONHOOK_RATE_LIMIT_URL, else the
+    broker's when it is Redis; None: the database keeps them."""
+    if settings.rate_limit_url is not None:
+        return settings.rate_limit_url.get_secret_value()
+    broker = settings.broker_url.get_secret_value()
+    return broker if broker.startswith(("redis://", "rediss://")) else None
+
+
+def build_rate_limits(
+    settings: Settings, engine: Engine
+) -> tuple[RateLimit | None, RateLimit | None]:
+    """The shared budgets of the CarbonPass and the 1ClickImpact calls (None: a rate `off`)."""
+    from carbonhook.rate_budgets import Budget, DatabaseBudget, RedisBudget, open_redis
+    from carbonhook.settings import parse_rate
+    from workers.rate_limit import RateLimit
+
+    url = rate_limit_redis_url(settings)
+    client = None if url is None else open_redis(url, timeout_s=settings.http_timeout_s)
+    # A call waits for a request at most as long as it would wait for an answer.
+    max_wait_s = min(settings.http_timeout_s, settings.lease_s / 2)
+
+    def rate_limit(api: str, setting: str) -> RateLimit | None:
+        rate = parse_rate(setting)
+        if rate is None:
+            return None
+        budget: Budget = (
+            DatabaseBudget(engine, api, rate) if client is None else RedisBudget(client, api, rate)
+        )
+        return RateLimit(api, budget, max_wait_s=max_wait_s)
+
+    return (
+        rate_limit("carbonpass", settings.carbonpass_rate),
+        rate_limit("impact", settings.impact_rate),
+    )
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -105,6 +143,7 @@ def build_worker(
         settings.database_url.get_secret_value(), pool_size=settings.db_pool_size
     )
     assert settings.carbonpass_api_key is not None and settings.impact_api_key is not None
+    carbonpass_rate, impact_rate = build_rate_limits(settings, engine)
 
     def enqueue(event_id: int, delay_s: float = 0) -> None:
         enqueue_event(broker, event_id, delay_s=delay_s)
@@ -117,11 +156,13 @@ def build_worker(
             settings.carbonpass_api_url,
             settings.carbonpass_api_key.get_secret_value(),
             timeout_s=settings.http_timeout_s,
+            rate_limit=carbonpass_rate,
         ),
         impact=ImpactClient(
             settings.impact_api_url,
             settings.impact_api_key.get_secret_value(),
             timeout_s=settings.http_timeout_s,
+            rate_limit=impact_rate,
         ),
         rules=rules,
         enqueue=enqueue,
@@ -177,6 +218,7 @@ def build_auditor(settings: Settings) -> Any:
         settings.impact_api_url,
         settings.impact_api_key.get_secret_value(),
         timeout_s=settings.http_timeout_s,
+        rate_limit=build_rate_limits(settings, engine)[1],
     )
     return Auditor(Ledger(engine), AuditLog(engine), impact, settle_s=settings.reconcile_after_s)
 

@@ -288,3 +288,40 @@ def test_mail_settings_one_without_the_other_is_refused_naming_both(monkeypatch,
     said = str(caught.value)
     assert "CARBONHOOK_SMTP_URL and CARBONHOOK_NOTIFY_EMAIL go together" in said
     assert "pw-y" not in said
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"),
+    [("5", (5.0, 10)), (" 5/20 ", (5.0, 20)), ("0.5/1", (0.5, 1)), ("0.2", (0.2, 1)), ("0", None), ("off", None), ("OFF", None)],
+)
+def test_a_rate_is_requests_a_second_with_a_burst_of_twice_that_unless_named(value, rate):
+    from carbonhook.settings import parse_rate
+
+    assert parse_rate(value) == rate
+
+
+def test_both_apis_default_to_five_requests_a_second(monkeypatch, tmp_path):
+    from carbonhook.settings import Rate, parse_rate
+
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert parse_rate(settings.carbonpass_rate) == parse_rate(settings.impact_rate) == Rate(5.0, 10)
+    assert settings.rate_limit_url is None
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "5/0", "0.0/3", "5/2.5", "5/", "1e3"])
+def test_a_malformed_rate_is_refused_naming_the_variable(monkeypatch, tmp_path, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_IMPACT_RATE", value)
+    with pytest.raises(SettingsError, match=r"CARBONHOOK_IMPACT_RATE: .*rate"):
+        load_settings()
+
+
+def test_the_rate_limit_url_must_be_a_redis_one(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CARBONHOOK_RATE_LIMIT_URL", "amqp://guest:hunter2pass@rabbit/")
+    with pytest.raises(SettingsError, match="CARBONHOOK_RATE_LIMIT_URL: must be a redis://") as raised:
+        load_settings()
+    assert "hunter2pass" not in str(raised.value)
+    monkeypatch.setenv("CARBONHOOK_RATE_LIMIT_URL", "redis://:hunter2pass@redis:6379/2")
+    assert "hunter2pass" not in repr(load_settings())

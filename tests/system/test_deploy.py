@@ -1265,6 +1265,16 @@ def test_the_dashboard_is_a_grafana_dashboard_over_a_chosen_prometheus() -> None
             assert target["expr"].strip() and target["datasource"] == panel["datasource"]
 
 
+def test_no_two_dashboard_panels_cover_the_same_cells() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in _panels(json.loads(DASHBOARD.read_text())):
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']!r} over {taken[(x, y)]!r}"
+                taken[(x, y)] = panel["title"]
+
+
 def test_the_dashboard_reads_only_series_carbonhook_serves(live_metrics: str) -> None:
     served, labels = _served(live_metrics)
     read: set[str] = set()

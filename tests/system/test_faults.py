@@ -71,6 +71,10 @@ capture_lbs = 3
 # Small enough that leases, sweeps and reconciliation happen within seconds.
 FAST = {
     "CARBONHOOK_LEASE_S": "3",
+    # Hundreds of events at once: the rate limits (tests/workers/test_rate_limit.py) are not
+    # what these faults test.
+    "CARBONHOOK_CARBONPASS_RATE": "1000",
+    "CARBONHOOK_IMPACT_RATE": "1000",
     "CARBONHOOK_SWEEP_INTERVAL_S": "1",
     "CARBONHOOK_RECONCILE_AFTER_S": "1",
     "CARBONHOOK_MAX_RETRIES": "5",
@@ -436,17 +440,28 @@ def test_carbonpass_429s_with_retry_after_are_waited_out_then_captured_once(stac
     assert history == [("retry", 429)] * 3 + [("succeeded", None)]
 
 
+def test_429s_on_capture_carbon_use_up_no_retry_and_capture_once(stack: Stack):
+    [base] = stack.up(CARBONHOOK_MAX_RETRIES="0")
+    stack.emulator.control("faults", {"endpoint": "capture_carbon", "status": 429, "retry_after": 0, "times": 3})
+    event_id = accepted_id(stack.post(base, make_body()))
+    stack.wait_status(event_id, "succeeded", timeout=40)
+    assert [c["status"] for c in stack.calls("capture_carbon")] == [429, 429, 429, 200]
+    assert len(stack.emulator.impacts) == 1
+    assert [row[2] for row in stack.captures()] == ["captured"]
+
+
 # -- 7. fails past the retries, replayed ----------------------------------------------------
 
 
 def test_a_capture_failing_past_the_retries_fails_the_event_and_a_replay_captures_once(stack: Stack):
     [base] = stack.up(CARBONHOOK_MAX_RETRIES="2")
-    stack.emulator.control("faults", {"endpoint": "capture_carbon", "status": 429, "times": 3})
+    # A 503 uses up a retry (a 429 does not: tests/workers/test_rate_limit.py).
+    stack.emulator.control("faults", {"endpoint": "crp", "status": 503, "times": 3})
     event_id = accepted_id(stack.post(base, make_body()))
     stack.wait_status(event_id, "failed")
     [(error,)] = query(stack.db, f"SELECT last_error FROM events WHERE id = {event_id}")
-    assert "gave up after 3 attempts" in error and "429" in error
-    assert [row[2] for row in stack.captures()] == ["failed"]
+    assert "gave up after 3 attempts" in error and "503" in error
+    assert stack.captures() == []
     assert stack.emulator.impacts == []
 
     def attempts() -> int:
@@ -463,7 +478,8 @@ def test_a_capture_failing_past_the_retries_fails_the_event_and_a_replay_capture
     assert f"replayed event {event_id} (was succeeded)" in again.stdout
     stack.wait(lambda: attempts() == 5 and stack.status(event_id) == "succeeded", "the second replay")
     assert len(stack.emulator.impacts) == 1
-    assert [c["status"] for c in stack.calls("capture_carbon")] == [429, 429, 429, 200]
+    assert [c["status"] for c in stack.calls("crp")][:4] == [503, 503, 503, 200]
+    assert [c["status"] for c in stack.calls("capture_carbon")] == [200]
     replays = query(stack.db, f"SELECT via, previous_status FROM replays WHERE event_id = {event_id} ORDER BY id")
     assert replays == [("cli", "failed"), ("cli", "succeeded")]
 

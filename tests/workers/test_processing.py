@@ -41,7 +41,9 @@ def harness(db_url: str, emulator: RunningEmulator) -> Iterator[Harness]:
 
 
 def test_on_postgresql_an_event_with_one_capture_costs_five_statements(pg_url: str, emulator: RunningEmulator):
-    harness = Harness(pg_url, emulator, RULES)
+    # The event's own statements: without Redis, each call's shared rate budget adds two more
+    # (tests/workers/test_rate_limit.py), so the rates are off here.
+    harness = Harness(pg_url, emulator, RULES, carbonpass_rate="off", impact_rate="off")
     try:
         # The day's first capture creates the spend rows (a fallback transaction).
         assert harness.processor.process(harness.deliver(make_body())) == "succeeded"
@@ -155,8 +157,15 @@ def test_a_429_is_retried_after_its_retry_after(harness: Harness):
     assert harness.processor.process(event_id) is None
     assert harness.enqueued[1][0] == event_id and 5 < harness.enqueued[1][1] <= 7
     harness.due_now(event_id)
+    # The 429 paused every call to CarbonPass for 7 s: still paused, nothing is sent.
+    calls = len(harness.emulator.state.calls)
+    assert harness.processor.process(event_id) == "retry"
+    assert len(harness.emulator.state.calls) == calls
+    query_engine_update(harness.db, "UPDATE rate_budgets SET paused_until_us = 0")  # 7 s later
+    harness.due_now(event_id)
     assert harness.processor.process(event_id) == "succeeded"
     assert len(harness.emulator.impacts) == 1
+    assert query(harness.db, f"SELECT attempts FROM events WHERE id = {event_id}") == [(1,)]
 
 
 def test_a_5xx_on_a_read_backs_off_exponentially_then_gives_up(db_url: str, emulator: RunningEmulator, request: pytest.FixtureRequest):

@@ -984,7 +984,7 @@ def test_env_example_shows_the_real_defaults_of_the_commented_settings(
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     for name, value in commented.items():
         field = name.removeprefix(ENV_PREFIX).lower()
-        if Settings.model_fields[field].default is None:
+        if Settings.model_fields[field].default in (None, ()):
             continue  # an example value for a setting that is off by default
         env_file = tmp_path / "one.env"
         env_file.write_text(f"{name}={value}\n")

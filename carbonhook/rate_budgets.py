@@ -39,8 +39,8 @@ from sqlalchemy.exc import DBAPIError
 
 from carbonhook.database import describe_error
 from carbonhook.errors import RateBudgetUnavailable
+from carbonhook.rates import Rate
 from carbonhook.schema import RateBudget
-from carbonhook.settings import Rate
 
 # 429s without a `Retry-After` lengthen the backoff while they come in a row; one this long
 # after the last counts as the first again.

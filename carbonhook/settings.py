@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from carbonhook.errors import SettingsError
+from carbonhook.rates import parse_rate
 
 ENV_PREFIX = "CARBONHOOK_"
 # The admin token is a bearer password for replays and approvals, which spend money: refuse one
@@ -37,10 +38,6 @@ DEFAULT_ADMIN = "admin"  # the name of CARBONHOOK_ADMIN_TOKEN's admin
 # When the daily digest is written (CARBONHOOK_NOTIFY_DIGEST), UTC.
 EMAIL_ADDRESS = re.compile(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+")
 DIGEST_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
-# An API's request budget: `5` is 5 requests a second with a burst of twice that, `5/20` names
-# the burst, `0` or `off` sets no limit.
-RATE = re.compile(r"\s*(?P<per_s>\d+(?:\.\d+)?)\s*(?:/\s*(?P<burst>\d+)\s*)?")
-RATE_OFF = ("0", "off")
 
 
 class SecretUrl(SecretStr):
@@ -376,30 +373,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class Rate(NamedTuple):
-    """Requests a second on average, and how many may go at once after a quiet spell."""
-
-    per_s: float
-    burst: int
-
-
-def parse_rate(value: str) -> Rate | None:
-    """`5` (burst 10), `5/20` or `0.5/1`; None for `0` or `off` (no limit)."""
-    if value.strip().lower() in RATE_OFF:
-        return None
-    match = RATE.fullmatch(value)
-    if match is None:
-        raise ValueError(
-            f"{value!r} is not a rate: requests a second (`5`), with a burst if wanted "
-            "(`5/20`), or `off`"
-        )
-    per_s = float(match["per_s"])
-    burst = int(match["burst"]) if match["burst"] else max(1, round(2 * per_s))
-    if per_s <= 0 or burst < 1:
-        raise ValueError(f"{value!r}: the rate and the burst must be above 0 (or `off`)")
-    return Rate(per_s, burst)
 
 
 def load_settings(**overrides: object) -> Settings:

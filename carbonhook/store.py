@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -11,29 +10,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Float,
-    Insert,
-    Integer,
-    String,
-    Text,
-    Update,
     and_,
-    bindparam,
-    exists,
-    func,
-    insert,
     or_,
     select,
     update,
 )
 
 from carbonhook import outbox
-from carbonhook.clock import db_now, seconds_since
-from carbonhook.database import DriverStatement
+from carbonhook.clock import db_now
 from carbonhook.event_queries import EventQueries
+from carbonhook.event_statements import (
+    CLAIM,
+    DUE_IN,
+    RECORD_ATTEMPT,
+    RENEW,
+    SET_IN_SQL,
+    end_and_record_statement,
+    end_attempt_statement,
+)
 from carbonhook.notices import Notice
-from carbonhook.schema import Capture, Event, EventAttempt, UTCDateTime, utcnow
-from carbonhook.statuses import OPEN_CAPTURES, EventStatus
+from carbonhook.schema import Event, utcnow
+from carbonhook.statuses import EventStatus
 
 # A delayed message may arrive a little before the time we computed (another host's clock).
 CLOCK_SLACK_S = 0.5
@@ -133,7 +130,7 @@ class EventStore(EventQueries):
         held elsewhere, or waiting out a retry delay or a re-check's (see `seconds_until_due`)."""
         token = uuid.uuid4().hex
         params = {"event_id": event_id, "slack_s": CLOCK_SLACK_S, "lease_s": lease_s}
-        row = _CLAIM.run(self.engine, params | {"token": token}).first()
+        row = CLAIM.run(self.engine, params | {"token": token}).first()
         if row is None:
             return None
         (
@@ -167,7 +164,7 @@ class EventStore(EventQueries):
     def seconds_until_due(self, event_id: int) -> float | None:
         """For a queued event still waiting out its retry delay, or a waiting one its next
         re-check, how long is left."""
-        row = _DUE_IN.run(self.engine, {"event_id": event_id}).first()
+        row = DUE_IN.run(self.engine, {"event_id": event_id}).first()
         if row is None or row[0] is None:
             return None
         left = -float(row[0])
@@ -176,7 +173,7 @@ class EventStore(EventQueries):
     def renew(self, event: ClaimedEvent, *, lease_s: float) -> bool:
         """Extend the lease `event` holds to `lease_s` from now; False if it was lost."""
         return bool(
-            _RENEW.run(
+            RENEW.run(
                 self.engine, {"event_id": event.id, "token": event.token, "lease_s": lease_s}
             ).rowcount
         )
@@ -225,7 +222,7 @@ class EventStore(EventQueries):
             "available_at": delay_s,
             "attempts": -1,
             "note": note,
-            "waiting_since": None,  # kept if set: see `_end_attempt_statement`
+            "waiting_since": None,  # kept if set: see `end_attempt_statement`
         }
         return self._end_attempt(event, EventStatus.WAITING, None, None, extra)
 
@@ -247,7 +244,7 @@ class EventStore(EventQueries):
         notice: Notice | None = None,
     ) -> bool:
         values = {"status": status, "last_error": error, **extra}
-        params = {f"new_{key}": value for key, value in values.items() if key not in _SET_IN_SQL}
+        params = {f"new_{key}": value for key, value in values.items() if key not in SET_IN_SQL}
         params |= {"event_id": event.id, "token": event.token}
         attempt = {
             "started_at": event.started_at,
@@ -261,11 +258,11 @@ class EventStore(EventQueries):
         guarded = status == EventStatus.SUCCEEDED
         if notice is None and self.engine.dialect.name == "postgresql":
             # one statement, one round trip
-            ended = _end_and_record_statement(tuple(values), guarded)
+            ended = end_and_record_statement(tuple(values), guarded)
             return bool(ended.run(self.engine, params | attempt).rowcount)
         with self.engine.begin() as conn:
-            if conn.execute(_end_attempt_statement(tuple(values), guarded), params).rowcount:
-                conn.execute(_RECORD_ATTEMPT, {"event_id": event.id, **attempt})
+            if conn.execute(end_attempt_statement(tuple(values), guarded), params).rowcount:
+                conn.execute(RECORD_ATTEMPT, {"event_id": event.id, **attempt})
                 if notice is not None:
                     outbox.write(conn, notice)
                 return True
@@ -282,122 +279,3 @@ class EventStore(EventQueries):
                 select(Event.id).where(Event.status.in_(statuses)).order_by(Event.id).limit(limit)
             )
             return [row[0] for row in rows]
-
-
-# The worker's statements, built once. Building a statement costs more CPU than sending it:
-# a claim built per call took 1.7 ms of CPU, the same statement built once 0.47 ms
-# (bench/FINDINGS.md). A parameter named like a column of the table an UPDATE writes would be
-# taken for a value to set: hence `new_…`. Every time that decides is the database's.
-_CLAIM = DriverStatement(
-    lambda _: (
-        update(Event)
-        .where(
-            Event.id == bindparam("event_id"),
-            or_(
-                and_(
-                    or_(
-                        Event.status == EventStatus.PENDING,
-                        Event.status == EventStatus.QUEUED,
-                        Event.status == EventStatus.WAITING,
-                    ),
-                    Event.available_at <= db_now(bindparam("slack_s", type_=Float())),
-                ),
-                and_(Event.status == EventStatus.PROCESSING, Event.lease_until < db_now()),
-            ),
-        )
-        .values(
-            status=EventStatus.PROCESSING,
-            lease_until=db_now(bindparam("lease_s", type_=Float())),
-            available_at=db_now(),
-            attempts=Event.attempts + 1,
-            attempt_token=bindparam("token"),
-            updated_at=db_now(),
-        )
-        .returning(
-            Event.id,
-            Event.type,
-            Event.subject_id,
-            Event.body,
-            Event.attempts,
-            Event.received_at,
-            Event.event_ts,
-            Event.lease_until,
-            # By the parameter, not `Event.id`: SQLite's RETURNING names the columns bare, and
-            # a bare `id` inside the subquery is the capture's own.
-            exists().where(Capture.event_id == bindparam("event_id")),
-            Event.waiting_since,
-        )
-    )
-)
-_DUE_IN = DriverStatement(
-    lambda _: select(seconds_since(Event.available_at)).where(
-        Event.id == bindparam("event_id"),
-        or_(Event.status == EventStatus.QUEUED, Event.status == EventStatus.WAITING),
-    )
-)
-_RENEW = DriverStatement(
-    lambda _: (
-        update(Event)
-        .where(
-            Event.id == bindparam("event_id"),
-            Event.status == EventStatus.PROCESSING,
-            Event.attempt_token == bindparam("token"),
-        )
-        .values(lease_until=db_now(bindparam("lease_s", type_=Float())), updated_at=db_now())
-    )
-)
-_RECORD_ATTEMPT = insert(EventAttempt)
-_OPEN_CAPTURE = exists().where(
-    Capture.event_id == bindparam("event_id"),
-    or_(*(Capture.status == status for status in OPEN_CAPTURES)),
-)
-
-
-# Columns `_end_attempt_statement` sets from the database alone: they take no parameter.
-_SET_IN_SQL = frozenset({"waiting_since"})
-
-
-@functools.cache
-def _end_attempt_statement(columns: tuple[str, ...], guarded: bool) -> Update:
-    """Set `columns` (from `new_<column>`; `available_at` is a delay in seconds, `attempts` a
-    change, `waiting_since` the database's now unless set already) if the caller still holds
-    the attempt's token; with `guarded`, only while no capture of the event is open."""
-    values: dict[str, Any] = {"updated_at": db_now()}
-    for column in columns:
-        if column == "available_at":
-            values[column] = db_now(bindparam("new_available_at", type_=Float()))
-        elif column == "attempts":  # a change, not a value: `new_attempts` is added
-            values[column] = Event.attempts + bindparam("new_attempts", type_=Integer())
-        elif column == "waiting_since":  # the first wait's time stands: `wait_for` counts from it
-            values[column] = func.coalesce(Event.waiting_since, db_now())
-        else:
-            values[column] = bindparam(f"new_{column}")
-    where = [
-        Event.id == bindparam("event_id"),
-        Event.status == EventStatus.PROCESSING,
-        Event.attempt_token == bindparam("token"),
-    ]
-    if guarded:
-        where.append(~_OPEN_CAPTURE)
-    return update(Event).where(*where).values(values)
-
-
-@functools.cache
-def _end_and_record_statement(columns: tuple[str, ...], guarded: bool) -> DriverStatement:
-    """PostgreSQL: the same, and the attempt's row if it did, in one statement."""
-    return DriverStatement(lambda _: _end_and_record(columns, guarded))
-
-
-def _end_and_record(columns: tuple[str, ...], guarded: bool) -> Insert:
-    ended = _end_attempt_statement(columns, guarded).returning(Event.id).cte("ended")
-    return insert(EventAttempt).from_select(
-        ["event_id", "started_at", "finished_at", "outcome", "error", "http_status"],
-        select(
-            ended.c.id,
-            bindparam("started_at", type_=UTCDateTime()),
-            bindparam("finished_at", type_=UTCDateTime()),
-            bindparam("outcome", type_=String()),
-            bindparam("error", type_=Text()),
-            bindparam("http_status", type_=Integer()),
-        ),
-    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from carbonhook.cli.bootstrap import build_notifier, settings_for
+from carbonhook.cli.bootstrap import settings_for
+from carbonhook.cli.outbound import build_notifier
 from carbonhook.cli.tables import print_json, print_table
 from carbonhook.errors import SettingsError
 

@@ -244,7 +244,7 @@ def records(emulator: RunningEmulator) -> set[tuple[str, str]]:
 
 
 def test_the_reports_proof_is_1clickimpacts_records_and_the_period_comes_from_planning(db_url: str, emulator: RunningEmulator):
-    from carbonhook.cli.bootstrap import carbonpass_emissions
+    from carbonhook.cli.outbound import carbonpass_emissions
 
     harness = Harness(db_url, emulator, RULES)
     try:

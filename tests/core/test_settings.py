@@ -295,13 +295,13 @@ def test_mail_settings_one_without_the_other_is_refused_naming_both(monkeypatch,
     [("5", (5.0, 10)), (" 5/20 ", (5.0, 20)), ("0.5/1", (0.5, 1)), ("0.2", (0.2, 1)), ("0", None), ("off", None), ("OFF", None)],
 )
 def test_a_rate_is_requests_a_second_with_a_burst_of_twice_that_unless_named(value, rate):
-    from carbonhook.settings import parse_rate
+    from carbonhook.rates import parse_rate
 
     assert parse_rate(value) == rate
 
 
 def test_both_apis_default_to_five_requests_a_second(monkeypatch, tmp_path):
-    from carbonhook.settings import Rate, parse_rate
+    from carbonhook.rates import Rate, parse_rate
 
     monkeypatch.chdir(tmp_path)
     settings = load_settings()

@@ -40,7 +40,8 @@ def test_an_admin_reads_the_impact_report_and_downloads_it_as_csv(
 
     from dramatiq.brokers.stub import StubBroker
 
-    from carbonhook.cli.bootstrap import build_worker, carbonpass_emissions
+    from carbonhook.cli.bootstrap import build_worker
+    from carbonhook.cli.outbound import carbonpass_emissions
     from tests.support import store_delivery
     from workers.rules import RulesHolder, parse_rules
 

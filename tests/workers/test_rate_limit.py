@@ -12,7 +12,7 @@ import pytest
 
 from carbonhook.errors import RateLimited
 from carbonhook.rate_budgets import Budget, DatabaseBudget, RedisBudget, open_redis
-from carbonhook.settings import Rate
+from carbonhook.rates import Rate
 from tests.support import (
     CP_KEY,
     IMPACT_KEY,
@@ -271,7 +271,7 @@ def test_a_retry_after_too_large_for_a_float_retries_the_event_in_an_hour(harnes
 
 
 def test_the_budgets_are_kept_in_redis_with_a_redis_broker_else_in_the_database(sqlite_url: str, redis_url: str):
-    from carbonhook.cli.bootstrap import build_rate_limits
+    from carbonhook.cli.outbound import build_rate_limits
     from carbonhook.database import create_sync_engine
 
     engine = create_sync_engine(sqlite_url)

@@ -64,14 +64,15 @@ def waited_since_long_ago(h: Harness, event_id: int, seconds: float) -> None:
     """Move the event's first wait `seconds` back, by the database's clock."""
     from datetime import UTC, datetime, timedelta
 
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, update
 
     from carbonhook.database import sync_url
+    from carbonhook.schema import Event
 
     engine = create_engine(sync_url(h.db))
-    then = (datetime.now(UTC) - timedelta(seconds=seconds)).replace(tzinfo=None)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE events SET waiting_since = :t WHERE id = :id"), {"t": then, "id": event_id})
+    then = datetime.now(UTC) - timedelta(seconds=seconds)
+    with engine.begin() as conn:  # through the column's type: stored as the store stores it
+        conn.execute(update(Event).where(Event.id == event_id).values(waiting_since=then))
     engine.dispose()
 
 
